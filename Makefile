@@ -1,0 +1,31 @@
+# Plait developer tasks. `make test` is the test command (CI runs it).
+GO        ?= go
+JS_DIR    := server/testdata/js
+FUZZTIME  ?= 10s
+
+.PHONY: test deps vet race fuzz run bench
+
+test: deps vet race fuzz
+
+# Node packages for the end-to-end tests (real automerge-repo clients).
+deps: $(JS_DIR)/node_modules/.package-lock.json
+
+$(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+race:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+# Short runs of every fuzz target (longer: make fuzz FUZZTIME=5m).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/protocol
+
+run:
+	$(GO) run ./server
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...

@@ -1,0 +1,430 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/automerge/automerge-go"
+
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+type docMsgKind int
+
+const (
+	kindSync        docMsgKind = iota // sync or request from a peer
+	kindEphemeral                     // relay to the other peers
+	kindLeave                         // the peer's connection ended
+	kindSubscribed                    // the peer subscribed to storageIDs
+	kindRemoteHeads                   // the peer gossips heads of some storages
+)
+
+type docMsg struct {
+	kind       docMsgKind
+	s          *session
+	msg        *protocol.Message
+	storageIDs []string
+}
+
+// peerState is what a document knows of one connected peer.
+type peerState struct {
+	ss          *automerge.SyncState
+	dirty       bool // a message may be due to this peer
+	unavailable bool // we told it doc-unavailable; it waits for the document
+}
+
+// knownHeads are the heads of one storage for this document, as last heard.
+type knownHeads struct {
+	heads     []string
+	timestamp uint64
+}
+
+// document owns one open document: the automerge doc, each peer's sync
+// state, and the document's storage. Everything but inbox and pending is
+// touched only by its run goroutine.
+type document struct {
+	h       *Hub
+	id      protocol.DocumentID
+	log     *slog.Logger
+	inbox   chan docMsg
+	pending atomic.Int64 // senders between Hub.document and post
+
+	doc     *automerge.Doc
+	exists  bool // stored (or being stored): a request gets it, not doc-unavailable
+	created bool // a record exists in the store
+	peers   map[*session]*peerState
+	heads   []automerge.ChangeHash // heads as last stored
+	remote  map[string]knownHeads  // storage id -> heads, for remote-heads gossip
+
+	lastSeq       uint64
+	snapshotBytes int
+	incBytes      int
+}
+
+func newDocument(h *Hub, id protocol.DocumentID) *document {
+	return &document{
+		h:      h,
+		id:     id,
+		log:    h.log.With("doc", string(id)),
+		inbox:  make(chan docMsg, h.opts.DocQueueLen),
+		peers:  make(map[*session]*peerState),
+		remote: make(map[string]knownHeads),
+	}
+}
+
+// post hands m to the document's owner, waiting while its inbox is full.
+// It must follow a Hub.document call that returned d (it ends the pending
+// hold that call took).
+func (d *document) post(ctx context.Context, m docMsg) error {
+	defer d.pending.Add(-1)
+	select {
+	case d.inbox <- m:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (d *document) run() {
+	defer d.h.docWG.Done()
+	if err := d.load(); err != nil {
+		d.log.Error("failed to load document", "err", err)
+		d.h.m.StoreErrors.WithLabelValues("load").Inc()
+		d.failAll()
+		return
+	}
+	idle := time.NewTimer(d.h.opts.IdleDocTimeout)
+	defer idle.Stop()
+	for {
+		select {
+		case m := <-d.inbox:
+			d.handle(m)
+			// Group everything already queued into one store write.
+			for drained := false; !drained; {
+				select {
+				case m := <-d.inbox:
+					d.handle(m)
+				default:
+					drained = true
+				}
+			}
+			if err := d.flush(); err != nil {
+				d.log.Error("failed to store changes", "err", err)
+				d.h.m.StoreErrors.WithLabelValues("append").Inc()
+				d.failAll()
+				return
+			}
+			if len(d.inbox) == 0 {
+				d.maybeCompact()
+			}
+			if len(d.peers) == 0 {
+				idle.Reset(d.h.opts.IdleDocTimeout)
+			}
+		case <-idle.C:
+			if len(d.peers) == 0 && d.h.tryRemove(d) {
+				d.evict()
+				return
+			}
+			idle.Reset(d.h.opts.IdleDocTimeout)
+		case <-d.h.ctx.Done():
+			d.h.tryRemove(d)
+			d.evict()
+			return
+		}
+	}
+}
+
+func (d *document) storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d.h.opts.StoreTimeout)
+}
+
+// load reads the document from the store; a document the store lacks starts
+// empty and does not exist until a peer sends changes for it.
+func (d *document) load() error {
+	start := time.Now()
+	ctx, cancel := d.storeCtx()
+	sd, err := d.h.opts.Store.LoadDoc(ctx, d.id)
+	cancel()
+	d.h.m.observeStore("load", start)
+	d.h.m.DocumentsLoaded.Inc()
+	if errors.Is(err, ErrNotFound) {
+		d.doc = automerge.New()
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	d.exists, d.created = true, true
+	if len(sd.Snapshot) > 0 {
+		if d.doc, err = automerge.Load(sd.Snapshot); err != nil {
+			return fmt.Errorf("failed to load snapshot: %w", err)
+		}
+	} else {
+		d.doc = automerge.New()
+	}
+	var inc []byte
+	for _, b := range sd.Batches {
+		inc = append(inc, b.Data...)
+		d.lastSeq = b.Seq
+	}
+	if len(inc) > 0 {
+		if err := d.doc.LoadIncremental(inc); err != nil {
+			return fmt.Errorf("failed to load stored changes: %w", err)
+		}
+	}
+	// Everything loaded is stored: reset the doc's "unsaved changes" mark.
+	d.doc.SaveIncremental()
+	d.snapshotBytes, d.incBytes = len(sd.Snapshot), len(inc)
+	d.heads = d.doc.Heads()
+	return nil
+}
+
+func (d *document) handle(m docMsg) {
+	switch m.kind {
+	case kindSync:
+		d.receiveSync(m.s, m.msg)
+	case kindEphemeral:
+		for s := range d.peers {
+			if s == m.s {
+				continue
+			}
+			relay := *m.msg
+			relay.TargetID = s.peerID
+			s.send(&relay)
+		}
+	case kindLeave:
+		if ps, ok := d.peers[m.s]; ok {
+			d.saveSyncState(m.s, ps)
+			delete(d.peers, m.s)
+		}
+	case kindSubscribed:
+		if _, ok := d.peers[m.s]; !ok {
+			return
+		}
+		for _, sid := range m.storageIDs {
+			if sid == d.h.storageID {
+				if d.created {
+					d.sendHeads(m.s, sid, knownHeads{heads: hexHeads(d.heads), timestamp: uint64(time.Now().UnixMilli())})
+				}
+			} else if kh, ok := d.remote[sid]; ok {
+				d.sendHeads(m.s, sid, kh)
+			}
+		}
+	case kindRemoteHeads:
+		for sid, ha := range m.msg.NewHeads {
+			if sid == d.h.storageID {
+				continue // we are the authority on our own heads
+			}
+			d.learnHeads(m.s, sid, knownHeads{heads: ha.Heads, timestamp: ha.Timestamp})
+		}
+	}
+}
+
+func (d *document) peer(s *session) *peerState {
+	if ps, ok := d.peers[s]; ok {
+		return ps
+	}
+	ps := &peerState{}
+	if !s.ephemeral {
+		ctx, cancel := d.storeCtx()
+		start := time.Now()
+		raw, err := d.h.opts.Store.LoadSyncState(ctx, d.id, s.storageID)
+		cancel()
+		d.h.m.observeStore("load_sync_state", start)
+		if err == nil {
+			if ps.ss, err = automerge.LoadSyncState(d.doc, raw); err != nil {
+				d.log.Warn("ignoring unreadable sync state", "storage_id", s.storageID, "err", err)
+			}
+		} else if !errors.Is(err, ErrNotFound) {
+			d.log.Warn("failed to load sync state", "storage_id", s.storageID, "err", err)
+		}
+	}
+	if ps.ss == nil {
+		ps.ss = automerge.NewSyncState(d.doc)
+	}
+	d.peers[s] = ps
+	return ps
+}
+
+func (d *document) receiveSync(s *session, msg *protocol.Message) {
+	if s.closed.Load() {
+		return // queued before its connection failed
+	}
+	ps := d.peer(s)
+	sm, err := ps.ss.ReceiveMessage(msg.Data)
+	if err != nil {
+		delete(d.peers, s)
+		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
+		return
+	}
+	ps.dirty = true
+	if msg.Type == protocol.TypeSync {
+		d.exists = true // a peer that syncs a document we lack creates it
+	}
+	if !d.exists {
+		ps.unavailable = true
+		s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
+		return
+	}
+	if !s.ephemeral {
+		d.learnHeads(s, s.storageID, knownHeads{heads: hexHeads(sm.Heads()), timestamp: uint64(time.Now().UnixMilli())})
+	}
+}
+
+// flush stores what changed since the last flush, then (and only then)
+// generates the sync messages that advertise it: durable before advertised.
+func (d *document) flush() error {
+	if !d.exists {
+		return nil
+	}
+	heads := d.doc.Heads()
+	if !d.created || !slices.Equal(heads, d.heads) {
+		inc := d.doc.SaveIncremental()
+		ctx, cancel := d.storeCtx()
+		start := time.Now()
+		seq, err := d.h.opts.Store.AppendChanges(ctx, d.id, inc)
+		cancel()
+		d.h.m.observeStore("append", start)
+		if err != nil {
+			return err
+		}
+		d.created = true
+		d.lastSeq = seq
+		d.incBytes += len(inc)
+		d.heads = heads
+		for _, ps := range d.peers {
+			ps.dirty = true
+		}
+		kh := knownHeads{heads: hexHeads(heads), timestamp: uint64(time.Now().UnixMilli())}
+		for s := range d.peers {
+			if s.subscribed(d.h.storageID) {
+				d.sendHeads(s, d.h.storageID, kh)
+			}
+		}
+	}
+	for s, ps := range d.peers {
+		if !ps.dirty {
+			continue
+		}
+		ps.dirty = false
+		if ps.unavailable && len(heads) == 0 {
+			continue
+		}
+		sm, ok := ps.ss.GenerateMessage()
+		if !ok {
+			continue
+		}
+		ps.unavailable = false
+		s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: sm.Bytes()})
+	}
+	return nil
+}
+
+// learnHeads records heads of storage sid (heard from peer from) and tells
+// the other peers subscribed to sid.
+func (d *document) learnHeads(from *session, sid string, kh knownHeads) {
+	old, ok := d.remote[sid]
+	if ok && (old.timestamp > kh.timestamp || slices.Equal(old.heads, kh.heads)) {
+		return
+	}
+	d.remote[sid] = kh
+	for s := range d.peers {
+		if s != from && s.subscribed(sid) {
+			d.sendHeads(s, sid, kh)
+		}
+	}
+}
+
+func (d *document) sendHeads(s *session, sid string, kh knownHeads) {
+	s.send(&protocol.Message{
+		Type:       protocol.TypeRemoteHeadsChanged,
+		SenderID:   d.h.opts.PeerID,
+		TargetID:   s.peerID,
+		DocumentID: d.id,
+		NewHeads:   map[string]protocol.HeadsAt{sid: {Heads: kh.heads, Timestamp: kh.timestamp}},
+	})
+}
+
+func (d *document) saveSyncState(s *session, ps *peerState) {
+	if s.ephemeral || !d.created {
+		return
+	}
+	ctx, cancel := d.storeCtx()
+	defer cancel()
+	start := time.Now()
+	err := d.h.opts.Store.SaveSyncState(ctx, d.id, s.storageID, ps.ss.Save())
+	d.h.m.observeStore("save_sync_state", start)
+	if err != nil {
+		d.h.m.StoreErrors.WithLabelValues("save_sync_state").Inc()
+		d.log.Warn("failed to save sync state", "storage_id", s.storageID, "err", err)
+	}
+}
+
+// maybeCompact replaces the stored snapshot and incremental changes by one
+// new snapshot once the incremental changes outgrow the snapshot.
+func (d *document) maybeCompact() {
+	if !d.created || d.incBytes < d.h.opts.MinCompactBytes || d.incBytes < d.snapshotBytes {
+		return
+	}
+	snap := d.doc.Save()
+	ctx, cancel := d.storeCtx()
+	defer cancel()
+	start := time.Now()
+	err := d.h.opts.Store.Compact(ctx, d.id, snap, d.lastSeq)
+	d.h.m.observeStore("compact", start)
+	if err != nil {
+		d.h.m.StoreErrors.WithLabelValues("compact").Inc()
+		d.log.Warn("failed to compact", "err", err)
+		return
+	}
+	d.h.m.Compactions.Inc()
+	d.log.Debug("compacted", "snapshot_bytes", len(snap), "incremental_bytes", d.incBytes)
+	d.snapshotBytes, d.incBytes = len(snap), 0
+}
+
+// evict saves the sync states of remaining peers and drops the document.
+func (d *document) evict() {
+	for s, ps := range d.peers {
+		d.saveSyncState(s, ps)
+	}
+	d.maybeCompact()
+	d.peers = nil
+	d.doc = nil
+	d.h.m.DocumentsEvicted.Inc()
+	d.h.gcSoon()
+}
+
+// failAll removes the document after an unrecoverable store error. Peers
+// whose changes may not be stored are disconnected so that they resync (and
+// resend) on reconnect: nothing unstored was ever advertised to them.
+// Peers that only asked for the document are told it is unavailable.
+func (d *document) failAll() {
+	for s := range d.peers {
+		s.fail(protocol.CloseInternalError, fmt.Errorf("storage failure on document %s", d.id))
+	}
+	d.peers = nil
+	d.doc = nil
+	for !d.h.tryRemove(d) {
+		select {
+		case m := <-d.inbox: // a sender still held us: answer it too
+			if m.kind == kindSync {
+				m.s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: m.s.peerID, DocumentID: d.id})
+			}
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func hexHeads(hs []automerge.ChangeHash) []string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = h.String()
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,72 @@
+package hub
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the hub's Prometheus collectors. Create them with NewMetrics.
+type Metrics struct {
+	Connections      prometheus.Gauge
+	ConnectionsTotal prometheus.Counter
+	Disconnects      *prometheus.CounterVec // by close code: protocol errors, slow consumers, ...
+	OpenDocuments    prometheus.Gauge
+	DocumentsLoaded  prometheus.Counter
+	DocumentsEvicted prometheus.Counter
+	Compactions      prometheus.Counter
+	MessagesIn       *prometheus.CounterVec // by message type
+	MessagesOut      *prometheus.CounterVec // by message type
+	BytesIn          prometheus.Counter
+	BytesOut         prometheus.Counter
+	EphemeralDropped *prometheus.CounterVec // by reason
+	StoreSeconds     *prometheus.HistogramVec
+	StoreErrors      *prometheus.CounterVec
+}
+
+// NewMetrics creates the hub's collectors and registers them with reg,
+// unless reg is nil.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Connections:      prometheus.NewGauge(prometheus.GaugeOpts{Name: "plait_connections", Help: "Open client connections."}),
+		ConnectionsTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_connections_total", Help: "Client connections accepted."}),
+		Disconnects:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_disconnects_total", Help: "Connections closed by the server, by close code."}, []string{"code"}),
+		OpenDocuments:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "plait_open_documents", Help: "Documents held in memory."}),
+		DocumentsLoaded:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_documents_loaded_total", Help: "Documents opened (loaded from the store or created)."}),
+		DocumentsEvicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_documents_evicted_total", Help: "Idle documents evicted from memory."}),
+		Compactions:      prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_compactions_total", Help: "Documents compacted into a new snapshot."}),
+		MessagesIn:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_in_total", Help: "Protocol messages received, by type."}, []string{"type"}),
+		MessagesOut:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_out_total", Help: "Protocol messages queued for sending, by type."}, []string{"type"}),
+		BytesIn:          prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_bytes_in_total", Help: "Bytes of protocol frames received."}),
+		BytesOut:         prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_bytes_out_total", Help: "Bytes of protocol frames queued for sending."}),
+		EphemeralDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_ephemeral_dropped_total", Help: "Ephemeral messages not relayed, by reason."}, []string{"reason"}),
+		StoreSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "plait_store_seconds", Help: "Latency of store operations.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
+		}, []string{"op"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_store_errors_total", Help: "Failed store operations."}, []string{"op"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
+			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.MessagesIn, m.MessagesOut,
+			m.BytesIn, m.BytesOut, m.EphemeralDropped, m.StoreSeconds, m.StoreErrors)
+	}
+	return m
+}
+
+// countIn records an incoming frame of n bytes (typ "" counts bytes only).
+func (m *Metrics) countIn(typ string, n int) {
+	if typ != "" {
+		m.MessagesIn.WithLabelValues(typ).Inc()
+	}
+	m.BytesIn.Add(float64(n))
+}
+
+func (m *Metrics) countOut(typ string, n int) {
+	m.MessagesOut.WithLabelValues(typ).Inc()
+	m.BytesOut.Add(float64(n))
+}
+
+func (m *Metrics) observeStore(op string, start time.Time) {
+	m.StoreSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
+}

@@ -1,0 +1,324 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+// ConnInfo describes a connection for logs.
+type ConnInfo struct {
+	// RemoteAddr is the client's address as the transport saw it.
+	RemoteAddr string
+	// RequestID identifies the HTTP request that opened the connection.
+	RequestID string
+}
+
+// maxEphemeralSessions bounds the per-connection memory of ephemeral
+// de-duplication: the most recent sessions are remembered.
+const maxEphemeralSessions = 64
+
+// session is one joined peer on one connection. Its fields without a lock
+// are owned by the Serve goroutine (the read loop).
+type session struct {
+	h         *Hub
+	conn      Conn
+	log       *slog.Logger
+	peerID    string
+	storageID string // empty for peers without storage
+	ephemeral bool   // the peer keeps no storage: its sync state is not persisted
+
+	docs    map[protocol.DocumentID]struct{} // documents this peer has touched
+	ephSeen map[string]uint64                // ephemeral sessionId -> highest count
+	ephLRU  []string
+
+	closed atomic.Bool // set once the connection is failed or its read loop ended
+
+	mu   sync.Mutex
+	subs map[string]struct{} // storage ids whose heads this peer wants
+}
+
+// Serve runs one connection: it waits for the join message, answers with
+// peer, then reads and dispatches messages until the connection ends or ctx
+// is done. It closes conn before returning. Serve is safe to call from many
+// goroutines, one per connection.
+func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
+	cid := h.nextID.Add(1)
+	log := h.log.With("conn", cid, "remote", info.RemoteAddr)
+	if info.RequestID != "" {
+		log = log.With("request_id", info.RequestID)
+	}
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		conn.Close(protocol.CloseServiceRestart, "server shutting down")
+		return ErrHubClosed
+	}
+	h.sessWG.Add(1)
+	h.mu.Unlock()
+	defer h.sessWG.Done()
+	defer conn.Close(protocol.CloseNormal, "")
+	h.m.Connections.Inc()
+	h.m.ConnectionsTotal.Inc()
+	defer h.m.Connections.Dec()
+
+	s, err := h.join(ctx, conn, log)
+	if err != nil {
+		log.Info("connection closed before join", "err", err)
+		return err
+	}
+	defer h.unregister(s)
+	err = s.readLoop(ctx)
+	s.closed.Store(true)
+	s.leaveAll()
+	s.log.Info("connection closed", "err", err)
+	return err
+}
+
+func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger) (*session, error) {
+	jctx, cancel := context.WithTimeout(ctx, h.opts.JoinTimeout)
+	frame, err := conn.Read(jctx)
+	cancel()
+	if err != nil {
+		if jctx.Err() != nil && ctx.Err() == nil {
+			h.reject(conn, log, protocol.CloseJoinTimeout, "no join message within "+h.opts.JoinTimeout.String())
+		} else {
+			conn.Close(protocol.CloseNormal, "")
+		}
+		return nil, err
+	}
+	h.m.countIn("", len(frame))
+	msg, err := protocol.Decode(frame)
+	if err != nil {
+		h.reject(conn, log, protocol.CloseMalformedMessage, err.Error())
+		return nil, err
+	}
+	h.m.countIn(msg.Type, 0)
+	if msg.Type != protocol.TypeJoin {
+		err := fmt.Errorf("expected join, got %q", msg.Type)
+		h.reject(conn, log, protocol.CloseMalformedMessage, err.Error())
+		return nil, err
+	}
+	if !slices.Contains(msg.SupportedProtocolVersions, protocol.ProtocolVersion) {
+		err := fmt.Errorf("unsupported protocol versions %q: this server speaks %q", msg.SupportedProtocolVersions, protocol.ProtocolVersion)
+		h.reject(conn, log, protocol.CloseUnsupportedVersion, err.Error())
+		return nil, err
+	}
+	s := &session{
+		h:       h,
+		conn:    conn,
+		peerID:  msg.SenderID,
+		docs:    make(map[protocol.DocumentID]struct{}),
+		ephSeen: make(map[string]uint64),
+		subs:    make(map[string]struct{}),
+	}
+	s.ephemeral = true
+	if md := msg.PeerMetadata; md != nil {
+		s.storageID = md.StorageID
+		s.ephemeral = md.IsEphemeral || md.StorageID == ""
+	}
+	s.log = log.With("peer", s.peerID)
+	h.mu.Lock()
+	h.conns[s] = struct{}{}
+	h.mu.Unlock()
+	if err := h.register(s); err != nil {
+		h.unregister(s)
+		conn.Close(protocol.CloseServiceRestart, "server shutting down")
+		return nil, err
+	}
+	s.send(&protocol.Message{
+		Type:                    protocol.TypePeer,
+		SenderID:                h.opts.PeerID,
+		TargetID:                s.peerID,
+		PeerMetadata:            &protocol.PeerMetadata{StorageID: h.storageID, IsEphemeral: false},
+		SelectedProtocolVersion: protocol.ProtocolVersion,
+	})
+	s.log.Info("peer joined", "storage_id", s.storageID, "ephemeral", s.ephemeral)
+	return s, nil
+}
+
+// reject sends an error message and closes conn; used before a session exists.
+func (h *Hub) reject(conn Conn, log *slog.Logger, code protocol.CloseCode, reason string) {
+	log.Warn("rejecting connection", "code", code, "reason", reason)
+	h.m.Disconnects.WithLabelValues(code.String()).Inc()
+	if frame, err := protocol.Encode(&protocol.Message{Type: protocol.TypeError, SenderID: h.opts.PeerID, ErrorMessage: reason}); err == nil {
+		h.m.countOut(protocol.TypeError, len(frame))
+		_ = conn.Send(frame)
+	}
+	conn.Close(code, closeReason(reason))
+}
+
+// closeReason trims a reason to fit a WebSocket close frame (123 bytes).
+func closeReason(s string) string {
+	if len(s) <= 120 {
+		return s
+	}
+	return s[:117] + "..."
+}
+
+func (s *session) readLoop(ctx context.Context) error {
+	for {
+		frame, err := s.conn.Read(ctx)
+		if err != nil {
+			return err
+		}
+		s.h.m.countIn("", len(frame))
+		msg, err := protocol.Decode(frame)
+		if err != nil {
+			s.fail(protocol.CloseMalformedMessage, err)
+			return err
+		}
+		s.h.m.countIn(msg.Type, 0)
+		if err := s.dispatch(ctx, msg); err != nil {
+			return err
+		}
+	}
+}
+
+// errProtocol marks a message that is well-formed but not allowed here.
+var errProtocol = errors.New("protocol violation")
+
+func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
+	if msg.SenderID != s.peerID {
+		err := fmt.Errorf("%w: senderId %q does not match the joined peer %q", errProtocol, msg.SenderID, s.peerID)
+		s.fail(protocol.CloseMalformedMessage, err)
+		return err
+	}
+	switch msg.Type {
+	case protocol.TypeSync, protocol.TypeRequest:
+		d := s.h.document(msg.DocumentID, true)
+		if d == nil {
+			return ErrHubClosed
+		}
+		s.docs[msg.DocumentID] = struct{}{}
+		return d.post(ctx, docMsg{kind: kindSync, s: s, msg: msg})
+	case protocol.TypeEphemeral:
+		if !s.freshEphemeral(msg.SessionID, msg.Count) {
+			s.h.m.EphemeralDropped.WithLabelValues("duplicate").Inc()
+			return nil
+		}
+		d := s.h.document(msg.DocumentID, false)
+		if d == nil {
+			s.h.m.EphemeralDropped.WithLabelValues("no_peers").Inc()
+			return nil
+		}
+		return d.post(ctx, docMsg{kind: kindEphemeral, s: s, msg: msg})
+	case protocol.TypeRemoteSubscriptionChange:
+		s.mu.Lock()
+		for _, id := range msg.Remove {
+			delete(s.subs, id)
+		}
+		for _, id := range msg.Add {
+			s.subs[id] = struct{}{}
+		}
+		s.mu.Unlock()
+		if len(msg.Add) == 0 {
+			return nil
+		}
+		// Tell the peer what is known of the newly subscribed storages for
+		// the documents it has open.
+		for id := range s.docs {
+			if d := s.h.document(id, false); d != nil {
+				if err := d.post(ctx, docMsg{kind: kindSubscribed, s: s, storageIDs: msg.Add}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	case protocol.TypeRemoteHeadsChanged:
+		if _, ok := s.docs[msg.DocumentID]; !ok {
+			return nil // gossip about a document this peer does not sync with us
+		}
+		if d := s.h.document(msg.DocumentID, false); d != nil {
+			return d.post(ctx, docMsg{kind: kindRemoteHeads, s: s, msg: msg})
+		}
+		return nil
+	case protocol.TypeDocUnavailable:
+		// The peer lacks a document we offered; the hub never asks peers for
+		// documents, so there is nothing to do.
+		return nil
+	case protocol.TypeLeave:
+		s.conn.Close(protocol.CloseNormal, "peer left")
+		return nil
+	case protocol.TypeError:
+		s.log.Info("peer reported an error", "message", msg.ErrorMessage)
+		return nil
+	default: // join, peer: only valid as the first message / from a server
+		err := fmt.Errorf("%w: unexpected %q message after join", errProtocol, msg.Type)
+		s.fail(protocol.CloseMalformedMessage, err)
+		return err
+	}
+}
+
+// freshEphemeral reports whether an ephemeral message is new, remembering
+// the highest count per ephemeral session (bounded).
+func (s *session) freshEphemeral(sessionID string, count uint64) bool {
+	last, ok := s.ephSeen[sessionID]
+	if ok && count <= last {
+		return false
+	}
+	if !ok {
+		if len(s.ephLRU) >= maxEphemeralSessions {
+			delete(s.ephSeen, s.ephLRU[0])
+			s.ephLRU = s.ephLRU[1:]
+		}
+		s.ephLRU = append(s.ephLRU, sessionID)
+	}
+	s.ephSeen[sessionID] = count
+	return true
+}
+
+// subscribed reports whether the peer asked for heads of storageID.
+func (s *session) subscribed(storageID string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.subs[storageID]
+	return ok
+}
+
+// send encodes and queues m. Errors are logged; a slow consumer is closed
+// by the transport.
+func (s *session) send(m *protocol.Message) {
+	frame, err := protocol.Encode(m)
+	if err != nil {
+		s.log.Error("failed to encode message", "type", m.Type, "err", err)
+		return
+	}
+	if err := s.conn.Send(frame); err != nil {
+		if errors.Is(err, ErrSlowConsumer) {
+			s.h.m.Disconnects.WithLabelValues(protocol.CloseSlowConsumer.String()).Inc()
+			s.log.Warn("closed slow consumer")
+		}
+		return
+	}
+	s.h.m.countOut(m.Type, len(frame))
+}
+
+// fail tells the peer what went wrong and closes its connection.
+func (s *session) fail(code protocol.CloseCode, err error) {
+	if s.closed.Swap(true) {
+		return
+	}
+	s.log.Warn("closing connection", "code", code, "err", err)
+	s.h.m.Disconnects.WithLabelValues(code.String()).Inc()
+	s.send(&protocol.Message{Type: protocol.TypeError, SenderID: s.h.opts.PeerID, TargetID: s.peerID, ErrorMessage: err.Error()})
+	s.conn.Close(code, closeReason(err.Error()))
+}
+
+// leaveAll detaches the session from every document it touched, so their
+// owners persist its sync state and stop syncing with it.
+func (s *session) leaveAll() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.h.opts.StoreTimeout)
+	defer cancel()
+	for id := range s.docs {
+		if d := s.h.document(id, false); d != nil {
+			_ = d.post(ctx, docMsg{kind: kindLeave, s: s})
+		}
+	}
+}

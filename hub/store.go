@@ -1,0 +1,76 @@
+package hub
+
+import (
+	"context"
+	"errors"
+
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+// ErrNotFound is returned by a Store when the requested document or sync
+// state does not exist. Callers compare with errors.Is.
+var ErrNotFound = errors.New("not found")
+
+// Store persists documents and per-peer sync states.
+//
+// Contract (every implementation must pass storetest.RunStoreTests):
+//   - All methods are safe for concurrent use by many goroutines.
+//   - The hub calls the per-document methods of one document from that
+//     document's owner goroutine only, so calls for one document never overlap
+//     within a node. Calls for different documents do overlap; implementations
+//     should group concurrent AppendChanges calls into one durable commit.
+//   - "Durable" means: when the method returns nil, the data survives a crash
+//     of the process or the machine (fsync or equivalent).
+//   - Returned byte slices are owned by the caller; slices passed in may be
+//     reused by the caller after the method returns.
+type Store interface {
+	// StorageID returns the identity of this storage, created at random on
+	// first use and stable afterwards. The hub announces it to clients as its
+	// storageId: every node sharing one storage shares one StorageID.
+	StorageID(ctx context.Context) (string, error)
+
+	// LoadDoc returns the document's snapshot and every batch appended since
+	// the last Compact, in ascending Seq order. It returns ErrNotFound if the
+	// document was never created (or was deleted).
+	LoadDoc(ctx context.Context, id protocol.DocumentID) (StoredDoc, error)
+
+	// AppendChanges durably appends one batch of Automerge change chunks
+	// (concatenated, as produced by Doc.SaveIncremental) and returns the
+	// batch's sequence number, which is greater than that of every batch
+	// appended before it for this document. It creates the document if it
+	// does not exist; an empty batch only creates it.
+	AppendChanges(ctx context.Context, id protocol.DocumentID, batch []byte) (seq uint64, err error)
+
+	// Compact atomically replaces the document's snapshot with snapshot and
+	// deletes the batches whose Seq is <= throughSeq. Batches appended after
+	// throughSeq are kept. Durable before return. ErrNotFound if the document
+	// does not exist.
+	Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error
+
+	// DeleteDoc removes the document, its batches and its sync states.
+	// Deleting a missing document is not an error.
+	DeleteDoc(ctx context.Context, id protocol.DocumentID) error
+
+	// SaveSyncState durably stores the sync state of the peer storage
+	// storageID for document id, replacing any earlier one.
+	SaveSyncState(ctx context.Context, id protocol.DocumentID, storageID string, state []byte) error
+
+	// LoadSyncState returns what SaveSyncState stored, or ErrNotFound.
+	LoadSyncState(ctx context.Context, id protocol.DocumentID, storageID string) ([]byte, error)
+
+	// Close releases the store. Calls after Close return an error.
+	Close() error
+}
+
+// StoredDoc is a document as a Store holds it: a compacted snapshot (nil
+// if the document was never compacted) and the batches appended since.
+type StoredDoc struct {
+	Snapshot []byte
+	Batches  []Batch
+}
+
+// Batch is one AppendChanges call as stored.
+type Batch struct {
+	Seq  uint64
+	Data []byte
+}

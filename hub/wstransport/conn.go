@@ -1,0 +1,252 @@
+package wstransport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+var _ hub.Conn = (*Conn)(nil)
+
+// Options configures a Conn. The zero value of each field is the documented
+// default.
+type Options struct {
+	// MaxMessageBytes is the largest frame accepted from the client; a
+	// bigger one closes the connection with protocol.CloseMessageTooBig.
+	// A first sync of a large document arrives as one frame, so this must
+	// exceed the largest document a client may upload. Default: 32 MiB.
+	MaxMessageBytes int64
+
+	// MaxQueueBytes bounds the bytes queued for writing. A frame that does
+	// not fit closes the connection as a slow consumer; a single frame is
+	// always accepted into an empty queue, so one large message can go out.
+	// Default: 16 MiB.
+	MaxQueueBytes int
+
+	// WriteTimeout bounds each frame write. Default: 10s.
+	WriteTimeout time.Duration
+
+	// PingInterval is the time between pings. Default: 30s.
+	PingInterval time.Duration
+
+	// PongTimeout is how long to wait for a pong before closing the
+	// connection as dead. Default: 15s.
+	PongTimeout time.Duration
+
+	// OnClose, if set, is called once with the close code the server chose
+	// (not called when the client closed first).
+	OnClose func(code protocol.CloseCode)
+}
+
+func (o *Options) fill() {
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 32 << 20
+	}
+	if o.MaxQueueBytes <= 0 {
+		o.MaxQueueBytes = 16 << 20
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = 10 * time.Second
+	}
+	if o.PingInterval <= 0 {
+		o.PingInterval = 30 * time.Second
+	}
+	if o.PongTimeout <= 0 {
+		o.PongTimeout = 15 * time.Second
+	}
+}
+
+// Conn is a hub.Conn over a WebSocket.
+type Conn struct {
+	ws   *websocket.Conn
+	opts Options
+
+	mu        sync.Mutex
+	queue     [][]byte
+	queued    int
+	closing   bool
+	closeCode protocol.CloseCode
+	closeMsg  string
+	wake      chan struct{} // capacity 1: the writer has work
+	done      chan struct{} // closed when the writer has finished
+}
+
+// New wraps ws, sets its read limit and starts the writer goroutine. The
+// caller must eventually call Close (or the client must disconnect) for the
+// writer to stop.
+func New(ws *websocket.Conn, opts Options) *Conn {
+	opts.fill()
+	ws.SetReadLimit(opts.MaxMessageBytes)
+	c := &Conn{ws: ws, opts: opts, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go c.writer()
+	return c
+}
+
+// Done is closed once the connection is fully closed.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Read returns the next binary frame.
+func (c *Conn) Read(ctx context.Context) ([]byte, error) {
+	typ, b, err := c.ws.Read(ctx)
+	if err != nil {
+		var ce websocket.CloseError
+		switch {
+		case errors.As(err, &ce):
+			c.closeQuiet()
+			return nil, fmt.Errorf("%w: client closed with %d %s", hub.ErrConnClosed, ce.Code, ce.Reason)
+		case errors.Is(err, websocket.ErrMessageTooBig):
+			// coder/websocket has already sent close 1009 "read limited at N bytes".
+			c.closeQuiet()
+			if c.opts.OnClose != nil {
+				c.opts.OnClose(protocol.CloseMessageTooBig)
+			}
+		default:
+			c.closeQuiet()
+		}
+		return nil, fmt.Errorf("%w: %w", hub.ErrConnClosed, err)
+	}
+	if typ != websocket.MessageBinary {
+		c.Close(protocol.CloseMalformedMessage, "text frames are not part of the protocol: send binary CBOR")
+		return nil, fmt.Errorf("%w: client sent a text frame", hub.ErrConnClosed)
+	}
+	return b, nil
+}
+
+// Send queues frame; see hub.Conn.
+func (c *Conn) Send(frame []byte) error {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return hub.ErrConnClosed
+	}
+	if c.queued > 0 && c.queued+len(frame) > c.opts.MaxQueueBytes {
+		c.closing, c.closeCode, c.closeMsg = true, protocol.CloseSlowConsumer, "slow consumer: write queue full"
+		c.queue, c.queued = nil, 0 // drop: the client is cut off
+		c.mu.Unlock()
+		c.signal()
+		return hub.ErrSlowConsumer
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	c.mu.Unlock()
+	c.signal()
+	return nil
+}
+
+// Close flushes queued frames, then closes with code and reason.
+func (c *Conn) Close(code protocol.CloseCode, reason string) {
+	c.mu.Lock()
+	if !c.closing {
+		c.closing, c.closeCode, c.closeMsg = true, code, reason
+	}
+	c.mu.Unlock()
+	c.signal()
+}
+
+// closeQuiet stops the writer without a close handshake (the socket is
+// already gone or closed by the client).
+func (c *Conn) closeQuiet() {
+	c.mu.Lock()
+	if !c.closing {
+		c.closing, c.closeCode = true, 0
+	}
+	c.queue, c.queued = nil, 0
+	c.mu.Unlock()
+	c.signal()
+}
+
+func (c *Conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Conn) writer() {
+	defer close(c.done)
+	ping := time.NewTicker(c.opts.PingInterval)
+	defer ping.Stop()
+	var pinging chan struct{}
+	for {
+		select {
+		case <-c.wake:
+		case <-ping.C:
+			if pinging != nil {
+				continue // the previous ping is still waiting for its pong
+			}
+			pinging = make(chan struct{})
+			go c.ping(pinging)
+			continue
+		}
+		c.mu.Lock()
+		batch := c.queue
+		c.queue, c.queued = nil, 0
+		closing, code, msg := c.closing, c.closeCode, c.closeMsg
+		c.mu.Unlock()
+		for _, f := range batch {
+			if err := c.write(f); err != nil {
+				c.finish(0, "")
+				return
+			}
+		}
+		if closing {
+			c.finish(code, msg)
+			return
+		}
+	}
+}
+
+func (c *Conn) write(f []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.WriteTimeout)
+	defer cancel()
+	return c.ws.Write(ctx, websocket.MessageBinary, f)
+}
+
+func (c *Conn) ping(done chan struct{}) {
+	defer close(done)
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.PongTimeout)
+	defer cancel()
+	if err := c.ws.Ping(ctx); err != nil {
+		c.mu.Lock()
+		if !c.closing {
+			c.closing, c.closeCode, c.closeMsg = true, protocol.ClosePolicyViolation, "ping timeout"
+		}
+		c.mu.Unlock()
+		c.signal()
+	}
+}
+
+// finish sends the close frame (code 0: none) and releases the socket.
+func (c *Conn) finish(code protocol.CloseCode, reason string) {
+	c.mu.Lock()
+	c.closing = true
+	c.queue, c.queued = nil, 0
+	c.mu.Unlock()
+	if code == 0 {
+		_ = c.ws.CloseNow()
+		return
+	}
+	if c.opts.OnClose != nil {
+		c.opts.OnClose(code)
+	}
+	// Close waits for the client's close frame; bound it so that a silent
+	// client cannot hold the writer.
+	done := make(chan struct{})
+	go func() {
+		_ = c.ws.Close(websocket.StatusCode(code), reason)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(c.opts.WriteTimeout):
+		_ = c.ws.CloseNow()
+	}
+}
+

@@ -1,0 +1,132 @@
+package node
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// Config is a node's configuration. Every field has a flag and a PLAIT_*
+// environment variable (flag name upper-cased, dashes as underscores); a
+// flag given on the command line wins over the environment.
+type Config struct {
+	Addr            string        // listen address
+	DataDir         string        // embedded store directory
+	AllowAnonymous  bool          // serve without auth on a non-loopback address
+	AllowedOrigins  []string      // extra browser origins allowed to open /ws
+	MaxMessageBytes int64         // largest frame from a client
+	MaxQueueBytes   int           // write queue bound per connection
+	WriteTimeout    time.Duration // per frame write
+	PingInterval    time.Duration // keepalive ping period
+	PongTimeout     time.Duration // pong wait before a connection counts as dead
+	JoinTimeout     time.Duration // time a new connection has to send join
+	IdleDocTimeout  time.Duration // unused documents stay in memory this long
+	ShutdownTimeout time.Duration // graceful drain on SIGTERM
+	LogLevel        slog.Level
+	LogFormat       string // text or json
+}
+
+// ParseConfig reads flags from args and environment variables through getenv.
+// It returns flag.ErrHelp after printing usage to out when -h/--help is given.
+func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("plait", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address (host:port)")
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory of the embedded store")
+	fs.BoolVar(&c.AllowAnonymous, "allow-anonymous", false, "serve unauthenticated clients on a non-loopback address (there is no login yet: required to listen beyond loopback)")
+	origins := fs.String("allowed-origins", "", "comma-separated browser origins (host patterns, e.g. app.example.com) allowed to open /ws besides the node's own host")
+	fs.Int64Var(&c.MaxMessageBytes, "max-message-bytes", 32<<20, "largest WebSocket message accepted from a client (a document's first sync arrives as one message)")
+	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 16<<20, "bytes queued for a slow client before it is disconnected")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "deadline of each write to a client")
+	fs.DurationVar(&c.PingInterval, "ping-interval", 30*time.Second, "WebSocket keepalive ping period")
+	fs.DurationVar(&c.PongTimeout, "pong-timeout", 15*time.Second, "time to wait for a pong before closing a connection")
+	fs.DurationVar(&c.JoinTimeout, "join-timeout", 10*time.Second, "time a new connection has to send its join message")
+	fs.DurationVar(&c.IdleDocTimeout, "idle-doc-timeout", 30*time.Second, "how long a document nobody is syncing stays in memory")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "graceful shutdown deadline")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
+	fs.Usage = func() {
+		fmt.Fprintf(out, "Usage: plait [flags]\n\nRuns one Plait node: an automerge-repo sync server on WebSocket /ws.\nEvery flag can also be set by an environment variable PLAIT_<FLAG> (upper case, dashes as underscores), e.g. PLAIT_ADDR=0.0.0.0:8080; a flag wins over the variable.\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := "PLAIT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(name); v != "" {
+			if err := fs.Set(f.Name, v); err != nil && envErr == nil {
+				envErr = fmt.Errorf("invalid %s=%q: %w", name, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return c, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	for _, o := range strings.Split(*origins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			c.AllowedOrigins = append(c.AllowedOrigins, o)
+		}
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(*level)); err != nil {
+		return c, fmt.Errorf("invalid log level %q: %w", *level, err)
+	}
+	return c, c.Validate()
+}
+
+// Validate checks the configuration for values that cannot work or are unsafe.
+func (c *Config) Validate() error {
+	host, _, err := net.SplitHostPort(c.Addr)
+	if err != nil {
+		return fmt.Errorf("invalid addr %q: %w", c.Addr, err)
+	}
+	if !c.AllowAnonymous && !isLoopback(host) {
+		return fmt.Errorf("refusing to listen on %q without authentication: Plait has no login configured, so it serves anonymous clients only on loopback; pass --allow-anonymous to serve %s anyway", c.Addr, host)
+	}
+	for _, o := range c.AllowedOrigins {
+		if o == "*" {
+			return errors.New("allowed-origins: \"*\" would let any web page use a visitor's connection; list the origins")
+		}
+	}
+	if c.MaxMessageBytes < 1024 {
+		return fmt.Errorf("max-message-bytes %d is too small (minimum 1024)", c.MaxMessageBytes)
+	}
+	if c.MaxQueueBytes < 1024 {
+		return fmt.Errorf("max-queue-bytes %d is too small (minimum 1024)", c.MaxQueueBytes)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log-format must be text or json, not %q", c.LogFormat)
+	}
+	if c.DataDir == "" {
+		return errors.New("data-dir must not be empty")
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// NewLogger builds the node's logger from the configuration.
+func (c *Config) NewLogger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: c.LogLevel}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

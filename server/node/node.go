@@ -1,0 +1,266 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/boltstore"
+	"github.com/plaithub/plait/hub/wstransport"
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+// wsBufferBytes sizes each WebSocket connection's read and write buffers.
+const wsBufferBytes = 4096
+
+// Node is one running Plait node: the Fiber app, the hub and the store.
+type Node struct {
+	cfg   Config
+	log   *slog.Logger
+	store *boltstore.Store
+	hub   *hub.Hub
+	app   *fiber.App
+	reg   *prometheus.Registry
+
+	ctx      context.Context // lives until Shutdown: parent of every session
+	cancel   context.CancelFunc
+	draining atomic.Bool
+}
+
+// New opens the store and builds the node; it does not listen yet.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("failed to create data dir: %w", err)
+	}
+	store, err := boltstore.Open(filepath.Join(cfg.DataDir, "plait.db"), boltstore.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("failed to open store in %s: %w", cfg.DataDir, err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	h, err := hub.New(ctx, hub.Options{
+		Store:          store,
+		Logger:         log,
+		Metrics:        hub.NewMetrics(reg),
+		JoinTimeout:    cfg.JoinTimeout,
+		IdleDocTimeout: cfg.IdleDocTimeout,
+		AfterGC:        releaseFreedMemory,
+	})
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	nctx, cancel := context.WithCancel(context.Background())
+	n := &Node{cfg: cfg, log: log, store: store, hub: h, reg: reg, ctx: nctx, cancel: cancel}
+	n.app = n.newApp()
+	return n, nil
+}
+
+// Hub returns the node's hub.
+func (n *Node) Hub() *hub.Hub { return n.hub }
+
+func (n *Node) newApp() *fiber.App {
+	app := fiber.New(fiber.Config{
+		DisableStartupMessage: true,
+		ReadTimeout:           30 * time.Second,
+		WriteTimeout:          30 * time.Second,
+		IdleTimeout:           120 * time.Second,
+		ErrorHandler: func(c *fiber.Ctx, err error) error {
+			code := fiber.StatusInternalServerError
+			var fe *fiber.Error
+			if errors.As(err, &fe) {
+				code = fe.Code
+			}
+			return c.Status(code).JSON(fiber.Map{"error": err.Error()})
+		},
+	})
+	app.Use(func(c *fiber.Ctx) error {
+		id := string(c.Request().Header.Peek("X-Request-Id"))
+		if id == "" || len(id) > 64 {
+			id = randomHex(8)
+		}
+		c.Locals("request_id", id)
+		c.Set("X-Request-Id", id)
+		return c.Next()
+	})
+	app.Get("/healthz", func(c *fiber.Ctx) error {
+		return c.JSON(fiber.Map{"status": "ok"})
+	})
+	app.Get("/readyz", func(c *fiber.Ctx) error {
+		if n.draining.Load() {
+			return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "draining"})
+		}
+		return c.JSON(fiber.Map{"status": "ready", "peerId": n.hub.PeerID(), "storageId": n.hub.StorageID()})
+	})
+	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
+	app.Get("/metrics", func(c *fiber.Ctx) error {
+		metrics(c.Context())
+		return nil
+	})
+	app.Get("/ws", n.handleWS)
+	app.Get("/", func(c *fiber.Ctx) error {
+		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
+	})
+	return app
+}
+
+// handleWS upgrades GET /ws to a WebSocket (coder/websocket over a
+// connection hijacked from fasthttp) and serves it with the hub.
+func (n *Node) handleWS(c *fiber.Ctx) error {
+	if !headerHasToken(c.Get("Connection"), "upgrade") || !headerHasToken(c.Get("Upgrade"), "websocket") {
+		c.Set("Upgrade", "websocket")
+		return fiber.NewError(fiber.StatusUpgradeRequired, "this endpoint speaks WebSocket only (automerge-repo protocol)")
+	}
+	if n.draining.Load() {
+		return fiber.NewError(fiber.StatusServiceUnavailable, "server shutting down")
+	}
+	req, err := http.NewRequest(http.MethodGet, "http://"+string(c.Request().Host())+c.OriginalURL(), nil)
+	if err != nil {
+		return fiber.NewError(fiber.StatusBadRequest, "bad request URL")
+	}
+	c.Request().Header.VisitAll(func(k, v []byte) { req.Header.Add(string(k), string(v)) })
+	req.Host = string(c.Request().Host())
+	req.RemoteAddr = c.Context().RemoteAddr().String()
+	if err := n.checkOrigin(req); err != nil {
+		n.log.Warn("rejected cross-origin WebSocket", "origin", req.Header.Get("Origin"), "remote", req.RemoteAddr)
+		return fiber.NewError(fiber.StatusForbidden, err.Error())
+	}
+	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: c.Locals("request_id").(string)}
+	c.Context().HijackSetNoResponse(true)
+	c.Context().Hijack(func(nc net.Conn) {
+		_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
+		ws, err := websocket.Accept(newHijackWriter(nc, wsBufferBytes), req, &websocket.AcceptOptions{
+			OriginPatterns:  n.cfg.AllowedOrigins,
+			CompressionMode: websocket.CompressionDisabled,
+		})
+		if err != nil {
+			n.log.Info("WebSocket handshake failed", "remote", info.RemoteAddr, "err", err)
+			return
+		}
+		conn := wstransport.New(ws, wstransport.Options{
+			MaxMessageBytes: n.cfg.MaxMessageBytes,
+			MaxQueueBytes:   n.cfg.MaxQueueBytes,
+			WriteTimeout:    n.cfg.WriteTimeout,
+			PingInterval:    n.cfg.PingInterval,
+			PongTimeout:     n.cfg.PongTimeout,
+		})
+		_ = n.hub.Serve(n.ctx, conn, info)
+		conn.Close(protocol.CloseNormal, "")
+		<-conn.Done() // fasthttp closes nc when this returns
+	})
+	return nil
+}
+
+// checkOrigin applies coder/websocket's rule (same host, or a listed
+// pattern) before the hijack, so that a refused handshake is a normal 403.
+func (n *Node) checkOrigin(r *http.Request) error {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return nil // not a browser: no cross-site risk
+	}
+	u, err := urlHost(origin)
+	if err != nil {
+		return fmt.Errorf("invalid Origin header %q", origin)
+	}
+	if strings.EqualFold(u, r.Host) {
+		return nil
+	}
+	for _, p := range n.cfg.AllowedOrigins {
+		if ok, _ := matchOrigin(p, origin, u); ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("origin %q is not allowed to open a WebSocket here (see --allowed-origins)", origin)
+}
+
+// Serve accepts connections on ln until Shutdown.
+func (n *Node) Serve(ln net.Listener) error {
+	n.log.Info("plait node serving", "addr", ln.Addr().String(), "data_dir", n.cfg.DataDir,
+		"peer_id", n.hub.PeerID(), "storage_id", n.hub.StorageID(), "anonymous", true)
+	return n.app.Listener(ln)
+}
+
+// Shutdown drains the node: /readyz turns 503, every session is closed with
+// 1012 (service restart) so clients reconnect, documents write their sync
+// states, the HTTP server stops and the store is closed.
+func (n *Node) Shutdown(ctx context.Context) error {
+	n.draining.Store(true)
+	var errs []error
+	if err := n.hub.Shutdown(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	n.cancel()
+	if err := n.app.ShutdownWithContext(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("failed to stop HTTP server: %w", err))
+	}
+	if err := n.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("failed to close store: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Run listens on cfg.Addr and serves until ctx is done, then shuts down
+// within cfg.ShutdownTimeout.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	n, err := New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		_ = n.Shutdown(context.Background())
+		return fmt.Errorf("failed to listen: %w", err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- n.Serve(ln) }()
+	select {
+	case err := <-errc:
+		_ = n.Shutdown(context.Background())
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := n.Shutdown(sctx); err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func headerHasToken(v, token string) bool {
+	for _, t := range strings.Split(v, ",") {
+		if strings.EqualFold(strings.TrimSpace(t), token) {
+			return true
+		}
+	}
+	return false
+}
