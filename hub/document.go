@@ -209,7 +209,7 @@ func (d *document) handle(m docMsg) {
 		for _, sid := range m.storageIDs {
 			if sid == d.h.storageID {
 				if d.created {
-					d.sendHeads(m.s, sid, knownHeads{heads: hexHeads(d.heads), timestamp: uint64(time.Now().UnixMilli())})
+					d.sendHeads(m.s, sid, knownHeads{heads: wireHeads(d.heads), timestamp: uint64(time.Now().UnixMilli())})
 				}
 			} else if kh, ok := d.remote[sid]; ok {
 				d.sendHeads(m.s, sid, kh)
@@ -272,7 +272,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		return
 	}
 	if !s.ephemeral {
-		d.learnHeads(s, s.storageID, knownHeads{heads: hexHeads(sm.Heads()), timestamp: uint64(time.Now().UnixMilli())})
+		d.learnHeads(s, s.storageID, knownHeads{heads: wireHeads(sm.Heads()), timestamp: uint64(time.Now().UnixMilli())})
 	}
 }
 
@@ -300,7 +300,7 @@ func (d *document) flush() error {
 		for _, ps := range d.peers {
 			ps.dirty = true
 		}
-		kh := knownHeads{heads: hexHeads(heads), timestamp: uint64(time.Now().UnixMilli())}
+		kh := knownHeads{heads: wireHeads(heads), timestamp: uint64(time.Now().UnixMilli())}
 		for s := range d.peers {
 			if s.subscribed(d.h.storageID) {
 				d.sendHeads(s, d.h.storageID, kh)
@@ -420,11 +420,12 @@ func (d *document) failAll() {
 	}
 }
 
-func hexHeads(hs []automerge.ChangeHash) []string {
+// wireHeads encodes heads as automerge-repo sends them in
+// remote-heads-changed (bs58check, in the document's order).
+func wireHeads(hs []automerge.ChangeHash) []string {
 	out := make([]string, len(hs))
 	for i, h := range hs {
-		out[i] = h.String()
+		out[i] = protocol.EncodeHead(h)
 	}
-	slices.Sort(out)
 	return out
 }

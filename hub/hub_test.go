@@ -1,0 +1,386 @@
+package hub_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/automerge/automerge-go"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/memstore"
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+// pipeConn is an in-memory hub.Conn: the test plays the client.
+type pipeConn struct {
+	toHub   chan []byte
+	fromHub chan []byte
+	mu      sync.Mutex
+	closed  bool
+	code    protocol.CloseCode
+	done    chan struct{}
+}
+
+func newPipe() *pipeConn {
+	return &pipeConn{toHub: make(chan []byte, 64), fromHub: make(chan []byte, 1024), done: make(chan struct{})}
+}
+
+func (c *pipeConn) Read(ctx context.Context) ([]byte, error) {
+	select {
+	case b := <-c.toHub:
+		return b, nil
+	case <-c.done:
+		return nil, hub.ErrConnClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (c *pipeConn) Send(frame []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return hub.ErrConnClosed
+	}
+	c.fromHub <- frame
+	return nil
+}
+
+func (c *pipeConn) Close(code protocol.CloseCode, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closed {
+		c.closed, c.code = true, code
+		close(c.done)
+	}
+}
+
+func (c *pipeConn) closeCode() (protocol.CloseCode, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.code, c.closed
+}
+
+// client is the test's side of one pipeConn.
+type client struct {
+	t    *testing.T
+	c    *pipeConn
+	id   string
+	hub  string
+	errc chan error
+}
+
+func connect(t *testing.T, h *hub.Hub, id, storageID string) *client {
+	t.Helper()
+	cl := &client{t: t, c: newPipe(), id: id, errc: make(chan error, 1)}
+	go func() { cl.errc <- h.Serve(context.Background(), cl.c, hub.ConnInfo{RemoteAddr: "pipe"}) }()
+	cl.send(&protocol.Message{Type: protocol.TypeJoin, SenderID: id, SupportedProtocolVersions: []string{"1"},
+		PeerMetadata: &protocol.PeerMetadata{StorageID: storageID, IsEphemeral: storageID == ""}})
+	m := cl.recv(time.Second)
+	if m == nil || m.Type != protocol.TypePeer {
+		t.Fatalf("expected peer, got %+v", m)
+	}
+	cl.hub = m.SenderID
+	t.Cleanup(func() { cl.c.Close(protocol.CloseNormal, "") })
+	return cl
+}
+
+func (cl *client) send(m *protocol.Message) {
+	cl.t.Helper()
+	b, err := protocol.Encode(m)
+	if err != nil {
+		cl.t.Fatal(err)
+	}
+	cl.c.toHub <- b
+}
+
+// recv returns the next message or nil after timeout.
+func (cl *client) recv(timeout time.Duration) *protocol.Message {
+	cl.t.Helper()
+	select {
+	case b := <-cl.c.fromHub:
+		m, err := protocol.Decode(b)
+		if err != nil {
+			cl.t.Fatalf("hub sent an undecodable frame: %v", err)
+		}
+		return m
+	case <-time.After(timeout):
+		return nil
+	}
+}
+
+func (cl *client) sync(id protocol.DocumentID, ss *automerge.SyncState, typ string) bool {
+	sm, ok := ss.GenerateMessage()
+	if ok {
+		cl.send(&protocol.Message{Type: typ, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, Data: sm.Bytes()})
+	}
+	return ok
+}
+
+// syncUntilQuiet exchanges sync messages until nothing more arrives.
+func (cl *client) syncUntilQuiet(id protocol.DocumentID, ss *automerge.SyncState) {
+	cl.t.Helper()
+	cl.sync(id, ss, protocol.TypeSync)
+	for {
+		m := cl.recv(300 * time.Millisecond)
+		if m == nil {
+			return
+		}
+		if m.Type != protocol.TypeSync {
+			continue
+		}
+		if _, err := ss.ReceiveMessage(m.Data); err != nil {
+			cl.t.Fatal(err)
+		}
+		cl.sync(id, ss, protocol.TypeSync)
+	}
+}
+
+func newHub(t *testing.T, store hub.Store, mod ...func(*hub.Options)) *hub.Hub {
+	t.Helper()
+	opts := hub.Options{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), IdleDocTimeout: 200 * time.Millisecond}
+	for _, f := range mod {
+		f(&opts)
+	}
+	h, err := hub.New(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := h.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	})
+	return h
+}
+
+func edit(t *testing.T, doc *automerge.Doc, key string, v any) {
+	t.Helper()
+	if err := doc.RootMap().Set(key, v); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := doc.Commit(key); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gateStore delays AppendChanges until the test opens the gate.
+type gateStore struct {
+	hub.Store
+	gate     chan struct{}
+	mu       sync.Mutex
+	appended int
+}
+
+func (g *gateStore) AppendChanges(ctx context.Context, id protocol.DocumentID, b []byte) (uint64, error) {
+	select {
+	case <-g.gate:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	seq, err := g.Store.AppendChanges(ctx, id, b)
+	g.mu.Lock()
+	g.appended++
+	g.mu.Unlock()
+	return seq, err
+}
+
+// TestDurableBeforeAdvertised: while the store has not confirmed a change,
+// no peer hears of it.
+func TestDurableBeforeAdvertised(t *testing.T) {
+	store := &gateStore{Store: memstore.New(), gate: make(chan struct{})}
+	h := newHub(t, store)
+	a := connect(t, h, "a", "")
+	doc := automerge.New()
+	edit(t, doc, "x", "1")
+	ss := automerge.NewSyncState(doc)
+	id := protocol.NewDocumentID()
+	a.sync(id, ss, protocol.TypeSync)
+	if m := a.recv(300 * time.Millisecond); m != nil {
+		t.Fatalf("hub answered before its store confirmed anything: %+v", m)
+	}
+	close(store.gate)
+	a.syncUntilQuiet(id, ss)
+
+	// Now a change that the store holds back again: the hub must not
+	// acknowledge heads that include it.
+	store.gate = make(chan struct{})
+	edit(t, doc, "x", "2")
+	want := doc.Heads()
+	a.sync(id, ss, protocol.TypeSync)
+	for m := a.recv(300 * time.Millisecond); m != nil; m = a.recv(300 * time.Millisecond) {
+		if m.Type == protocol.TypeSync {
+			sm, err := ss.ReceiveMessage(m.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if slices.Equal(sm.Heads(), want) {
+				t.Fatalf("hub advertised heads %v before storing them", want)
+			}
+		}
+	}
+	close(store.gate)
+	a.syncUntilQuiet(id, ss)
+	sd, err := store.LoadDoc(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := automerge.New()
+	for _, b := range sd.Batches {
+		if err := stored.LoadIncremental(b.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(stored.Heads(), want) {
+		t.Fatalf("store holds heads %v, want %v", stored.Heads(), want)
+	}
+}
+
+func TestEvictionAndReload(t *testing.T) {
+	store := memstore.New()
+	h := newHub(t, store)
+	a := connect(t, h, "a", "")
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	id := protocol.NewDocumentID()
+	a.syncUntilQuiet(id, automerge.NewSyncState(doc))
+	if n := h.OpenDocuments(); n != 1 {
+		t.Fatalf("open documents %d, want 1", n)
+	}
+	a.c.Close(protocol.CloseNormal, "")
+	<-a.errc
+	deadline := time.Now().Add(5 * time.Second)
+	for h.OpenDocuments() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("idle document was not evicted")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	b := connect(t, h, "b", "")
+	docB := automerge.New()
+	ssB := automerge.NewSyncState(docB)
+	b.sync(id, ssB, protocol.TypeRequest)
+	b.syncUntilQuiet(id, ssB)
+	v, err := docB.RootMap().Get("k")
+	if err != nil || v.Str() != "v" {
+		t.Fatalf("reloaded document: %v %v", v, err)
+	}
+}
+
+func TestSyncStatePersistedForStoragePeers(t *testing.T) {
+	store := memstore.New()
+	h := newHub(t, store)
+	a := connect(t, h, "a", "storage-a")
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	id := protocol.NewDocumentID()
+	a.syncUntilQuiet(id, automerge.NewSyncState(doc))
+	a.c.Close(protocol.CloseNormal, "")
+	<-a.errc
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		raw, err := store.LoadSyncState(context.Background(), id, "storage-a")
+		if err == nil {
+			ss, err := automerge.LoadSyncState(doc, raw)
+			if err != nil {
+				t.Fatalf("stored sync state unreadable: %v", err)
+			}
+			_ = ss
+			break
+		}
+		if !errors.Is(err, hub.ErrNotFound) || time.Now().After(deadline) {
+			t.Fatalf("sync state of storage-a not saved: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// An ephemeral peer's state is never stored.
+	e := connect(t, h, "e", "")
+	e.syncUntilQuiet(id, automerge.NewSyncState(automerge.New()))
+	e.c.Close(protocol.CloseNormal, "")
+	<-e.errc
+	if _, err := store.LoadSyncState(context.Background(), id, ""); !errors.Is(err, hub.ErrNotFound) {
+		t.Fatalf("ephemeral peer's sync state stored: %v", err)
+	}
+}
+
+func TestEphemeralRelayedOnceToOtherPeers(t *testing.T) {
+	h := newHub(t, memstore.New())
+	a, b := connect(t, h, "a", ""), connect(t, h, "b", "")
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	id := protocol.NewDocumentID()
+	a.syncUntilQuiet(id, automerge.NewSyncState(doc))
+	b.syncUntilQuiet(id, automerge.NewSyncState(automerge.New()))
+	eph := &protocol.Message{Type: protocol.TypeEphemeral, SenderID: "a", TargetID: a.hub, DocumentID: id, SessionID: "s1", Count: 1, Data: []byte{0xa0}}
+	a.send(eph)
+	a.send(eph) // duplicate: dropped
+	eph2 := *eph
+	eph2.Count = 2
+	a.send(&eph2)
+	var got []uint64
+	for m := b.recv(300 * time.Millisecond); m != nil; m = b.recv(300 * time.Millisecond) {
+		if m.Type == protocol.TypeEphemeral {
+			if m.SenderID != "a" || m.TargetID != "b" || m.SessionID != "s1" {
+				t.Fatalf("relayed ephemeral has wrong ids: %+v", m)
+			}
+			got = append(got, m.Count)
+		}
+	}
+	if !slices.Equal(got, []uint64{1, 2}) {
+		t.Fatalf("b received ephemeral counts %v, want [1 2]", got)
+	}
+	if m := a.recv(100 * time.Millisecond); m != nil && m.Type == protocol.TypeEphemeral {
+		t.Fatalf("sender got its own ephemeral back")
+	}
+}
+
+func TestSecondJoinReplacesFirst(t *testing.T) {
+	h := newHub(t, memstore.New())
+	a1 := connect(t, h, "same", "")
+	connect(t, h, "same", "")
+	select {
+	case <-a1.errc:
+	case <-time.After(2 * time.Second):
+		t.Fatal("first connection not closed")
+	}
+	if code, _ := a1.c.closeCode(); code != protocol.CloseReplaced {
+		t.Fatalf("first connection closed with %v, want %v", code, protocol.CloseReplaced)
+	}
+}
+
+func TestRemoteHeadsForSubscribers(t *testing.T) {
+	h := newHub(t, memstore.New())
+	a := connect(t, h, "a", "")
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	id := protocol.NewDocumentID()
+	ss := automerge.NewSyncState(doc)
+	a.syncUntilQuiet(id, ss)
+	a.send(&protocol.Message{Type: protocol.TypeRemoteSubscriptionChange, SenderID: "a", TargetID: a.hub, Add: []string{h.StorageID()}})
+	want := []string{protocol.EncodeHead(doc.Heads()[0])}
+	check := func(stage string) {
+		t.Helper()
+		for m := a.recv(time.Second); m != nil; m = a.recv(time.Second) {
+			if m.Type == protocol.TypeRemoteHeadsChanged {
+				if got := m.NewHeads[h.StorageID()].Heads; !slices.Equal(got, want) {
+					t.Fatalf("%s: remote heads %v, want %v", stage, got, want)
+				}
+				return
+			}
+		}
+		t.Fatalf("%s: no remote-heads-changed", stage)
+	}
+	check("on subscribe")
+	edit(t, doc, "k", "w")
+	want = []string{protocol.EncodeHead(doc.Heads()[0])}
+	a.sync(id, ss, protocol.TypeSync)
+	check("after an edit")
+}
