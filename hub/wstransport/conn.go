@@ -249,4 +249,3 @@ func (c *Conn) finish(code protocol.CloseCode, reason string) {
 		_ = c.ws.CloseNow()
 	}
 }
-
