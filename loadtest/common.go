@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+// serverRSS reads process_resident_memory_bytes from a Prometheus endpoint.
+func serverRSS(ctx context.Context, metricsURL string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("failed to read metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "process_resident_memory_bytes "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no process_resident_memory_bytes in %s", metricsURL)
+}
+
+// sourceDialer spreads outgoing connections over 127.0.0.1..127.0.0.k so
+// that many connections to one loopback port do not exhaust the ephemeral
+// ports of a single source address.
+type sourceDialer struct {
+	k    int
+	next atomic.Uint64
+}
+
+func (d *sourceDialer) client() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			i := d.next.Add(1) % uint64(d.k)
+			nd := net.Dialer{Timeout: 10 * time.Second}
+			host, _, _ := net.SplitHostPort(addr)
+			if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() && ip.To4() != nil {
+				nd.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i))}
+			}
+			return nd.DialContext(ctx, network, addr)
+		},
+		MaxIdleConnsPerHost: -1,
+	}}
+}
+
+// joinedConn dials url and completes the join handshake.
+func joinedConn(ctx context.Context, hc *http.Client, url, peerID string) (*websocket.Conn, *protocol.Message, error) {
+	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: hc})
+	if err != nil {
+		return nil, nil, err
+	}
+	ws.SetReadLimit(64 << 20)
+	join, _ := protocol.Encode(&protocol.Message{Type: protocol.TypeJoin, SenderID: peerID, SupportedProtocolVersions: []string{protocol.ProtocolVersion}, PeerMetadata: &protocol.PeerMetadata{IsEphemeral: true}})
+	if err := ws.Write(ctx, websocket.MessageBinary, join); err != nil {
+		ws.CloseNow()
+		return nil, nil, err
+	}
+	_, b, err := ws.Read(ctx)
+	if err != nil {
+		ws.CloseNow()
+		return nil, nil, err
+	}
+	m, err := protocol.Decode(b)
+	if err != nil || m.Type != protocol.TypePeer {
+		ws.CloseNow()
+		return nil, nil, fmt.Errorf("expected peer message, got %v %v", m, err)
+	}
+	return ws, m, nil
+}
+
+func metricsURLFor(wsURL string) string {
+	u := strings.Replace(strings.Replace(wsURL, "wss://", "https://", 1), "ws://", "http://", 1)
+	return strings.TrimSuffix(u, "/ws") + "/metrics"
+}
+
+// settle waits for the server's RSS to stop moving (GC, finalizers).
+func settle(ctx context.Context, metricsURL string, wait time.Duration) (float64, error) {
+	select {
+	case <-time.After(wait):
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return serverRSS(ctx, metricsURL)
+}

@@ -1,0 +1,73 @@
+package protocol
+
+import "strconv"
+
+// CloseCode is a WebSocket close status code sent when a connection ends.
+// Codes below 4000 are defined by RFC 6455; 4000-4999 are Plait's own, and
+// their last three digits echo the nearest HTTP status.
+type CloseCode int
+
+// Standard close codes (RFC 6455 section 7.4.1 and the IANA registry).
+const (
+	// CloseNormal means the work is done, for example the client left.
+	CloseNormal CloseCode = 1000
+	// CloseGoingAway means the endpoint is going away (a browser tab closing).
+	CloseGoingAway CloseCode = 1001
+	// CloseProtocolError means the WebSocket framing itself was violated.
+	CloseProtocolError CloseCode = 1002
+	// ClosePolicyViolation means the peer may not do what it tried, for
+	// example it lacks permission; reconnecting will not help.
+	ClosePolicyViolation CloseCode = 1008
+	// CloseMessageTooBig means a frame exceeded the read limit.
+	CloseMessageTooBig CloseCode = 1009
+	// CloseInternalError means the server failed; the client may reconnect.
+	CloseInternalError CloseCode = 1011
+	// CloseServiceRestart means the node is shutting down: reconnect, and a
+	// load balancer will send the client to another node.
+	CloseServiceRestart CloseCode = 1012
+)
+
+// Plait close codes.
+const (
+	// CloseMalformedMessage means a frame was not a valid protocol message
+	// (Decode failed with ErrMalformed).
+	CloseMalformedMessage CloseCode = 4400
+	// CloseJoinTimeout means the client sent no join in time after connecting.
+	CloseJoinTimeout CloseCode = 4408
+	// CloseReplaced means a newer connection joined with the same peer id.
+	CloseReplaced CloseCode = 4409
+	// CloseInvalidSyncData means the data of a sync or request message is
+	// not a valid Automerge sync message.
+	CloseInvalidSyncData CloseCode = 4422
+	// CloseUnsupportedVersion means the join offered no protocol version
+	// this server speaks; an error message precedes the close.
+	CloseUnsupportedVersion CloseCode = 4426
+	// CloseSlowConsumer means the client read too slowly and its write
+	// queue overflowed.
+	CloseSlowConsumer CloseCode = 4429
+)
+
+var closeCodeNames = map[CloseCode]string{
+	CloseNormal:             "normal",
+	CloseGoingAway:          "going away",
+	CloseProtocolError:      "protocol error",
+	ClosePolicyViolation:    "policy violation",
+	CloseMessageTooBig:      "message too big",
+	CloseInternalError:      "internal error",
+	CloseServiceRestart:     "service restart",
+	CloseMalformedMessage:   "malformed message",
+	CloseJoinTimeout:        "join timeout",
+	CloseReplaced:           "replaced by a newer connection",
+	CloseInvalidSyncData:    "invalid sync data",
+	CloseUnsupportedVersion: "unsupported protocol version",
+	CloseSlowConsumer:       "slow consumer",
+}
+
+// String returns a short description, such as "slow consumer (4429)".
+func (c CloseCode) String() string {
+	name, ok := closeCodeNames[c]
+	if !ok {
+		name = "close code"
+	}
+	return name + " (" + strconv.Itoa(int(c)) + ")"
+}
