@@ -29,7 +29,9 @@ import (
 )
 
 // wsBufferBytes sizes each WebSocket connection's read and write buffers.
-const wsBufferBytes = 4096
+// Frames larger than the buffers pass through them in pieces, so small
+// buffers cost little throughput and save memory on idle connections.
+const wsBufferBytes = 2048
 
 // Node is one running Plait node: the Fiber app, the hub and the store.
 type Node struct {
@@ -74,6 +76,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: log, store: store, hub: h, reg: reg, ctx: nctx, cancel: cancel}
 	n.app = n.newApp()
+	n.app.Server().KeepHijackedConns = true // see handleWS
 	return n, nil
 }
 
@@ -148,7 +151,17 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 	}
 	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: c.Locals("request_id").(string)}
 	c.Context().HijackSetNoResponse(true)
-	c.Context().Hijack(func(nc net.Conn) {
+	c.Context().Hijack(func(hc net.Conn) {
+		// The server keeps hijacked connections open (KeepHijackedConns), so
+		// this handler returns at once and fasthttp frees its goroutine and
+		// read buffer; the socket is served on a goroutine of our own. Use
+		// the raw connection: fasthttp's wrapper reads through a buffer it
+		// recycles when the handler returns (a WebSocket client sends nothing
+		// before the 101, so that buffer is empty).
+		nc := hc
+		if u, ok := hc.(interface{ UnsafeConn() net.Conn }); ok {
+			nc = u.UnsafeConn()
+		}
 		_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
 		ws, err := websocket.Accept(newHijackWriter(nc, wsBufferBytes), req, &websocket.AcceptOptions{
 			OriginPatterns:  n.cfg.AllowedOrigins,
@@ -156,6 +169,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 		})
 		if err != nil {
 			n.log.Info("WebSocket handshake failed", "remote", info.RemoteAddr, "err", err)
+			_ = nc.Close()
 			return
 		}
 		conn := wstransport.New(ws, wstransport.Options{
@@ -165,9 +179,12 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			PingInterval:    n.cfg.PingInterval,
 			PongTimeout:     n.cfg.PongTimeout,
 		})
-		_ = n.hub.Serve(n.ctx, conn, info)
-		conn.Close(protocol.CloseNormal, "")
-		<-conn.Done() // fasthttp closes nc when this returns
+		go func() {
+			_ = n.hub.Serve(n.ctx, conn, info)
+			conn.Close(protocol.CloseNormal, "")
+			<-conn.Done()
+			_ = nc.Close()
+		}()
 	})
 	return nil
 }
