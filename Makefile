@@ -3,9 +3,19 @@ GO        ?= go
 JS_DIR    := server/testdata/js
 FUZZTIME  ?= 10s
 
-.PHONY: test deps vet race fuzz run bench
+.PHONY: test deps vet race fuzz run bench build image-check
 
-test: deps vet race fuzz
+test: deps vet build image-check race fuzz
+
+# The release binary. The Dockerfile runs this same target, and CI runs
+# image-check on its output, so the image recipe cannot rot unnoticed.
+# cgo is required: automerge-go links the Automerge Rust core.
+build:
+	CGO_ENABLED=1 $(GO) build -trimpath -ldflags='-s -w' -o bin/plait ./server
+
+# What the image does at start, run against the binary built above.
+image-check: build
+	bash .ci/image-check bin/plait
 
 # Node packages for the end-to-end tests (real automerge-repo clients).
 deps: $(JS_DIR)/node_modules/.package-lock.json

@@ -7,14 +7,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/plaithub/plait/server/node"
 )
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "probe" {
+		os.Exit(probe(os.Args[2]))
+	}
 	cfg, err := node.ParseConfig(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return
@@ -30,4 +35,21 @@ func main() {
 		log.Error("plait stopped with an error", "err", err)
 		os.Exit(1)
 	}
+}
+
+// probe is the container health check: `plait probe URL` exits 0 when URL
+// answers 200 within 3 seconds (the runtime image has no curl).
+func probe(url string) int {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "probe:", err)
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintln(os.Stderr, "probe:", resp.Status)
+		return 1
+	}
+	return 0
 }
