@@ -19,7 +19,7 @@ type Metrics struct {
 	MessagesOut      *prometheus.CounterVec // by message type
 	BytesIn          prometheus.Counter
 	BytesOut         prometheus.Counter
-	EphemeralDropped *prometheus.CounterVec // by reason
+	Dropped          *prometheus.CounterVec // messages dropped on purpose, by reason
 	StoreSeconds     *prometheus.HistogramVec
 	StoreErrors      *prometheus.CounterVec
 }
@@ -39,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		MessagesOut:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_out_total", Help: "Protocol messages queued for sending, by type."}, []string{"type"}),
 		BytesIn:          prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_bytes_in_total", Help: "Bytes of protocol frames received."}),
 		BytesOut:         prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_bytes_out_total", Help: "Bytes of protocol frames queued for sending."}),
-		EphemeralDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_ephemeral_dropped_total", Help: "Ephemeral messages not relayed, by reason."}, []string{"reason"}),
+		Dropped:          prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_dropped_total", Help: "Messages dropped on purpose (duplicate or echoed ephemeral, no peers to relay to), by reason."}, []string{"reason"}),
 		StoreSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "plait_store_seconds", Help: "Latency of store operations.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
@@ -49,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
 			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.MessagesIn, m.MessagesOut,
-			m.BytesIn, m.BytesOut, m.EphemeralDropped, m.StoreSeconds, m.StoreErrors)
+			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.StoreErrors)
 	}
 	return m
 }

@@ -105,7 +105,9 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger) (*session, 
 		h.reject(conn, log, protocol.CloseMalformedMessage, err.Error())
 		return nil, err
 	}
-	if !slices.Contains(msg.SupportedProtocolVersions, protocol.ProtocolVersion) {
+	// A join without versions predates version negotiation: it means "1",
+	// as the official server takes it.
+	if len(msg.SupportedProtocolVersions) > 0 && !slices.Contains(msg.SupportedProtocolVersions, protocol.ProtocolVersion) {
 		err := fmt.Errorf("unsupported protocol versions %q: this server speaks %q", msg.SupportedProtocolVersions, protocol.ProtocolVersion)
 		h.reject(conn, log, protocol.CloseUnsupportedVersion, err.Error())
 		return nil, err
@@ -186,9 +188,13 @@ var errProtocol = errors.New("protocol violation")
 
 func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 	if msg.SenderID != s.peerID {
-		err := fmt.Errorf("%w: senderId %q does not match the joined peer %q", errProtocol, msg.SenderID, s.peerID)
-		s.fail(protocol.CloseMalformedMessage, err)
-		return err
+		// automerge-repo clients re-send relayed ephemeral messages to all
+		// their peers, keeping the original senderId: such an echo must not
+		// be relayed again (it would loop). Like the official server, drop
+		// every message whose senderId is not the joined peer, and count it.
+		s.h.m.Dropped.WithLabelValues("foreign_sender").Inc()
+		s.log.Debug("dropped a message with a foreign senderId", "type", msg.Type, "sender", msg.SenderID)
+		return nil
 	}
 	switch msg.Type {
 	case protocol.TypeSync, protocol.TypeRequest:
@@ -200,12 +206,12 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		return d.post(ctx, docMsg{kind: kindSync, s: s, msg: msg})
 	case protocol.TypeEphemeral:
 		if !s.freshEphemeral(msg.SessionID, msg.Count) {
-			s.h.m.EphemeralDropped.WithLabelValues("duplicate").Inc()
+			s.h.m.Dropped.WithLabelValues("ephemeral_duplicate").Inc()
 			return nil
 		}
 		d := s.h.document(msg.DocumentID, false)
 		if d == nil {
-			s.h.m.EphemeralDropped.WithLabelValues("no_peers").Inc()
+			s.h.m.Dropped.WithLabelValues("ephemeral_no_peers").Inc()
 			return nil
 		}
 		return d.post(ctx, docMsg{kind: kindEphemeral, s: s, msg: msg})

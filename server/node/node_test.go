@@ -45,7 +45,7 @@ func startNode(t *testing.T, dir string, mod ...func(*Config)) *testNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
