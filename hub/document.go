@@ -255,6 +255,11 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if s.closed.Load() {
 		return // queued before its connection failed
 	}
+	if err := checkSyncData(msg.Data); err != nil {
+		delete(d.peers, s)
+		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
+		return
+	}
 	ps := d.peer(s)
 	sm, err := ps.ss.ReceiveMessage(msg.Data)
 	if err != nil {

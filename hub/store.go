@@ -23,6 +23,9 @@ var ErrNotFound = errors.New("not found")
 //     of the process or the machine (fsync or equivalent).
 //   - Returned byte slices are owned by the caller; slices passed in may be
 //     reused by the caller after the method returns.
+//   - Document ids are valid protocol.DocumentIDs (non-empty, no NUL byte).
+//   - A call whose ctx is already done returns an error that wraps ctx.Err()
+//     and has no effect.
 type Store interface {
 	// StorageID returns the identity of this storage, created at random on
 	// first use and stable afterwards. The hub announces it to clients as its
@@ -38,7 +41,9 @@ type Store interface {
 	// (concatenated, as produced by Doc.SaveIncremental) and returns the
 	// batch's sequence number, which is greater than that of every batch
 	// appended before it for this document. It creates the document if it
-	// does not exist; an empty batch only creates it.
+	// does not exist; an empty batch only creates it (and returns the last
+	// seq handed out, 0 for a new document). After DeleteDoc a document
+	// created again under the same id may start again at seq 1.
 	AppendChanges(ctx context.Context, id protocol.DocumentID, batch []byte) (seq uint64, err error)
 
 	// Compact atomically replaces the document's snapshot with snapshot and
@@ -52,7 +57,8 @@ type Store interface {
 	DeleteDoc(ctx context.Context, id protocol.DocumentID) error
 
 	// SaveSyncState durably stores the sync state of the peer storage
-	// storageID for document id, replacing any earlier one.
+	// storageID for document id, replacing any earlier one. It does not
+	// create the document; DeleteDoc removes it with the document.
 	SaveSyncState(ctx context.Context, id protocol.DocumentID, storageID string, state []byte) error
 
 	// LoadSyncState returns what SaveSyncState stored, or ErrNotFound.

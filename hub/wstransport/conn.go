@@ -179,7 +179,11 @@ func (c *Conn) writer() {
 		case <-c.wake:
 		case <-ping.C:
 			if pinging != nil {
-				continue // the previous ping is still waiting for its pong
+				select {
+				case <-pinging:
+				default:
+					continue // the previous ping is still waiting for its pong
+				}
 			}
 			pinging = make(chan struct{})
 			go c.ping(pinging)
@@ -236,16 +240,7 @@ func (c *Conn) finish(code protocol.CloseCode, reason string) {
 	if c.opts.OnClose != nil {
 		c.opts.OnClose(code)
 	}
-	// Close waits for the client's close frame; bound it so that a silent
-	// client cannot hold the writer.
-	done := make(chan struct{})
-	go func() {
-		_ = c.ws.Close(websocket.StatusCode(code), reason)
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(c.opts.WriteTimeout):
-		_ = c.ws.CloseNow()
-	}
+	// Close sends the close frame and waits for the client's; coder/websocket
+	// bounds that wait (5s), then drops the connection.
+	_ = c.ws.Close(websocket.StatusCode(code), reason)
 }
