@@ -57,6 +57,7 @@ type document struct {
 	doc     *automerge.Doc
 	exists  bool // stored (or being stored): a request gets it, not doc-unavailable
 	created bool // a record exists in the store
+	guard   *syncGuard
 	peers   map[*session]*peerState
 	heads   []automerge.ChangeHash // heads as last stored
 	remote  map[string]knownHeads  // storage id -> heads, for remote-heads gossip
@@ -154,7 +155,8 @@ func (d *document) load() error {
 	d.h.m.DocumentsLoaded.Inc()
 	if errors.Is(err, ErrNotFound) {
 		d.doc = automerge.New()
-		return nil
+		d.guard, err = newSyncGuard(d.doc)
+		return err
 	}
 	if err != nil {
 		return err
@@ -181,7 +183,8 @@ func (d *document) load() error {
 	d.doc.SaveIncremental()
 	d.snapshotBytes, d.incBytes = len(sd.Snapshot), len(inc)
 	d.heads = d.doc.Heads()
-	return nil
+	d.guard, err = newSyncGuard(d.doc)
+	return err
 }
 
 func (d *document) handle(m docMsg) {
@@ -255,13 +258,15 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if s.closed.Load() {
 		return // queued before its connection failed
 	}
-	if err := checkSyncData(msg.Data); err != nil {
+	fresh, err := d.guard.check(d.doc, msg.Data)
+	if err != nil {
 		delete(d.peers, s)
 		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
 		return
 	}
 	ps := d.peer(s)
 	sm, err := ps.ss.ReceiveMessage(msg.Data)
+	d.guard.received(d.doc, fresh)
 	if err != nil {
 		delete(d.peers, s)
 		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))

@@ -40,8 +40,8 @@ type Message struct {
 }
 
 // ParseMessage decodes the envelope of a sync message. It checks the
-// structure (type byte, counts that fit the input, hash lengths) but not the
-// change chunks: see ParseChange.
+// structure (type byte, counts that fit the input, hash lengths, Bloom
+// filters) but not the change chunks: see ParseChange.
 func ParseMessage(b []byte) (*Message, error) {
 	r := &reader{b: b}
 	t, err := r.byte("message type")
@@ -68,6 +68,9 @@ func ParseMessage(b []byte) (*Message, error) {
 			return nil, err
 		}
 		if m.Have[i].Bloom, err = r.prefixed("bloom filter"); err != nil {
+			return nil, err
+		}
+		if _, err := ParseBloom(m.Have[i].Bloom); err != nil {
 			return nil, err
 		}
 	}
