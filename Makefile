@@ -33,6 +33,9 @@ race:
 # Short runs of every fuzz target (longer: make fuzz FUZZTIME=5m).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzParseMessage$$' -fuzztime $(FUZZTIME) ./pkg/amsync
+	$(GO) test -run '^$$' -fuzz '^FuzzParseChange$$' -fuzztime $(FUZZTIME) ./pkg/amsync
+	$(GO) test -run '^$$' -fuzz '^FuzzSyncData$$' -fuzztime $(FUZZTIME) ./hub
 
 run:
 	$(GO) run ./server

@@ -34,8 +34,9 @@ type docMsg struct {
 // peerState is what a document knows of one connected peer.
 type peerState struct {
 	ss          *automerge.SyncState
-	dirty       bool // a message may be due to this peer
-	unavailable bool // we told it doc-unavailable; it waits for the document
+	dirty       bool     // a message may be due to this peer
+	out         [][]byte // generated sync messages, sent once the store has their changes
+	unavailable bool     // we told it doc-unavailable; it waits for the document
 }
 
 // knownHeads are the heads of one storage for this document, as last heard.
@@ -155,7 +156,7 @@ func (d *document) load() error {
 	d.h.m.DocumentsLoaded.Inc()
 	if errors.Is(err, ErrNotFound) {
 		d.doc = automerge.New()
-		d.guard, err = newSyncGuard(d.doc)
+		d.guard, err = newSyncGuard(d.doc, d.log)
 		return err
 	}
 	if err != nil {
@@ -183,7 +184,7 @@ func (d *document) load() error {
 	d.doc.SaveIncremental()
 	d.snapshotBytes, d.incBytes = len(sd.Snapshot), len(inc)
 	d.heads = d.doc.Heads()
-	d.guard, err = newSyncGuard(d.doc)
+	d.guard, err = newSyncGuard(d.doc, d.log)
 	return err
 }
 
@@ -205,6 +206,7 @@ func (d *document) handle(m docMsg) {
 			d.saveSyncState(m.s, ps)
 			delete(d.peers, m.s)
 		}
+		d.guard.forget(m.s)
 	case kindSubscribed:
 		if _, ok := d.peers[m.s]; !ok {
 			return
@@ -258,15 +260,16 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if s.closed.Load() {
 		return // queued before its connection failed
 	}
-	fresh, err := d.guard.check(d.doc, msg.Data)
+	core, err := d.guard.admit(d.doc, s, msg.Data)
 	if err != nil {
 		delete(d.peers, s)
+		d.guard.forget(s)
 		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
 		return
 	}
 	ps := d.peer(s)
-	sm, err := ps.ss.ReceiveMessage(msg.Data)
-	d.guard.received(d.doc, fresh)
+	sm, err := ps.ss.ReceiveMessage(core)
+	d.guard.applied(d.doc, core)
 	if err != nil {
 		delete(d.peers, s)
 		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
@@ -284,6 +287,11 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if !s.ephemeral {
 		d.learnHeads(s, s.storageID, knownHeads{heads: wireHeads(sm.Heads()), timestamp: uint64(time.Now().UnixMilli())})
 	}
+	// Answer now, not after the rest of the batch: a later message from the
+	// same peer can make the core believe the peer already knows our heads
+	// and skip the acknowledgement the peer waits for. The answer is sent
+	// in flush, after the store write.
+	d.generate(s, ps)
 }
 
 // flush stores what changed since the last flush, then (and only then)
@@ -318,21 +326,41 @@ func (d *document) flush() error {
 		}
 	}
 	for s, ps := range d.peers {
-		if !ps.dirty {
-			continue
+		if ps.dirty {
+			ps.dirty = false
+			d.generate(s, ps)
 		}
-		ps.dirty = false
-		if ps.unavailable && len(heads) == 0 {
-			continue
+		for _, data := range ps.out {
+			s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: data})
 		}
-		sm, ok := ps.ss.GenerateMessage()
-		if !ok {
-			continue
-		}
-		ps.unavailable = false
-		s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: sm.Bytes()})
+		ps.out = ps.out[:0]
 	}
 	return nil
+}
+
+// generate queues the next sync message for peer s, if one is due. Queued
+// messages go out in flush, after the store has confirmed every change
+// whose heads they carry.
+func (d *document) generate(s *session, ps *peerState) {
+	if ps.unavailable && len(d.doc.Heads()) == 0 {
+		return
+	}
+	var data []byte
+	if sm, ok := ps.ss.GenerateMessage(); ok {
+		data = sm.Bytes()
+	}
+	// Ask this peer for what its held-back changes depend on.
+	if need := d.guard.missingFor(d.doc, s); len(need) > 0 {
+		var err error
+		if data, err = d.guard.withNeed(d.doc, data, need); err != nil {
+			d.log.Error("failed to add need to a sync message", "err", err)
+			return
+		}
+	}
+	if data != nil {
+		ps.unavailable = false
+		ps.out = append(ps.out, data)
+	}
 }
 
 // learnHeads records heads of storage sid (heard from peer from) and tells

@@ -2,6 +2,8 @@ package hub
 
 import (
 	"crypto/sha256"
+	"io"
+	"log/slog"
 	"testing"
 
 	"github.com/plaithub/plait/pkg/amsync"
@@ -10,7 +12,7 @@ import (
 )
 
 // FuzzSyncData feeds arbitrary bytes, as a client's sync/request data, to
-// the path the hub uses: syncGuard.check, then automerge-go. A panic in the Rust core would
+// the path the hub uses: syncGuard.admit, then automerge-go. A panic in the Rust core would
 // abort the whole node, so any input must end in an error or success.
 func FuzzSyncData(f *testing.F) {
 	src := automerge.New()
@@ -45,17 +47,17 @@ func FuzzSyncData(f *testing.F) {
 		doc := automerge.New()
 		_ = doc.RootMap().Set("k", "v")
 		_, _ = doc.Commit("base")
-		g, err := newSyncGuard(doc)
+		g, err := newSyncGuard(doc, slog.New(slog.NewTextHandler(io.Discard, nil)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		fresh, err := g.check(doc, data)
+		core, err := g.admit(doc, nil, data)
 		if err != nil {
 			return // refused before the Automerge core sees it
 		}
 		ss := automerge.NewSyncState(doc)
-		_, err = ss.ReceiveMessage(data)
-		g.received(doc, fresh)
+		_, err = ss.ReceiveMessage(core)
+		g.applied(doc, core)
 		if err != nil {
 			return
 		}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/memstore"
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -383,4 +384,58 @@ func TestRemoteHeadsForSubscribers(t *testing.T) {
 	want = []string{protocol.EncodeHead(doc.Heads()[0])}
 	a.sync(id, ss, protocol.TypeSync)
 	check("after an edit")
+}
+
+// TestEarlyChangeIsHeldAndItsDependencyNeeded: a peer sends a change before
+// its dependency (what a Bloom filter false positive makes an honest peer
+// do). The hub must hold it, ask for the dependency in need, and apply
+// both once the dependency arrives.
+func TestEarlyChangeIsHeldAndItsDependencyNeeded(t *testing.T) {
+	h := newHub(t, memstore.New())
+	a := connect(t, h, "a", "")
+	doc := automerge.New()
+	edit(t, doc, "k", "0")
+	id := protocol.NewDocumentID()
+	a.syncUntilQuiet(id, automerge.NewSyncState(doc))
+	edit(t, doc, "k", "1")
+	c1 := doc.Heads()[0]
+	edit(t, doc, "k", "2")
+	c2 := doc.Heads()[0]
+	raw := func(hash automerge.ChangeHash) []byte {
+		c, err := doc.Change(hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Save()
+	}
+	early := (&amsync.Message{Type: amsync.MessageTypeSync, Heads: []amsync.Hash{amsync.Hash(c2)}, Have: []amsync.Have{{}}, Changes: [][]byte{raw(c2)}}).Encode()
+	a.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "a", TargetID: a.hub, DocumentID: id, Data: early})
+	var asked bool
+	for m := a.recv(time.Second); m != nil && !asked; m = a.recv(time.Second) {
+		if m.Type != protocol.TypeSync {
+			continue
+		}
+		sm, err := amsync.ParseMessage(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(sm.Heads, amsync.Hash(c2)) {
+			t.Fatal("hub advertised the held change before its dependency arrived")
+		}
+		asked = slices.Contains(sm.Need, amsync.Hash(c1))
+	}
+	if !asked {
+		t.Fatal("hub did not ask for the missing dependency")
+	}
+	dep := (&amsync.Message{Type: amsync.MessageTypeSync, Heads: []amsync.Hash{amsync.Hash(c2)}, Have: []amsync.Have{{}}, Changes: [][]byte{raw(c1)}}).Encode()
+	a.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "a", TargetID: a.hub, DocumentID: id, Data: dep})
+	b := connect(t, h, "b", "")
+	docB := automerge.New()
+	ssB := automerge.NewSyncState(docB)
+	time.Sleep(200 * time.Millisecond)
+	b.sync(id, ssB, protocol.TypeRequest)
+	b.syncUntilQuiet(id, ssB)
+	if !slices.Equal(docB.Heads(), []automerge.ChangeHash{c2}) {
+		t.Fatalf("fresh peer got heads %v, want [%s]", docB.Heads(), c2)
+	}
 }

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -177,6 +179,9 @@ func (s *session) readLoop(ctx context.Context) error {
 			return err
 		}
 		s.h.m.countIn(msg.Type, 0)
+		if s.log.Enabled(ctx, slog.LevelDebug) {
+			s.log.Debug("received", "type", msg.Type, "doc", string(msg.DocumentID), "bytes", len(frame), "sync", syncSummary(msg))
+		}
 		if err := s.dispatch(ctx, msg); err != nil {
 			return err
 		}
@@ -304,6 +309,9 @@ func (s *session) send(m *protocol.Message) {
 		return
 	}
 	s.h.m.countOut(m.Type, len(frame))
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("sent", "type", m.Type, "doc", string(m.DocumentID), "bytes", len(frame), "sync", syncSummary(m))
+	}
 }
 
 // fail tells the peer what went wrong and closes its connection.
@@ -327,4 +335,29 @@ func (s *session) leaveAll() {
 			_ = d.post(ctx, docMsg{kind: kindLeave, s: s})
 		}
 	}
+}
+
+// syncSummary describes a sync message for debug logs.
+func syncSummary(m *protocol.Message) string {
+	if m.Type != protocol.TypeSync && m.Type != protocol.TypeRequest {
+		return ""
+	}
+	sm, err := amsync.ParseMessage(m.Data)
+	if err != nil {
+		return "unparsable: " + err.Error()
+	}
+	short := func(hs []amsync.Hash) string {
+		var b strings.Builder
+		for _, h := range hs {
+			b.WriteString(h.String()[:6] + " ")
+		}
+		return b.String()
+	}
+	var deps strings.Builder
+	for _, c := range sm.Changes {
+		if ch, err := amsync.ParseChange(c); err == nil {
+			fmt.Fprintf(&deps, "%s<-[%s] ", ch.Hash.String()[:6], short(ch.Deps))
+		}
+	}
+	return fmt.Sprintf("heads=[%s] need=[%s] have=%d changes=%d %s", short(sm.Heads), short(sm.Need), len(sm.Have), len(sm.Changes), deps.String())
 }

@@ -102,11 +102,11 @@ func (c *Conn) Read(ctx context.Context) ([]byte, error) {
 			c.closeQuiet()
 			return nil, fmt.Errorf("%w: client closed with %d %s", hub.ErrConnClosed, ce.Code, ce.Reason)
 		case errors.Is(err, websocket.ErrMessageTooBig):
-			// coder/websocket has already sent close 1009 "read limited at N bytes".
-			c.closeQuiet()
-			if c.opts.OnClose != nil {
-				c.opts.OnClose(protocol.CloseMessageTooBig)
-			}
+			// coder/websocket has already sent close 1009 "read limited at N
+			// bytes". Close with the handshake, which drains the rest of the
+			// oversized message: closing at once would reset the TCP
+			// connection and the client might never see the close code.
+			c.Close(protocol.CloseMessageTooBig, fmt.Sprintf("message exceeds %d bytes", c.opts.MaxMessageBytes))
 		default:
 			c.closeQuiet()
 		}
