@@ -410,10 +410,19 @@ func (d *document) maybeCompact() {
 		return
 	}
 	snap := d.doc.Save()
+	// Never replace loadable changes by a snapshot that does not load:
+	// the Rust core 0.5 can save documents it then refuses to load.
+	check, err := automerge.Load(snap)
+	if err != nil || !slices.Equal(check.Heads(), d.doc.Heads()) {
+		d.h.m.StoreErrors.WithLabelValues("compact_verify").Inc()
+		d.log.Error("not compacting: the snapshot does not load back", "err", err)
+		d.incBytes = 0 // retry only after as many new changes again
+		return
+	}
 	ctx, cancel := d.storeCtx()
 	defer cancel()
 	start := time.Now()
-	err := d.h.opts.Store.Compact(ctx, d.id, snap, d.lastSeq)
+	err = d.h.opts.Store.Compact(ctx, d.id, snap, d.lastSeq)
 	d.h.m.observeStore("compact", start)
 	if err != nil {
 		d.h.m.StoreErrors.WithLabelValues("compact").Inc()

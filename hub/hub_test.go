@@ -3,9 +3,11 @@ package hub_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -437,5 +439,37 @@ func TestEarlyChangeIsHeldAndItsDependencyNeeded(t *testing.T) {
 	b.syncUntilQuiet(id, ssB)
 	if !slices.Equal(docB.Heads(), []automerge.ChangeHash{c2}) {
 		t.Fatalf("fresh peer got heads %v, want [%s]", docB.Heads(), c2)
+	}
+}
+
+func TestCompactionReplacesBatchesBySnapshot(t *testing.T) {
+	store := memstore.New()
+	h := newHub(t, store, func(o *hub.Options) { o.MinCompactBytes = 2048 })
+	a := connect(t, h, "a", "")
+	doc := automerge.New()
+	id := protocol.NewDocumentID()
+	ss := automerge.NewSyncState(doc)
+	for i := 0; i < 16; i++ {
+		edit(t, doc, fmt.Sprintf("key-%d", i), strings.Repeat("x", 300))
+		a.syncUntilQuiet(id, ss)
+	}
+	sd, err := store.LoadDoc(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sd.Snapshot) == 0 || len(sd.Batches) >= 16 {
+		t.Fatalf("not compacted: snapshot %d bytes, %d batches", len(sd.Snapshot), len(sd.Batches))
+	}
+	loaded, err := automerge.Load(sd.Snapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range sd.Batches {
+		if err := loaded.LoadIncremental(b.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(loaded.Heads(), doc.Heads()) {
+		t.Fatalf("stored document has heads %v, want %v", loaded.Heads(), doc.Heads())
 	}
 }
