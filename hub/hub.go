@@ -42,7 +42,7 @@ type Options struct {
 
 	// DocQueueLen bounds each document's inbox (messages). A session whose
 	// document inbox is full waits (backpressure on that client's reads).
-	// Default: 256.
+	// Default: 64.
 	DocQueueLen int
 
 	// MinCompactBytes is the size of stored incremental changes below which
@@ -78,7 +78,7 @@ func (o *Options) fill() error {
 		o.IdleDocTimeout = 30 * time.Second
 	}
 	if o.DocQueueLen <= 0 {
-		o.DocQueueLen = 256
+		o.DocQueueLen = 64
 	}
 	if o.MinCompactBytes <= 0 {
 		o.MinCompactBytes = 64 << 10
