@@ -260,7 +260,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if s.closed.Load() {
 		return // queued before its connection failed
 	}
-	core, err := d.guard.admit(d.doc, s, msg.Data)
+	core, ready, err := d.guard.admit(d.doc, s, msg.Data)
 	if err != nil {
 		delete(d.peers, s)
 		d.guard.forget(s)
@@ -269,7 +269,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	}
 	ps := d.peer(s)
 	sm, err := ps.ss.ReceiveMessage(core)
-	d.guard.applied(d.doc, core)
+	d.guard.applied(d.doc, ready)
 	if err != nil {
 		delete(d.peers, s)
 		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))

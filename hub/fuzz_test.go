@@ -51,13 +51,13 @@ func FuzzSyncData(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		core, err := g.admit(doc, nil, data)
+		core, ready, err := g.admit(doc, nil, data)
 		if err != nil {
 			return // refused before the Automerge core sees it
 		}
 		ss := automerge.NewSyncState(doc)
 		_, err = ss.ReceiveMessage(core)
-		g.applied(doc, core)
+		g.applied(doc, ready)
 		if err != nil {
 			return
 		}

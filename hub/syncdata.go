@@ -11,10 +11,12 @@ import (
 )
 
 // Bounds of the changes a document holds back while their dependencies are
-// missing.
+// missing, and of the ops of one change from a client (the core's cost
+// grows with the square of the ops that touch one key).
 const (
-	maxHeldChanges = 4096
-	maxHeldBytes   = 32 << 20
+	maxHeldChanges  = 4096
+	maxHeldBytes    = 32 << 20
+	maxOpsPerChange = 100_000
 )
 
 // syncGuard stands between clients' sync messages and the Automerge core
@@ -26,7 +28,11 @@ const (
 //     changes that arrive early are held here, never queued in the core,
 //     and released once their dependencies are applied;
 //   - each actor's sequence numbers stay consecutive (the core indexes an
-//     actor's changes by seq and panics on a gap).
+//     actor's changes by seq and panics on a gap);
+//   - every op decodes within the bounds the core needs (actor indexes,
+//     counters, actions, values: amsync.Change.DecodeOps), and fits the
+//     document's objects (amsync.ObjIndex: the object exists, map keys only
+//     on maps, element keys only on lists and text, fresh op ids).
 //
 // Held changes also drive "need": the guard adds their missing
 // dependencies to the sync messages for the peer that sent them, because
@@ -38,25 +44,38 @@ const (
 type syncGuard struct {
 	log       *slog.Logger
 	seqs      map[string]uint64 // actor (hex) -> highest seq applied
+	objs      *amsync.ObjIndex  // objects of the applied changes
 	held      map[amsync.Hash]*heldChange
 	heldBytes int
 }
 
 type heldChange struct {
 	c    *amsync.Change
+	ops  []amsync.Op
 	from *session // nil once that session is gone
 }
 
 // newSyncGuard indexes the changes of doc (once, when a document is loaded).
 func newSyncGuard(doc *automerge.Doc, log *slog.Logger) (*syncGuard, error) {
-	g := &syncGuard{log: log, seqs: make(map[string]uint64), held: make(map[amsync.Hash]*heldChange)}
-	chs, err := doc.Changes()
+	g := &syncGuard{log: log, seqs: make(map[string]uint64), objs: amsync.NewObjIndex(), held: make(map[amsync.Hash]*heldChange)}
+	chs, err := doc.Changes() // in the order the core applied them
 	if err != nil {
 		return nil, fmt.Errorf("failed to index changes: %w", err)
 	}
-	for _, c := range chs {
-		a := c.ActorID()
-		g.seqs[a] = max(g.seqs[a], c.ActorSeq())
+	for _, ch := range chs {
+		a := ch.ActorID()
+		g.seqs[a] = max(g.seqs[a], ch.ActorSeq())
+		c, err := amsync.ParseChange(ch.Save())
+		if err != nil {
+			return nil, fmt.Errorf("failed to index stored change %s: %w", ch.Hash(), err)
+		}
+		// A stored change may be saved compressed; index what it holds.
+		c.Raw = c.Encode()
+		ops, err := c.DecodeOps(amsync.MaxOps)
+		if err != nil {
+			return nil, fmt.Errorf("failed to index the ops of stored change %s: %w", ch.Hash(), err)
+		}
+		g.objs.Add(ops)
 	}
 	return g, nil
 }
@@ -66,29 +85,40 @@ func has(doc *automerge.Doc, h amsync.Hash) bool {
 	return err == nil
 }
 
+// admitted is a change admit handed to the core, with its decoded ops.
+type admitted struct {
+	c   *amsync.Change
+	ops []amsync.Op
+}
+
 // admit validates a sync message from peer from and returns the message to
 // give the core: the same message with only the changes that are ready,
-// plus held changes this message makes ready. It returns an error, and
-// changes nothing, if the message or any change in it is invalid.
-func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) ([]byte, error) {
+// plus held changes this message makes ready (listed in ready, in the
+// order the core will apply them). It returns an error, and changes
+// nothing, if the message or any change in it is invalid.
+func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) (core []byte, ready []admitted, err error) {
 	m, err := amsync.ParseMessage(data)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if m.Type != amsync.MessageTypeSync {
-		return nil, fmt.Errorf("sync message type 0x%02x is not supported (this server speaks 0x%02x)", m.Type, amsync.MessageTypeSync)
+		return nil, nil, fmt.Errorf("sync message type 0x%02x is not supported (this server speaks 0x%02x)", m.Type, amsync.MessageTypeSync)
 	}
 	var incoming []*amsync.Change
-	seen := make(map[amsync.Hash]bool, len(m.Changes))
+	opsOf := make(map[amsync.Hash][]amsync.Op)
 	for i, raw := range m.Changes {
 		c, err := amsync.ParseChange(raw)
 		if err != nil {
-			return nil, fmt.Errorf("change %d: %w", i, err)
+			return nil, nil, fmt.Errorf("change %d: %w", i, err)
 		}
-		if seen[c.Hash] || g.held[c.Hash] != nil || has(doc, c.Hash) {
+		if opsOf[c.Hash] != nil || g.held[c.Hash] != nil || has(doc, c.Hash) {
 			continue // a duplicate is harmless
 		}
-		seen[c.Hash] = true
+		ops, err := c.DecodeOps(maxOpsPerChange)
+		if err != nil {
+			return nil, nil, fmt.Errorf("change %d: %w", i, err)
+		}
+		opsOf[c.Hash] = ops
 		incoming = append(incoming, c)
 	}
 	// Release in dependency order: a change is ready when each of its
@@ -99,14 +129,16 @@ func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) ([]byt
 	}
 	for h, hc := range g.held {
 		pending[h] = hc.c
+		opsOf[h] = hc.ops
 	}
-	ready := make(map[amsync.Hash]bool)
+	stage := g.objs.Stage()
+	isReady := make(map[amsync.Hash]bool)
 	next := make(map[string]uint64) // actor -> highest seq applied or ready
 	var order []*amsync.Change
 	for progress := true; progress; {
 		progress = false
 		for h, c := range pending {
-			if !depsReady(doc, c, ready) {
+			if !depsReady(doc, c, isReady) {
 				continue
 			}
 			actor := hex.EncodeToString(c.Actor)
@@ -114,19 +146,25 @@ func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) ([]byt
 			if !ok {
 				last = g.seqs[actor]
 			}
+			var bad error
 			if c.Seq != last+1 {
-				if g.held[h] != nil {
-					// A held change that turns out invalid: drop it.
-					g.log.Warn("dropping held change with a broken seq", "actor", actor, "seq", c.Seq, "after", last)
-					g.heldBytes -= len(c.Raw)
-					delete(g.held, h)
-					delete(pending, h)
-					continue
+				bad = fmt.Errorf("change %s: actor %s seq %d does not follow its seq %d", c.Hash, actor, c.Seq, last)
+			} else if err := stage.Apply(opsOf[h]); err != nil {
+				bad = fmt.Errorf("change %s: %w", c.Hash, err)
+			}
+			if bad != nil {
+				if g.held[h] == nil {
+					return nil, nil, bad
 				}
-				return nil, fmt.Errorf("change %s: actor %s seq %d does not follow its seq %d", c.Hash, actor, c.Seq, last)
+				// A held change that turns out invalid: drop it.
+				g.log.Warn("dropping an invalid held change", "err", bad)
+				g.heldBytes -= len(c.Raw)
+				delete(g.held, h)
+				delete(pending, h)
+				continue
 			}
 			next[actor] = c.Seq
-			ready[h] = true
+			isReady[h] = true
 			order = append(order, c)
 			delete(pending, h)
 			progress = true
@@ -135,16 +173,16 @@ func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) ([]byt
 	// What is still pending waits for its dependencies.
 	add := 0
 	for _, c := range incoming {
-		if !ready[c.Hash] {
+		if !isReady[c.Hash] {
 			add += len(c.Raw)
 		}
 	}
 	if len(pending) > maxHeldChanges || g.heldBytes+add > maxHeldBytes {
-		return nil, fmt.Errorf("too many changes waiting for their dependencies (limit %d changes, %d bytes)", maxHeldChanges, maxHeldBytes)
+		return nil, nil, fmt.Errorf("too many changes waiting for their dependencies (limit %d changes, %d bytes)", maxHeldChanges, maxHeldBytes)
 	}
 	for _, c := range incoming {
-		if !ready[c.Hash] {
-			g.held[c.Hash] = &heldChange{c: c, from: from}
+		if !isReady[c.Hash] {
+			g.held[c.Hash] = &heldChange{c: c, ops: opsOf[c.Hash], from: from}
 			g.heldBytes += len(c.Raw)
 		}
 	}
@@ -157,8 +195,9 @@ func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) ([]byt
 	m.Changes = m.Changes[:0]
 	for _, c := range order {
 		m.Changes = append(m.Changes, c.Raw)
+		ready = append(ready, admitted{c: c, ops: opsOf[c.Hash]})
 	}
-	return m.Encode(), nil
+	return m.Encode(), ready, nil
 }
 
 func depsReady(doc *automerge.Doc, c *amsync.Change, ready map[amsync.Hash]bool) bool {
@@ -170,24 +209,17 @@ func depsReady(doc *automerge.Doc, c *amsync.Change, ready map[amsync.Hash]bool)
 	return true
 }
 
-// applied records the seqs of the changes the core applied from a message
-// admit returned.
-func (g *syncGuard) applied(doc *automerge.Doc, coreData []byte) {
-	m, err := amsync.ParseMessage(coreData)
-	if err != nil {
-		return
-	}
-	for _, raw := range m.Changes {
-		c, err := amsync.ParseChange(raw)
-		if err != nil {
+// applied records the seqs and objects of the changes the core applied,
+// of those admit handed it (in the order the core applied them).
+func (g *syncGuard) applied(doc *automerge.Doc, ready []admitted) {
+	for _, a := range ready {
+		if !has(doc, a.c.Hash) {
+			g.log.Error("the core did not apply a ready change", "hash", a.c.Hash.String())
 			continue
 		}
-		if has(doc, c.Hash) {
-			a := hex.EncodeToString(c.Actor)
-			g.seqs[a] = max(g.seqs[a], c.Seq)
-		} else {
-			g.log.Error("the core did not apply a ready change", "hash", c.Hash.String())
-		}
+		actor := hex.EncodeToString(a.c.Actor)
+		g.seqs[actor] = max(g.seqs[actor], a.c.Seq)
+		g.objs.Add(a.ops)
 	}
 }
 
