@@ -35,6 +35,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./pkg/protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzParseMessage$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzParseChange$$' -fuzztime $(FUZZTIME) ./pkg/amsync
+	$(GO) test -run '^$$' -fuzz '^FuzzOps$$' -fuzztime $(FUZZTIME) ./pkg/amsync
+	$(GO) test -run '^$$' -fuzz '^FuzzOpsEdit$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzSyncData$$' -fuzztime $(FUZZTIME) ./hub
 
 run:

@@ -473,3 +473,46 @@ func TestCompactionReplacesBatchesBySnapshot(t *testing.T) {
 		t.Fatalf("stored document has heads %v, want %v", loaded.Heads(), doc.Heads())
 	}
 }
+
+// TestHostileChangeClosesOnlyItsSender: a checksum-valid change that would
+// crash the Automerge core (a seq gap: the core panics on its next sync)
+// is refused with 4422, and the document keeps syncing for others.
+func TestHostileChangeClosesOnlyItsSender(t *testing.T) {
+	h := newHub(t, memstore.New())
+	good := connect(t, h, "good", "")
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	id := protocol.NewDocumentID()
+	ss := automerge.NewSyncState(doc)
+	good.syncUntilQuiet(id, ss)
+
+	other := automerge.New()
+	edit(t, other, "x", "1")
+	chs, _ := other.Changes()
+	c, err := amsync.ParseChange(chs[0].Save())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Seq = 3 // actor's seqs 1 and 2 never existed
+	bad := connect(t, h, "bad", "")
+	msg := (&amsync.Message{Type: amsync.MessageTypeSync, Have: []amsync.Have{{}}, Changes: [][]byte{c.Encode()}}).Encode()
+	bad.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "bad", TargetID: bad.hub, DocumentID: id, Data: msg})
+	select {
+	case <-bad.errc:
+	case <-time.After(2 * time.Second):
+		t.Fatal("hostile sender not disconnected")
+	}
+	if code, _ := bad.c.closeCode(); code != protocol.CloseInvalidSyncData {
+		t.Fatalf("closed with %v, want %v", code, protocol.CloseInvalidSyncData)
+	}
+	edit(t, doc, "k", "w")
+	good.syncUntilQuiet(id, ss)
+	fresh := connect(t, h, "fresh", "")
+	docF := automerge.New()
+	ssF := automerge.NewSyncState(docF)
+	fresh.sync(id, ssF, protocol.TypeRequest)
+	fresh.syncUntilQuiet(id, ssF)
+	if !slices.Equal(docF.Heads(), doc.Heads()) {
+		t.Fatalf("document did not keep syncing: %v vs %v", docF.Heads(), doc.Heads())
+	}
+}

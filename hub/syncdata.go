@@ -17,6 +17,7 @@ const (
 	maxHeldChanges  = 4096
 	maxHeldBytes    = 32 << 20
 	maxOpsPerChange = 100_000
+	maxOpsPerKey    = 4096 // ops on one key (or inserted after one element) in one change
 )
 
 // syncGuard stands between clients' sync messages and the Automerge core
@@ -118,6 +119,9 @@ func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) (core 
 		if err != nil {
 			return nil, nil, fmt.Errorf("change %d: %w", i, err)
 		}
+		if err := checkOpsPerKey(ops); err != nil {
+			return nil, nil, fmt.Errorf("change %d: %w", i, err)
+		}
 		opsOf[c.Hash] = ops
 		incoming = append(incoming, c)
 	}
@@ -198,6 +202,27 @@ func (g *syncGuard) admit(doc *automerge.Doc, from *session, data []byte) (core 
 		ready = append(ready, admitted{c: c, ops: opsOf[c.Hash]})
 	}
 	return m.Encode(), ready, nil
+}
+
+// checkOpsPerKey refuses a change that piles many ops onto one key: the
+// core's cost grows with the square of the ops on a key (20,000 take
+// seconds), so a small message could stall the document.
+func checkOpsPerKey(ops []amsync.Op) error {
+	type slot struct {
+		obj amsync.OpID
+		key amsync.Key
+	}
+	var n map[slot]int
+	for _, op := range ops {
+		if n == nil {
+			n = make(map[slot]int)
+		}
+		k := slot{op.Obj, op.Key}
+		if n[k]++; n[k] > maxOpsPerKey {
+			return fmt.Errorf("more than %d ops on one key (%s) in one change", maxOpsPerKey, op.Key)
+		}
+	}
+	return nil
 }
 
 func depsReady(doc *automerge.Doc, c *amsync.Change, ready map[amsync.Hash]bool) bool {
