@@ -3,6 +3,8 @@ package hub
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -79,4 +81,26 @@ type StoredDoc struct {
 type Batch struct {
 	Seq  uint64
 	Data []byte
+}
+
+// ErrStoreClosed is returned by a Store's methods once it is closed.
+var ErrStoreClosed = errors.New("store is closed")
+
+// ErrInvalidDocumentID is returned by a Store for a document id it cannot
+// hold: empty, or containing a NUL byte (stores use NUL as a separator).
+var ErrInvalidDocumentID = errors.New("invalid document id")
+
+// CheckStoreCall reports why a store call may not start: the store is
+// closed, ctx is done, or id is invalid. Store implementations share it.
+func CheckStoreCall(ctx context.Context, closed bool, id protocol.DocumentID) error {
+	if closed {
+		return ErrStoreClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if id == "" || strings.IndexByte(string(id), 0) >= 0 {
+		return fmt.Errorf("%w: %q", ErrInvalidDocumentID, id)
+	}
+	return nil
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -46,7 +45,7 @@ const (
 const formatVersion = "1"
 
 // ErrClosed is returned by every call made after Close.
-var ErrClosed = errors.New("boltstore: store is closed")
+var ErrClosed = hub.ErrStoreClosed
 
 // ErrLocked is returned by Open when another Store, in this process or
 // another, still holds the file after Options.LockTimeout.
@@ -54,7 +53,7 @@ var ErrLocked = errors.New("boltstore: file is locked by another store")
 
 // ErrInvalidDocumentID is returned for an empty document id or one that
 // contains a NUL byte, which the key layout cannot represent.
-var ErrInvalidDocumentID = errors.New("boltstore: invalid document id")
+var ErrInvalidDocumentID = hub.ErrInvalidDocumentID
 
 // Options configures Open. The zero value is the documented default for
 // every field.
@@ -186,16 +185,7 @@ func (s *Store) Path() string { return s.db.Path() }
 // check reports why a call may not start: a closed store, a done context,
 // or an id the layout cannot hold.
 func (s *Store) check(ctx context.Context, id protocol.DocumentID) error {
-	if s.closed.Load() {
-		return ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if id == "" || strings.IndexByte(string(id), 0) >= 0 {
-		return fmt.Errorf("%w: %q", ErrInvalidDocumentID, id)
-	}
-	return nil
+	return hub.CheckStoreCall(ctx, s.closed.Load(), id)
 }
 
 // StorageID returns the id created when the file was first opened.

@@ -3,10 +3,8 @@ package memstore
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/plaithub/plait/hub"
@@ -14,12 +12,12 @@ import (
 )
 
 // ErrClosed is returned by every call made after Close.
-var ErrClosed = errors.New("memstore: store is closed")
+var ErrClosed = hub.ErrStoreClosed
 
 // ErrInvalidDocumentID is returned for an empty document id or one that
 // contains a NUL byte. boltstore rejects the same ids, so a test on memstore
 // cannot pass with an id the durable store would refuse.
-var ErrInvalidDocumentID = errors.New("memstore: invalid document id")
+var ErrInvalidDocumentID = hub.ErrInvalidDocumentID
 
 var _ hub.Store = (*Store)(nil)
 
@@ -52,16 +50,7 @@ func New() *Store {
 // check reports why a call may not start: a closed store, a done context,
 // or an invalid id. The caller holds s.mu.
 func (s *Store) check(ctx context.Context, id protocol.DocumentID) error {
-	if s.closed {
-		return ErrClosed
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if id == "" || strings.IndexByte(string(id), 0) >= 0 {
-		return fmt.Errorf("%w: %q", ErrInvalidDocumentID, id)
-	}
-	return nil
+	return hub.CheckStoreCall(ctx, s.closed, id)
 }
 
 // StorageID returns the id chosen by New.
