@@ -106,8 +106,10 @@ func (d *document) run() {
 		select {
 		case m := <-d.inbox:
 			d.handle(m)
-			// Group everything already queued into one store write.
-			for drained := false; !drained; {
+			// Group what is already queued (at most one inbox's worth, so a
+			// flood cannot postpone the write and the answers) into one
+			// store write.
+			for n, drained := 1, false; !drained && n < cap(d.inbox); n++ {
 				select {
 				case m := <-d.inbox:
 					d.handle(m)
