@@ -26,6 +26,10 @@ type ConnInfo struct {
 // de-duplication: the most recent sessions are remembered.
 const maxEphemeralSessions = 64
 
+// maxSubscriptions bounds the storage ids one connection may subscribe to
+// with remote-subscription-change.
+const maxSubscriptions = 1024
+
 // session is one joined peer on one connection. Its fields without a lock
 // are owned by the Serve goroutine (the read loop).
 type session struct {
@@ -228,7 +232,13 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		for _, id := range msg.Add {
 			s.subs[id] = struct{}{}
 		}
+		n := len(s.subs)
 		s.mu.Unlock()
+		if n > maxSubscriptions {
+			err := fmt.Errorf("%w: more than %d storage ids subscribed", errProtocol, maxSubscriptions)
+			s.fail(protocol.CloseMalformedMessage, err)
+			return err
+		}
 		if len(msg.Add) == 0 {
 			return nil
 		}
