@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -98,4 +99,31 @@ func settle(ctx context.Context, metricsURL string, wait time.Duration) (float64
 		return 0, ctx.Err()
 	}
 	return serverRSS(ctx, metricsURL)
+}
+
+// target is what every scenario measures against: the server's WebSocket
+// and metrics URLs, a scenario size and the wait before measuring.
+type target struct {
+	url, metrics string
+	n            int
+	hold         time.Duration
+}
+
+// targetFlags declares the flags every scenario has; what is the scenario's
+// unit ("idle connections to hold", "documents to open").
+func targetFlags(fs *flag.FlagSet, what string) *target {
+	t := &target{}
+	fs.StringVar(&t.url, "url", "ws://127.0.0.1:8080/ws", "server WebSocket URL")
+	fs.StringVar(&t.metrics, "metrics", "", "server metrics URL (default: derived from -url)")
+	fs.IntVar(&t.n, "n", 2000, what)
+	fs.DurationVar(&t.hold, "hold", 5*time.Second, "time to wait before measuring")
+	return t
+}
+
+// start finishes the flags and reads the server's RSS before the scenario.
+func (t *target) start(ctx context.Context) (rssBefore float64, err error) {
+	if t.metrics == "" {
+		t.metrics = metricsURLFor(t.url)
+	}
+	return serverRSS(ctx, t.metrics)
 }

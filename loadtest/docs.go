@@ -17,25 +17,19 @@ import (
 // per open document. The documents stay open while the connection does.
 func runDocs(args []string) error {
 	fs := flag.NewFlagSet("docs", flag.ContinueOnError)
-	url := fs.String("url", "ws://127.0.0.1:8080/ws", "server WebSocket URL")
-	metrics := fs.String("metrics", "", "server metrics URL (default: derived from -url)")
-	n := fs.Int("n", 2000, "documents to open")
-	hold := fs.Duration("hold", 5*time.Second, "time to wait before measuring")
+	tg := targetFlags(fs, "documents to open")
 	evictWait := fs.Duration("evict-wait", 0, "after measuring, disconnect and wait this long (longer than the server's --idle-doc-timeout) to measure RSS after eviction; 0 skips")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *metrics == "" {
-		*metrics = metricsURLFor(*url)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	before, err := settle(ctx, *metrics, 0)
+	before, err := tg.start(ctx)
 	if err != nil {
 		return err
 	}
 	peerID := "docs-" + fmt.Sprint(time.Now().UnixNano())
-	ws, peer, err := joinedConn(ctx, nil, *url, peerID)
+	ws, peer, err := joinedConn(ctx, nil, tg.url, peerID)
 	if err != nil {
 		return err
 	}
@@ -46,7 +40,7 @@ func runDocs(args []string) error {
 		doc *automerge.Doc
 		ss  *automerge.SyncState
 	}
-	docs := make(map[protocol.DocumentID]*docState, *n)
+	docs := make(map[protocol.DocumentID]*docState, tg.n)
 	send := func(id protocol.DocumentID, d *docState) error {
 		sm, ok := d.ss.GenerateMessage()
 		if !ok {
@@ -75,7 +69,7 @@ func runDocs(args []string) error {
 		}
 	}()
 	acked := 0
-	for i := 0; i < *n; i++ {
+	for i := 0; i < tg.n; i++ {
 		d := &docState{doc: automerge.New()}
 		if err := d.doc.RootMap().Set("title", fmt.Sprintf("document %d", i)); err != nil {
 			return err
@@ -91,15 +85,15 @@ func runDocs(args []string) error {
 		}
 	}
 	done := map[protocol.DocumentID]bool{}
-	for acked < *n {
+	for acked < tg.n {
 		var m *protocol.Message
 		select {
 		case m = <-in:
 		case <-time.After(30 * time.Second):
-			return fmt.Errorf("server stopped answering after %d of %d documents", acked, *n)
+			return fmt.Errorf("server stopped answering after %d of %d documents", acked, tg.n)
 		}
 		if m == nil {
-			return fmt.Errorf("connection closed after %d of %d documents", acked, *n)
+			return fmt.Errorf("connection closed after %d of %d documents", acked, tg.n)
 		}
 		d := docs[m.DocumentID]
 		if m.Type != protocol.TypeSync || d == nil {
@@ -118,15 +112,15 @@ func runDocs(args []string) error {
 		}
 	}
 	setup := time.Since(start)
-	after, err := settle(ctx, *metrics, *hold)
+	after, err := settle(ctx, tg.metrics, tg.hold)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("docs: %d documents created and stored in %s (%.0f/s)\n", *n, setup.Round(time.Millisecond), float64(*n)/setup.Seconds())
-	fmt.Printf("docs: server RSS %.1f MiB -> %.1f MiB: %.1f KiB per open document\n", before/(1<<20), after/(1<<20), (after-before)/float64(*n)/1024)
+	fmt.Printf("docs: %d documents created and stored in %s (%.0f/s)\n", tg.n, setup.Round(time.Millisecond), float64(tg.n)/setup.Seconds())
+	fmt.Printf("docs: server RSS %.1f MiB -> %.1f MiB: %.1f KiB per open document\n", before/(1<<20), after/(1<<20), (after-before)/float64(tg.n)/1024)
 	if *evictWait > 0 {
 		ws.Close(websocket.StatusNormalClosure, "")
-		evicted, err := settle(ctx, *metrics, *evictWait)
+		evicted, err := settle(ctx, tg.metrics, *evictWait)
 		if err != nil {
 			return err
 		}

@@ -12,26 +12,20 @@ import (
 
 func runIdle(args []string) error {
 	fs := flag.NewFlagSet("idle", flag.ContinueOnError)
-	url := fs.String("url", "ws://127.0.0.1:8080/ws", "server WebSocket URL")
-	metrics := fs.String("metrics", "", "server metrics URL (default: derived from -url)")
-	n := fs.Int("n", 2000, "idle connections to hold")
+	tg := targetFlags(fs, "idle connections to hold")
 	par := fs.Int("parallel", 64, "concurrent dials")
 	sources := fs.Int("sources", 8, "loopback source addresses to spread connections over")
-	hold := fs.Duration("hold", 5*time.Second, "time to hold the connections before measuring")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *metrics == "" {
-		*metrics = metricsURLFor(*url)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	before, err := settle(ctx, *metrics, 0)
+	before, err := tg.start(ctx)
 	if err != nil {
 		return err
 	}
 	hc := (&sourceDialer{k: *sources}).client()
-	conns := make([]*websocket.Conn, *n)
+	conns := make([]*websocket.Conn, tg.n)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failures int
@@ -46,7 +40,7 @@ func runIdle(args []string) error {
 			defer func() { <-sem }()
 			dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
 			defer dcancel()
-			ws, _, err := joinedConn(dctx, hc, *url, fmt.Sprintf("idle-%d", i))
+			ws, _, err := joinedConn(dctx, hc, tg.url, fmt.Sprintf("idle-%d", i))
 			if err != nil {
 				mu.Lock()
 				failures++
@@ -63,11 +57,11 @@ func runIdle(args []string) error {
 	}
 	wg.Wait()
 	setup := time.Since(start)
-	after, err := settle(ctx, *metrics, *hold)
+	after, err := settle(ctx, tg.metrics, tg.hold)
 	if err != nil {
 		return err
 	}
-	ok := *n - failures
+	ok := tg.n - failures
 	fmt.Printf("idle: %d connections (%d failed) in %s\n", ok, failures, setup.Round(time.Millisecond))
 	if firstErr != nil {
 		fmt.Printf("idle: first error: %v\n", firstErr)
@@ -81,7 +75,7 @@ func runIdle(args []string) error {
 		}
 	}
 	if failures > 0 {
-		return fmt.Errorf("%d of %d connections failed", failures, *n)
+		return fmt.Errorf("%d of %d connections failed", failures, tg.n)
 	}
 	return nil
 }

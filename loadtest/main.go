@@ -9,6 +9,8 @@
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 )
@@ -23,7 +25,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: loadtest <scenario> [flags]\nscenarios: idle, docs")
 		os.Exit(2)
 	}
-	if err := scenarios[os.Args[1]](os.Args[2:]); err != nil {
+	err := scenarios[os.Args[1]](os.Args[2:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadtest:", err)
 		os.Exit(1)
 	}
