@@ -3,7 +3,6 @@ package boltstore
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -169,7 +168,7 @@ func Open(path string, opts Options) (*Store, error) {
 			s.storageID = string(id) // string() copies out of the mmap
 			return nil
 		}
-		s.storageID = newStorageID()
+		s.storageID = hub.NewStorageID()
 		return meta.Put(keyStorageID, []byte(s.storageID))
 	})
 	if err != nil {
@@ -437,14 +436,4 @@ func syncKey(id protocol.DocumentID, storageID string) []byte {
 	k = append(k, id...)
 	k = append(k, 0)
 	return append(k, storageID...)
-}
-
-// newStorageID returns a random UUID (version 4), the form automerge-repo
-// peers use for their storageId.
-func newStorageID() string {
-	var u [16]byte
-	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails (Go 1.24+)
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
 }

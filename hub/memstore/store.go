@@ -2,7 +2,6 @@ package memstore
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"slices"
 	"sync"
@@ -41,7 +40,7 @@ type doc struct {
 // New returns an empty store with a fresh random StorageID.
 func New() *Store {
 	return &Store{
-		storageID:  newStorageID(),
+		storageID:  hub.NewStorageID(),
 		docs:       make(map[protocol.DocumentID]*doc),
 		syncStates: make(map[protocol.DocumentID]map[string][]byte),
 	}
@@ -202,14 +201,4 @@ func clone(b []byte) []byte {
 		return nil
 	}
 	return append(make([]byte, 0, len(b)), b...)
-}
-
-// newStorageID returns a random UUID (version 4), the form automerge-repo
-// peers use for their storageId.
-func newStorageID() string {
-	var u [16]byte
-	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails (Go 1.24+)
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
 }

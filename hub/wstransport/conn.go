@@ -39,10 +39,6 @@ type Options struct {
 	// PongTimeout is how long to wait for a pong before closing the
 	// connection as dead. Default: 15s.
 	PongTimeout time.Duration
-
-	// OnClose, if set, is called once with the close code the server chose
-	// (not called when the client closed first).
-	OnClose func(code protocol.CloseCode)
 }
 
 func (o *Options) fill() {
@@ -236,9 +232,6 @@ func (c *Conn) finish(code protocol.CloseCode, reason string) {
 	if code == 0 {
 		_ = c.ws.CloseNow()
 		return
-	}
-	if c.opts.OnClose != nil {
-		c.opts.OnClose(code)
 	}
 	// Close sends the close frame and waits for the client's; coder/websocket
 	// bounds that wait (5s), then drops the connection.
