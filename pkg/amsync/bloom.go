@@ -51,3 +51,73 @@ func ParseBloom(b []byte) (*Bloom, error) {
 	f.Bits, _ = r.bytes(int(n), "bloom bits")
 	return &f, nil
 }
+
+// Parameters of the Bloom filters Automerge builds (a 1% false positive rate).
+const (
+	BloomBitsPerEntry = 10
+	BloomProbes       = 7
+)
+
+// NewBloom builds the filter of hashes as Automerge does
+// (BloomFilter::from_hashes): 10 bits per entry, 7 probes.
+func NewBloom(hashes []Hash) *Bloom {
+	f := &Bloom{NumEntries: uint32(len(hashes)), NumBitsPerEntry: BloomBitsPerEntry, NumProbes: BloomProbes}
+	f.Bits = make([]byte, (uint64(f.NumEntries)*uint64(f.NumBitsPerEntry)+7)/8)
+	for i := range hashes {
+		f.probes(&hashes[i], func(p uint32) bool {
+			f.Bits[p>>3] |= 1 << (p & 7)
+			return true
+		})
+	}
+	return f
+}
+
+// probes calls f with each bit position of h, until f returns false.
+func (f *Bloom) probes(h *Hash, fn func(uint32) bool) {
+	modulo := 8 * uint32(len(f.Bits))
+	if modulo == 0 {
+		return
+	}
+	le := func(i int) uint32 {
+		return uint32(h[i]) | uint32(h[i+1])<<8 | uint32(h[i+2])<<16 | uint32(h[i+3])<<24
+	}
+	x, y, z := le(0)%modulo, le(4)%modulo, le(8)%modulo
+	if !fn(x) {
+		return
+	}
+	for i := uint32(1); i < f.NumProbes; i++ {
+		x = (x + y) % modulo
+		y = (y + z) % modulo
+		if !fn(x) {
+			return
+		}
+	}
+}
+
+// Contains reports whether the filter may hold h (the core's
+// contains_hash: an empty filter holds nothing).
+func (f *Bloom) Contains(h *Hash) bool {
+	if f.NumEntries == 0 {
+		return false
+	}
+	in := true
+	f.probes(h, func(p uint32) bool {
+		if int(p>>3) < len(f.Bits) && f.Bits[p>>3]&(1<<(p&7)) == 0 {
+			in = false
+		}
+		return in
+	})
+	return in
+}
+
+// Encode writes the filter as sync messages carry it; a filter with no
+// entries is empty.
+func (f *Bloom) Encode() []byte {
+	if f.NumEntries == 0 {
+		return nil
+	}
+	b := appendULEB(nil, uint64(f.NumEntries))
+	b = appendULEB(b, uint64(f.NumBitsPerEntry))
+	b = appendULEB(b, uint64(f.NumProbes))
+	return append(b, f.Bits...)
+}

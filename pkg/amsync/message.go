@@ -130,3 +130,18 @@ func appendHashes(b []byte, hs []Hash) []byte {
 	}
 	return b
 }
+
+// AppendHashes appends a LEB128 count and the hashes, as sync messages and
+// sync states write lists of hashes.
+func AppendHashes(b []byte, hs []Hash) []byte { return appendHashes(b, hs) }
+
+// ReadHashes reads a list of hashes written by AppendHashes and returns
+// the bytes after it.
+func ReadHashes(b []byte) ([]Hash, []byte, error) {
+	r := &reader{b: b}
+	hs, err := r.hashes("hashes")
+	if err != nil {
+		return nil, nil, err
+	}
+	return hs, r.rest(), nil
+}

@@ -1,0 +1,54 @@
+// Package syncengine is the Automerge sync protocol in Go, over an index
+// of a document's changes, so that the cost of a sync message does not
+// grow with the document's history.
+//
+// A Doc holds one document as its changes: for each change its hash, raw
+// chunk bytes, dependencies, actor and seq, in the order they were applied
+// (a causal order), plus the heads. It never holds the document's content:
+// automerge-go builds that where it is needed (loading, compaction, and on
+// clients, the application's view).
+//
+// A State is the sync protocol's state for one peer of one document, as
+// the Rust core's sync::State at rust/automerge@0.5.0 keeps it: shared
+// heads, last sent heads, the peer's heads, need and have, the hashes
+// already sent, in flight. Doc.GenerateMessage and Doc.ReceiveMessage
+// follow the rules of that core's generate_sync_message and
+// receive_sync_message, and read and write the same bytes (message type
+// 0x42, LEB128 counts, sorted hashes, Bloom filters of 10 bits per entry
+// and 7 probes, change chunks), so a peer cannot tell the engine from
+// automerge-go or @automerge/automerge.
+//
+// # Cost
+//
+// Where the core walks the whole history (a clock over every change for
+// "changes since these heads", a traversal of every ancestor to trim the
+// sent hashes), the engine walks back from the heads in reverse order of
+// application and stops as soon as what remains is known to be shared.
+// In steady state (peers a few changes apart) a message costs
+// O(changes since the peers last agreed); a peer that was away costs
+// O(what it missed), once.
+//
+// # Validation
+//
+// Every change is checked before it is applied, because the changes a Doc
+// accepts end up in automerge-go (at compaction, on clients), whose Rust
+// core panics, and aborts the process, on some malformed changes (see
+// docs/notes-rust-sync-panic.md): the chunk's checksum and hash; each
+// actor's seqs consecutive, each change depending on its actor's previous
+// one; its ops decodable and consistent with the document's objects
+// (amsync.ObjIndex); bounded op counts. Then Options.Accept sees it: the
+// hub refuses changes there (a viewer's) and sees every change it will
+// have to store and fan out. A message with one refused change applies
+// none of its changes.
+//
+// A change whose dependencies are missing is queued, as the core queues
+// it, and applied once they arrive; the missing hashes go into the need of
+// every message generated meanwhile. The queue is bounded.
+//
+// # Concurrency
+//
+// A Doc and its States belong to one goroutine (the document's owner);
+// nothing in this package locks. Encoded states, messages and the byte
+// slices Doc returns may be shared once returned: the Doc never modifies
+// them.
+package syncengine

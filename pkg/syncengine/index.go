@@ -1,0 +1,459 @@
+package syncengine
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/plaithub/plait/pkg/amsync"
+)
+
+// Hash is an Automerge change hash.
+type Hash = amsync.Hash
+
+// Defaults of Options.
+const (
+	DefaultMaxQueued       = 4096
+	DefaultMaxQueuedBytes  = 32 << 20
+	DefaultMaxOpsPerChange = 100_000
+	DefaultMaxOpsPerKey    = 4096
+)
+
+// ErrInvalidChange is wrapped by every error about a change that is
+// malformed or does not fit the document.
+var ErrInvalidChange = errors.New("invalid change")
+
+// ErrQueueFull is returned when changes waiting for their dependencies
+// would exceed Options.MaxQueued or MaxQueuedBytes.
+var ErrQueueFull = errors.New("too many changes waiting for their dependencies")
+
+// ErrInvalidMessage is wrapped by every error about a sync message that
+// is malformed (as opposed to one of its changes).
+var ErrInvalidMessage = errors.New("invalid sync message")
+
+// Options configure a Doc. The zero value is usable: each zero field takes
+// its documented default.
+type Options struct {
+	// Accept, if set, is called for each change after it passed the
+	// engine's checks and before it is applied, in the order of
+	// application, with the origin given to ReceiveMessage or AddChanges.
+	// An error refuses the change; if the change came with the current
+	// call, that call fails with the error and applies nothing. A queued
+	// change from an earlier call that is refused is dropped.
+	Accept func(c *amsync.Change, origin any) error
+	// MaxQueued bounds the changes waiting for dependencies (default 4096).
+	MaxQueued int
+	// MaxQueuedBytes bounds their bytes (default 32 MiB).
+	MaxQueuedBytes int
+	// MaxOpsPerChange bounds the ops of one change (default 100,000).
+	MaxOpsPerChange int
+	// MaxOpsPerKey bounds the ops of one change on one key (default 4096):
+	// the core's cost grows with the square of the ops on a key.
+	MaxOpsPerKey int
+}
+
+// node is one applied change. Its position in Doc.nodes is its index: a
+// change's dependencies always have smaller indexes.
+type node struct {
+	hash  Hash
+	raw   []byte
+	deps  []int32
+	actor int32
+	seq   uint64
+}
+
+type actorInfo struct {
+	id   []byte
+	last int32 // index of the actor's latest change (seq == len of its chain)
+	seq  uint64
+}
+
+type queued struct {
+	c      *amsync.Change
+	origin any
+}
+
+// Doc is the change index of one document. See the package documentation.
+type Doc struct {
+	opts    Options
+	nodes   []node
+	index   map[Hash]int32
+	heads   []Hash // sorted; replaced, never modified in place
+	actors  []actorInfo
+	actorIx map[string]int32
+	objs    *amsync.ObjIndex
+
+	queue       map[Hash]*queued
+	waiting     map[Hash][]Hash // a missing dependency -> queued changes waiting for it
+	queuedBytes int
+	dropped     int
+
+	// scratch of the walks (owner goroutine only)
+	epoch uint32
+	seen  []uint32 // epoch a node was last pushed in
+	xmark []uint32 // epoch a node was last found shared
+	heap  []int32
+}
+
+// New returns an empty document.
+func New(opts Options) *Doc {
+	if opts.MaxQueued <= 0 {
+		opts.MaxQueued = DefaultMaxQueued
+	}
+	if opts.MaxQueuedBytes <= 0 {
+		opts.MaxQueuedBytes = DefaultMaxQueuedBytes
+	}
+	if opts.MaxOpsPerChange <= 0 {
+		opts.MaxOpsPerChange = DefaultMaxOpsPerChange
+	}
+	if opts.MaxOpsPerKey <= 0 {
+		opts.MaxOpsPerKey = DefaultMaxOpsPerKey
+	}
+	return &Doc{
+		opts:    opts,
+		index:   make(map[Hash]int32),
+		actorIx: make(map[string]int32),
+		objs:    amsync.NewObjIndex(),
+		queue:   make(map[Hash]*queued),
+		waiting: make(map[Hash][]Hash),
+	}
+}
+
+// Heads returns the document's heads, sorted. The slice must not be modified.
+func (d *Doc) Heads() []Hash { return d.heads }
+
+// Len returns the number of applied changes.
+func (d *Doc) Len() int { return len(d.nodes) }
+
+// Has reports whether the change is applied (queued changes are not).
+func (d *Doc) Has(h Hash) bool {
+	_, ok := d.index[h]
+	return ok
+}
+
+// Change returns the raw chunk of an applied change.
+func (d *Doc) Change(h Hash) ([]byte, bool) {
+	i, ok := d.index[h]
+	if !ok {
+		return nil, false
+	}
+	return d.nodes[i].raw, true
+}
+
+// Queued returns the number of changes waiting for dependencies.
+func (d *Doc) Queued() int { return len(d.queue) }
+
+// Dropped returns how many queued changes were dropped because they were
+// refused once their dependencies arrived.
+func (d *Doc) Dropped() int { return d.dropped }
+
+// All calls f with the raw chunk of every applied change, in the order of
+// application (dependencies first), until f returns false. Concatenated,
+// the chunks load into automerge-go (automerge.Load or LoadIncremental).
+func (d *Doc) All(f func(raw []byte) bool) {
+	for i := range d.nodes {
+		if !f(d.nodes[i].raw) {
+			return
+		}
+	}
+}
+
+// AddChanges applies change chunks that do not come in a sync message: a
+// client's own changes, or changes loaded from storage. It checks them as
+// ReceiveMessage does and returns the changes it applied, in order
+// (queued changes that they released included).
+func (d *Doc) AddChanges(origin any, chunks ...[]byte) ([]*amsync.Change, error) {
+	return d.apply(chunks, origin)
+}
+
+// Forget drops the queued changes that came from origin (a peer that
+// left): if their dependencies ever arrive, so will they, from whoever
+// has them.
+func (d *Doc) Forget(origin any) {
+	for h, q := range d.queue {
+		if q.origin == origin {
+			d.unqueue(h)
+		}
+	}
+}
+
+func (d *Doc) unqueue(h Hash) {
+	if q, ok := d.queue[h]; ok {
+		d.queuedBytes -= len(q.c.Raw)
+		delete(d.queue, h)
+	}
+}
+
+// candidate is a change considered in one apply call.
+type candidate struct {
+	c      *amsync.Change
+	origin any
+	fresh  bool    // came with this call (else: from the queue)
+	done   bool    // staged
+	idx    int32   // index it will have once applied
+	deps   []int32 // indexes of its dependencies (once staged)
+}
+
+// staging holds what one apply call would change, until it commits.
+// Staged changes get the indexes they will have once applied, so the
+// walks see applied and staged changes as one graph.
+type staging struct {
+	objs   *amsync.ObjIndex
+	ready  []*candidate
+	byHash map[Hash]*candidate
+	last   map[string]*candidate // actor -> its latest staged change
+}
+
+func (d *Doc) apply(chunks [][]byte, origin any) ([]*amsync.Change, error) {
+	var fresh []*candidate
+	inCall := make(map[Hash]bool, len(chunks))
+	for i, raw := range chunks {
+		c, err := amsync.ParseChange(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w %d: %w", ErrInvalidChange, i, err)
+		}
+		if _, ok := d.index[c.Hash]; ok || inCall[c.Hash] || d.queue[c.Hash] != nil {
+			continue // a duplicate is harmless
+		}
+		inCall[c.Hash] = true
+		if err := canonicalRaw(c); err != nil {
+			return nil, fmt.Errorf("%w %s: %w", ErrInvalidChange, c.Hash, err)
+		}
+		fresh = append(fresh, &candidate{c: c, origin: origin, fresh: true})
+	}
+	if len(fresh) == 0 {
+		return nil, nil
+	}
+	st := &staging{objs: d.objs.Stage(), byHash: map[Hash]*candidate{}, last: map[string]*candidate{}}
+	blocked := make(map[Hash][]*candidate) // missing dependency -> candidates of this call
+	work := slices.Clone(fresh)
+	var dropped []Hash
+	for len(work) > 0 {
+		cd := work[0]
+		work = work[1:]
+		if missing, ok := d.firstMissing(cd.c, st); ok {
+			blocked[missing] = append(blocked[missing], cd)
+			continue
+		}
+		if err := d.stage(cd, st); err != nil {
+			if cd.fresh {
+				return nil, fmt.Errorf("%w %s: %w", ErrInvalidChange, cd.c.Hash, err)
+			}
+			dropped = append(dropped, cd.c.Hash)
+			continue
+		}
+		work = append(work, blocked[cd.c.Hash]...)
+		delete(blocked, cd.c.Hash)
+		for _, qh := range d.waiting[cd.c.Hash] {
+			if q := d.queue[qh]; q != nil && st.byHash[qh] == nil {
+				work = append(work, &candidate{c: q.c, origin: q.origin})
+			}
+		}
+	}
+	// What is still blocked waits in the queue, within bounds.
+	var wait []*candidate
+	add := 0
+	for _, cd := range fresh {
+		if !cd.done {
+			wait = append(wait, cd)
+			add += len(cd.c.Raw)
+		}
+	}
+	if len(wait) > 0 && (len(d.queue)+len(wait) > d.opts.MaxQueued || d.queuedBytes+add > d.opts.MaxQueuedBytes) {
+		return nil, fmt.Errorf("%w (limit %d changes, %d bytes)", ErrQueueFull, d.opts.MaxQueued, d.opts.MaxQueuedBytes)
+	}
+
+	// Commit.
+	d.objs = st.objs.Commit()
+	out := make([]*amsync.Change, 0, len(st.ready))
+	for _, cd := range st.ready {
+		d.insert(cd)
+		d.unqueue(cd.c.Hash)
+		delete(d.waiting, cd.c.Hash)
+		out = append(out, cd.c)
+	}
+	for _, h := range dropped {
+		d.unqueue(h)
+		d.dropped++
+	}
+	for _, cd := range wait {
+		d.queue[cd.c.Hash] = &queued{c: cd.c, origin: cd.origin}
+		d.queuedBytes += len(cd.c.Raw)
+		m, _ := d.firstMissing(cd.c, nil)
+		d.waiting[m] = append(d.waiting[m], cd.c.Hash)
+	}
+	if len(st.ready) > 0 {
+		d.updateHeads(st.ready)
+	}
+	return out, nil
+}
+
+// firstMissing returns a dependency of c that is neither applied nor staged.
+func (d *Doc) firstMissing(c *amsync.Change, st *staging) (Hash, bool) {
+	for _, dep := range c.Deps {
+		if _, ok := d.index[dep]; ok {
+			continue
+		}
+		if st != nil && st.byHash[dep] != nil {
+			continue
+		}
+		return dep, true
+	}
+	return Hash{}, false
+}
+
+// depIndex returns the index of an applied or staged change.
+func (d *Doc) depIndex(h Hash, st *staging) int32 {
+	if i, ok := d.index[h]; ok {
+		return i
+	}
+	return st.byHash[h].idx
+}
+
+// stage validates a causally ready change against the document plus what
+// is staged, and stages it.
+func (d *Doc) stage(cd *candidate, st *staging) error {
+	c := cd.c
+	cd.idx = int32(len(d.nodes) + len(st.ready))
+	cd.deps = make([]int32, len(c.Deps))
+	for i, dep := range c.Deps {
+		cd.deps[i] = d.depIndex(dep, st)
+	}
+	// Consecutive seqs per actor, each change after its actor's previous one.
+	var last uint64
+	prev := int32(-1)
+	if p := st.last[string(c.Actor)]; p != nil {
+		last, prev = p.c.Seq, p.idx
+	} else if ai, ok := d.actorIx[string(c.Actor)]; ok {
+		last, prev = d.actors[ai].seq, d.actors[ai].last
+	}
+	if c.Seq != last+1 {
+		return fmt.Errorf("actor %x seq %d does not follow its seq %d", c.Actor, c.Seq, last)
+	}
+	if prev >= 0 && !slices.Contains(cd.deps, prev) && !d.reaches(cd.deps, prev, st) {
+		return fmt.Errorf("actor %x seq %d does not depend on its seq %d", c.Actor, c.Seq, last)
+	}
+	ops, err := c.DecodeOps(d.opts.MaxOpsPerChange)
+	if err != nil {
+		return err
+	}
+	if err := checkOpsPerKey(ops, d.opts.MaxOpsPerKey); err != nil {
+		return err
+	}
+	if err := st.objs.Check(ops); err != nil {
+		return err
+	}
+	if d.opts.Accept != nil {
+		if err := d.opts.Accept(c, cd.origin); err != nil {
+			return err
+		}
+	}
+	st.objs.Add(ops)
+	cd.done = true
+	st.ready = append(st.ready, cd)
+	st.byHash[c.Hash] = cd
+	st.last[string(c.Actor)] = cd
+	return nil
+}
+
+func (d *Doc) insert(cd *candidate) {
+	c := cd.c
+	idx := int32(len(d.nodes))
+	n := node{hash: c.Hash, raw: c.Raw, seq: c.Seq, deps: cd.deps}
+	ai, ok := d.actorIx[string(c.Actor)]
+	if !ok {
+		ai = int32(len(d.actors))
+		id := bytes.Clone(c.Actor)
+		d.actors = append(d.actors, actorInfo{id: id})
+		d.actorIx[string(id)] = ai
+	}
+	n.actor = ai
+	d.actors[ai].last, d.actors[ai].seq = idx, c.Seq
+	d.nodes = append(d.nodes, n)
+	d.index[c.Hash] = idx
+}
+
+func (d *Doc) updateHeads(ready []*candidate) {
+	gone := make(map[Hash]bool)
+	for _, cd := range ready {
+		for _, dep := range cd.c.Deps {
+			gone[dep] = true
+		}
+	}
+	heads := make([]Hash, 0, len(d.heads)+1)
+	for _, h := range d.heads {
+		if !gone[h] {
+			heads = append(heads, h)
+		}
+	}
+	for _, cd := range ready {
+		if !gone[cd.c.Hash] {
+			heads = append(heads, cd.c.Hash)
+		}
+	}
+	slices.SortFunc(heads, cmpHash)
+	d.heads = heads
+}
+
+func cmpHash(a, b Hash) int { return bytes.Compare(a[:], b[:]) }
+
+// canonicalRaw makes c.Raw an uncompressed chunk of its own (never an
+// alias of a larger buffer such as a whole sync message).
+func canonicalRaw(c *amsync.Change) error {
+	if len(c.Raw) > 8 && c.Raw[8] == 1 {
+		c.Raw = bytes.Clone(c.Raw)
+		return nil
+	}
+	raw := c.Encode()
+	again, err := amsync.ParseChange(raw)
+	if err != nil || again.Hash != c.Hash {
+		return errors.New("a compressed change that does not re-encode to its hash")
+	}
+	c.Raw = raw
+	return nil
+}
+
+// checkOpsPerKey refuses a change that piles many ops onto one key.
+func checkOpsPerKey(ops []amsync.Op, limit int) error {
+	if len(ops) <= limit {
+		return nil
+	}
+	type slot struct {
+		obj amsync.OpID
+		key amsync.Key
+	}
+	n := make(map[slot]int)
+	for _, op := range ops {
+		k := slot{op.Obj, op.Key}
+		if n[k]++; n[k] > limit {
+			return fmt.Errorf("more than %d ops on one key (%s) in one change", limit, op.Key)
+		}
+	}
+	return nil
+}
+
+// MissingDeps returns, sorted, the hashes the document lacks among heads
+// and among the dependencies of queued changes (queued changes excluded):
+// what to ask a peer for.
+func (d *Doc) MissingDeps(heads []Hash) []Hash {
+	var missing []Hash
+	seen := make(map[Hash]bool)
+	add := func(h Hash) {
+		if _, ok := d.index[h]; ok || d.queue[h] != nil || seen[h] {
+			return
+		}
+		seen[h] = true
+		missing = append(missing, h)
+	}
+	for _, q := range d.queue {
+		for _, dep := range q.c.Deps {
+			add(dep)
+		}
+	}
+	for _, h := range heads {
+		add(h)
+	}
+	slices.SortFunc(missing, cmpHash)
+	return missing
+}
