@@ -15,6 +15,7 @@ type Metrics struct {
 	DocumentsLoaded  prometheus.Counter
 	DocumentsEvicted prometheus.Counter
 	Compactions      prometheus.Counter
+	ChangesAccepted  prometheus.Counter
 	MessagesIn       *prometheus.CounterVec // by message type
 	MessagesOut      *prometheus.CounterVec // by message type
 	BytesIn          prometheus.Counter
@@ -35,6 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		DocumentsLoaded:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_documents_loaded_total", Help: "Documents opened (loaded from the store or created)."}),
 		DocumentsEvicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_documents_evicted_total", Help: "Idle documents evicted from memory."}),
 		Compactions:      prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_compactions_total", Help: "Documents compacted into a new snapshot."}),
+		ChangesAccepted:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_accepted_total", Help: "Changes from peers that passed every check and were applied."}),
 		MessagesIn:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_in_total", Help: "Protocol messages received, by type."}, []string{"type"}),
 		MessagesOut:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_out_total", Help: "Protocol messages queued for sending, by type."}, []string{"type"}),
 		BytesIn:          prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_bytes_in_total", Help: "Bytes of protocol frames received."}),
@@ -48,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
-			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.MessagesIn, m.MessagesOut,
+			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
 			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.StoreErrors)
 	}
 	return m

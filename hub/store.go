@@ -41,7 +41,7 @@ type Store interface {
 	LoadDoc(ctx context.Context, id protocol.DocumentID) (StoredDoc, error)
 
 	// AppendChanges durably appends one batch of Automerge change chunks
-	// (concatenated, as produced by Doc.SaveIncremental) and returns the
+	// (raw chunks, concatenated: what automerge-go's LoadIncremental reads) and returns the
 	// batch's sequence number, which is greater than that of every batch
 	// appended before it for this document. It creates the document if it
 	// does not exist; an empty batch only creates it (and returns the last

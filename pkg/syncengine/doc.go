@@ -35,8 +35,9 @@
 // core panics, and aborts the process, on some malformed changes (see
 // docs/notes-rust-sync-panic.md): the chunk's checksum and hash; each
 // actor's seqs consecutive, each change depending on its actor's previous
-// one; its ops decodable and consistent with the document's objects
-// (amsync.ObjIndex); bounded op counts. Then Options.Accept sees it: the
+// one; its ops decodable, written as the core writes them (so that a
+// snapshot holding the change loads back), and consistent with the
+// document's objects (amsync.ObjIndex); bounded op counts. Then Options.Accept sees it: the
 // hub refuses changes there (a viewer's) and sees every change it will
 // have to store and fan out. A message with one refused change applies
 // none of its changes.

@@ -341,6 +341,12 @@ func (d *Doc) stage(cd *candidate, st *staging) error {
 	if err := checkOpsPerKey(ops, d.opts.MaxOpsPerKey); err != nil {
 		return err
 	}
+	// A change the core's document format cannot reproduce byte for byte
+	// makes every snapshot saved after it unloadable, here and on every
+	// client that stores it.
+	if err := c.CheckCanonical(ops); err != nil {
+		return err
+	}
 	if err := st.objs.Check(ops); err != nil {
 		return err
 	}
