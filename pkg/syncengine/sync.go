@@ -18,10 +18,9 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 	}
 	ourNeed := d.MissingDeps(theirHeads)
 
-	var ourHave []amsync.Have
-	if allIn(ourNeed, theirHeads) {
-		ourHave = []amsync.Have{d.makeHave(s.sharedHeads)}
-	}
+	// Our have (a Bloom filter of the changes since the shared heads) is
+	// built below, only if a message goes out: the core builds it first.
+	withHave := allIn(ourNeed, theirHeads)
 
 	// If the peer's last sync point names changes we do not have, it has
 	// data we lost (or never had): ask for everything.
@@ -60,7 +59,10 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 		}
 	}
 	s.lastSentHeads = ourHeads
-	m := amsync.Message{Type: amsync.MessageTypeSync, Heads: ourHeads, Need: ourNeed, Have: ourHave}
+	m := amsync.Message{Type: amsync.MessageTypeSync, Heads: ourHeads, Need: ourNeed}
+	if withHave {
+		m.Have = []amsync.Have{d.makeHave(s.sharedHeads)}
+	}
 	if len(toSend) > 0 {
 		m.Changes = make([][]byte, len(toSend))
 		for k, i := range toSend {
