@@ -3,7 +3,7 @@ GO        ?= go
 JS_DIR    := server/testdata/js
 FUZZTIME  ?= 10s
 
-.PHONY: test deps vet race fuzz run bench build image-check
+.PHONY: test deps vet race fuzz run bench bench-engine build image-check
 
 test: deps vet build image-check race fuzz
 
@@ -38,9 +38,15 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzOps$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzOpsEdit$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzSyncData$$' -fuzztime $(FUZZTIME) ./hub
+	$(GO) test -run '^$$' -fuzz '^FuzzReceiveMessage$$' -fuzztime $(FUZZTIME) ./pkg/syncengine
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./pkg/syncengine
 
 run:
 	$(GO) run ./server
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# Server CPU per edit, engine vs automerge-go, at 1k/10k/100k changes (about 2 min).
+bench-engine:
+	$(GO) test -run '^$$' -bench 'ServerEdit' -benchtime 200x ./pkg/syncengine
