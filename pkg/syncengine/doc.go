@@ -18,6 +18,24 @@
 // and 7 probes, change chunks), so a peer cannot tell the engine from
 // automerge-go or @automerge/automerge.
 //
+// # Where the engine differs from the core
+//
+// Messages are the core's, byte for byte (the differential tests compare
+// them with automerge-go's), except in three places where the core 0.5
+// does needless or harmful things. None of them changes what a peer can
+// tell apart from an ordinary peer:
+//
+//   - "Changes since these heads" is exact. The core computes it from a
+//     vector clock that keeps, per actor, the change with the highest op
+//     counter (clock.rs, Clock::include), so a change without ops can count
+//     as missing although the peer has it, and the core sends it again.
+//   - A peer that asks for changes (need) gets them even while a message
+//     is in flight. The core waits for an answer first; when both sides
+//     hold a change waiting for a dependency the other must send (after
+//     Bloom filter false positives), neither answers and sync stalls.
+//   - Forget drops the queued changes of a peer that left; the core keeps
+//     queued changes for good and asks every peer for their dependencies.
+//
 // # Cost
 //
 // Where the core walks the whole history (a clock over every change for

@@ -72,6 +72,7 @@ type actorInfo struct {
 type queued struct {
 	c      *amsync.Change
 	origin any
+	waitOn Hash // the missing dependency it is listed under in Doc.waiting
 }
 
 // Doc is the change index of one document. See the package documentation.
@@ -88,6 +89,11 @@ type Doc struct {
 	waiting     map[Hash][]Hash // a missing dependency -> queued changes waiting for it
 	queuedBytes int
 	dropped     int
+
+	// coreStrict makes GenerateMessage stay silent while a message is in
+	// flight even when the peer needs something, as the core does (tests
+	// compare the engine with the core byte for byte).
+	coreStrict bool
 
 	// scratch of the walks (owner goroutine only)
 	epoch uint32
@@ -179,9 +185,16 @@ func (d *Doc) Forget(origin any) {
 }
 
 func (d *Doc) unqueue(h Hash) {
-	if q, ok := d.queue[h]; ok {
-		d.queuedBytes -= len(q.c.Raw)
-		delete(d.queue, h)
+	q, ok := d.queue[h]
+	if !ok {
+		return
+	}
+	d.queuedBytes -= len(q.c.Raw)
+	delete(d.queue, h)
+	if w := slices.DeleteFunc(d.waiting[q.waitOn], func(x Hash) bool { return x == h }); len(w) > 0 {
+		d.waiting[q.waitOn] = w
+	} else {
+		delete(d.waiting, q.waitOn)
 	}
 }
 
@@ -229,6 +242,7 @@ func (d *Doc) apply(chunks [][]byte, origin any) ([]*amsync.Change, error) {
 	blocked := make(map[Hash][]*candidate) // missing dependency -> candidates of this call
 	work := slices.Clone(fresh)
 	var dropped []Hash
+	var retried []*candidate // queued changes this call looked at again
 	for len(work) > 0 {
 		cd := work[0]
 		work = work[1:]
@@ -247,7 +261,9 @@ func (d *Doc) apply(chunks [][]byte, origin any) ([]*amsync.Change, error) {
 		delete(blocked, cd.c.Hash)
 		for _, qh := range d.waiting[cd.c.Hash] {
 			if q := d.queue[qh]; q != nil && st.byHash[qh] == nil {
-				work = append(work, &candidate{c: q.c, origin: q.origin})
+				cq := &candidate{c: q.c, origin: q.origin}
+				retried = append(retried, cq)
+				work = append(work, cq)
 			}
 		}
 	}
@@ -280,8 +296,17 @@ func (d *Doc) apply(chunks [][]byte, origin any) ([]*amsync.Change, error) {
 	for _, cd := range wait {
 		d.queue[cd.c.Hash] = &queued{c: cd.c, origin: cd.origin}
 		d.queuedBytes += len(cd.c.Raw)
-		m, _ := d.firstMissing(cd.c, nil)
-		d.waiting[m] = append(d.waiting[m], cd.c.Hash)
+	}
+	// Every change still queued waits on one dependency it lacks (its old
+	// entry went away with the dependency that arrived).
+	for _, cd := range append(wait, retried...) {
+		if cd.done || d.queue[cd.c.Hash] == nil {
+			continue
+		}
+		if m, ok := d.firstMissing(cd.c, nil); ok {
+			d.waiting[m] = append(d.waiting[m], cd.c.Hash)
+			d.queue[cd.c.Hash].waitOn = m
+		}
 	}
 	if len(st.ready) > 0 {
 		d.updateHeads(st.ready)

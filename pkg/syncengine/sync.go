@@ -54,7 +54,12 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 		if headsEqual && len(toSend) == 0 {
 			return nil
 		}
-		if s.inFlight {
+		// The core stays silent while a message is in flight. The engine
+		// still answers a need: a peer whose change waits for a dependency
+		// it asked for may never acknowledge our last message (its heads
+		// lack the waiting change), and with both sides waiting the core
+		// stalls for good.
+		if s.inFlight && (d.coreStrict || !d.answersNeed(toSend, s.theirNeed)) {
 			return nil
 		}
 	}
@@ -72,6 +77,16 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 	}
 	s.inFlight = true
 	return m.Encode()
+}
+
+// answersNeed reports whether changes to send include one the peer asked for.
+func (d *Doc) answersNeed(toSend []int32, need []Hash) bool {
+	for _, i := range toSend {
+		if slices.Contains(need, d.nodes[i].hash) {
+			return true
+		}
+	}
+	return false
 }
 
 func allIn(hs, set []Hash) bool {
