@@ -11,7 +11,6 @@ import (
 
 	"github.com/automerge/automerge-go"
 
-	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/pkg/syncengine"
 )
@@ -152,19 +151,6 @@ func (d *document) storeCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d.h.opts.StoreTimeout)
 }
 
-// newEngine returns an empty change index for this document.
-func (d *document) newEngine() *syncengine.Doc {
-	return syncengine.New(syncengine.Options{Accept: d.accept})
-}
-
-// accept sees every change before the engine applies it (after the
-// engine's own checks). This is where a node refuses changes (read-only
-// peers) and learns what to fan out.
-func (d *document) accept(c *amsync.Change, origin any) error {
-	d.h.m.ChangesAccepted.Inc()
-	return nil
-}
-
 // load reads the document from the store; a document the store lacks starts
 // empty and does not exist until a peer sends changes for it. automerge-go
 // reads the stored snapshot and batches; the engine indexes their changes
@@ -176,7 +162,7 @@ func (d *document) load() error {
 	cancel()
 	d.h.m.observeStore("load", start)
 	d.h.m.DocumentsLoaded.Inc()
-	d.eng = d.newEngine()
+	d.eng = syncengine.New(syncengine.Options{})
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -307,6 +293,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	for _, c := range applied {
 		d.unsaved = append(d.unsaved, c.Raw)
 	}
+	d.h.m.ChangesAccepted.Add(float64(len(applied)))
 	ps.dirty = true
 	if msg.Type == protocol.TypeSync {
 		d.exists = true // a peer that syncs a document we lack creates it

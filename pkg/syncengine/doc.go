@@ -55,10 +55,10 @@
 // actor's seqs consecutive, each change depending on its actor's previous
 // one; its ops decodable, written as the core writes them (so that a
 // snapshot holding the change loads back), and consistent with the
-// document's objects (amsync.ObjIndex); bounded op counts. Then Options.Accept sees it: the
-// hub refuses changes there (a viewer's) and sees every change it will
-// have to store and fan out. A message with one refused change applies
-// none of its changes.
+// document's objects (amsync.ObjIndex); bounded op counts. Then
+// Options.Accept sees it, and may refuse it (a viewer's change). A message
+// with one refused change applies none of its changes, so what to store
+// and fan out is what ReceiveMessage returns, not what Accept saw.
 //
 // A change whose dependencies are missing is queued, as the core queues
 // it, and applied once they arrive; the missing hashes go into the need of

@@ -40,7 +40,10 @@ type Options struct {
 	// application, with the origin given to ReceiveMessage or AddChanges.
 	// An error refuses the change; if the change came with the current
 	// call, that call fails with the error and applies nothing. A queued
-	// change from an earlier call that is refused is dropped.
+	// change from an earlier call that is refused is dropped. Accept is a
+	// check: it may see a change that is not applied after all (another
+	// change of the same call was refused), so what to store or publish
+	// is what ReceiveMessage and AddChanges return.
 	Accept func(c *amsync.Change, origin any) error
 	// MaxQueued bounds the changes waiting for dependencies (default 4096).
 	MaxQueued int
@@ -56,16 +59,14 @@ type Options struct {
 // node is one applied change. Its position in Doc.nodes is its index: a
 // change's dependencies always have smaller indexes.
 type node struct {
-	hash  Hash
-	raw   []byte
-	deps  []int32
-	actor int32
-	seq   uint64
+	hash Hash
+	raw  []byte
+	deps []int32
 }
 
+// actorInfo is where an actor's chain of changes ends.
 type actorInfo struct {
-	id   []byte
-	last int32 // index of the actor's latest change (seq == len of its chain)
+	last int32 // index of the actor's latest change
 	seq  uint64
 }
 
@@ -391,17 +392,14 @@ func (d *Doc) stage(cd *candidate, st *staging) error {
 func (d *Doc) insert(cd *candidate) {
 	c := cd.c
 	idx := int32(len(d.nodes))
-	n := node{hash: c.Hash, raw: c.Raw, seq: c.Seq, deps: cd.deps}
 	ai, ok := d.actorIx[string(c.Actor)]
 	if !ok {
 		ai = int32(len(d.actors))
-		id := bytes.Clone(c.Actor)
-		d.actors = append(d.actors, actorInfo{id: id})
-		d.actorIx[string(id)] = ai
+		d.actors = append(d.actors, actorInfo{})
+		d.actorIx[string(c.Actor)] = ai
 	}
-	n.actor = ai
-	d.actors[ai].last, d.actors[ai].seq = idx, c.Seq
-	d.nodes = append(d.nodes, n)
+	d.actors[ai] = actorInfo{last: idx, seq: c.Seq}
+	d.nodes = append(d.nodes, node{hash: c.Hash, raw: c.Raw, deps: cd.deps})
 	d.index[c.Hash] = idx
 }
 
@@ -468,6 +466,9 @@ func checkOpsPerKey(ops []amsync.Op, limit int) error {
 // and among the dependencies of queued changes (queued changes excluded):
 // what to ask a peer for.
 func (d *Doc) MissingDeps(heads []Hash) []Hash {
+	if len(d.queue) == 0 && !slices.ContainsFunc(heads, func(h Hash) bool { return !d.Has(h) }) {
+		return nil // the usual case, without allocating
+	}
 	var missing []Hash
 	seen := make(map[Hash]bool)
 	add := func(h Hash) {

@@ -46,11 +46,10 @@ func DecodeState(b []byte) (*State, error) {
 	if len(b) == 0 || b[0] != stateType {
 		return nil, fmt.Errorf("not an encoded sync state")
 	}
-	hs, rest, err := amsync.ReadHashes(b[1:])
+	hs, _, err := amsync.ReadHashes(b[1:]) // the core ignores what follows
 	if err != nil {
 		return nil, fmt.Errorf("failed to decode sync state: %w", err)
 	}
-	_ = rest // the core ignores what follows
 	s := NewState()
 	s.sharedHeads = sortedUnique(hs)
 	s.hasHave = true // the core decodes their_have as Some(empty)
