@@ -70,7 +70,8 @@ type BrokerHandler interface {
 //   - Start is called once, before any other method, with the handler that
 //     receives every delivery. Other methods are safe for concurrent use.
 //   - Subscriptions are counted: a document stays subscribed until as many
-//     Unsubscribe calls as Subscribe calls have been made.
+//     Unsubscribe calls as Subscribe calls have been made; the last
+//     Unsubscribe returns once no delivery for the document can follow.
 //   - Subscribe returns once the subscription is active, with the stream's
 //     position at that moment: every PubChanges publication with a greater
 //     offset is delivered (or its loss is signalled by a gap or by
@@ -79,6 +80,10 @@ type BrokerHandler interface {
 //   - Publish of PubChanges appends to the document's log and publishes
 //     atomically and returns the publication's position; the publisher
 //     receives its own publications too.
+//   - Position returns the stream's current position: every PubChanges
+//     publication up to it was published before the call. A publisher
+//     stores its changes before it publishes them, so after Position the
+//     Store holds everything up to that position.
 //   - History returns the logged publications after since, in order, or
 //     ErrHistoryLost.
 //   - Every call takes a context and returns when it is done.
@@ -87,6 +92,7 @@ type Broker interface {
 	Subscribe(ctx context.Context, id protocol.DocumentID) (StreamPosition, error)
 	Unsubscribe(ctx context.Context, id protocol.DocumentID) error
 	Publish(ctx context.Context, id protocol.DocumentID, p Publication) (StreamPosition, error)
+	Position(ctx context.Context, id protocol.DocumentID) (StreamPosition, error)
 	History(ctx context.Context, id protocol.DocumentID, since StreamPosition) ([]Publication, error)
 	Close() error
 }

@@ -236,7 +236,7 @@ func testOnlySubscribed(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 		t.Fatal(err)
 	}
 	mustPub(t, a, y, hub.PubChanges, "y2")
-	mustSub(t, b, x) // a later subscription: its confirmation orders after the unsubscribe
+	mustSub(t, b, x)
 	mustPub(t, a, x, hub.PubChanges, "x2")
 	waitN(t, rb, x, 1)
 	if got := rb.Pubs(y); len(got) != 1 {
@@ -266,6 +266,9 @@ func testSubscribePosition(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 	pos := mustSub(t, b, id)
 	if pos.Offset != 3 {
 		t.Fatalf("Subscribe after 3 publications returned offset %d", pos.Offset)
+	}
+	if p, err := a.Position(ctx(t), id); err != nil || p != pos {
+		t.Fatalf("Position = %+v, %v; want %+v", p, err, pos)
 	}
 	p4 := mustPub(t, a, id, hub.PubChanges, "3")
 	got := waitN(t, rb, id, 1)

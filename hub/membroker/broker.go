@@ -161,6 +161,20 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 	return p.Pos, nil
 }
 
+// Position returns the stream position of id.
+func (b *Broker) Position(ctx context.Context, id protocol.DocumentID) (hub.StreamPosition, error) {
+	b.bus.mu.Lock()
+	defer b.bus.mu.Unlock()
+	if err := b.check(ctx); err != nil {
+		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
+	}
+	var off uint64
+	if st := b.bus.streams[id]; st != nil {
+		off = st.offset
+	}
+	return hub.StreamPosition{Epoch: b.bus.epoch, Offset: off}, nil
+}
+
 // History returns the logged publications of id after since.
 func (b *Broker) History(ctx context.Context, id protocol.DocumentID, since hub.StreamPosition) ([]hub.Publication, error) {
 	bus := b.bus

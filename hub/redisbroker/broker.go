@@ -122,9 +122,10 @@ type shard struct {
 	// channel -> what its next confirmation means: true if it re-makes a
 	// subscription (HandleResubscribed), false if a Subscribe waits for it.
 	chans map[string]bool
-	// our own unsubscriptions not yet confirmed, by channel: a sunsubscribe
+	// our own unsubscriptions not yet confirmed, by channel, each with the
+	// Unsubscribe call that waits for it (nil if none waits): a sunsubscribe
 	// beyond these comes from the server (a cluster slot moved).
-	unsubs map[string]int
+	unsubs map[string][]chan struct{}
 	kick   chan struct{} // asks the loop to re-make the connection
 }
 
@@ -297,14 +298,27 @@ func (b *Broker) Subscribe(ctx context.Context, id protocol.DocumentID) (hub.Str
 			return hub.StreamPosition{}, fmt.Errorf("failed to subscribe: %w", ctx.Err())
 		}
 	}
-	res, err := positionScript.Run(ctx, b.c, []string{b.key(id, "pos")}, newEpoch(), b.ttlSeconds()).Slice()
+	pos, err := b.Position(ctx, id)
 	if err != nil {
 		_ = b.Unsubscribe(context.WithoutCancel(ctx), id)
+		return hub.StreamPosition{}, err
+	}
+	return pos, nil
+}
+
+// Position returns the stream position of id (creating its epoch if it has
+// none yet).
+func (b *Broker) Position(ctx context.Context, id protocol.DocumentID) (hub.StreamPosition, error) {
+	if err := b.check(ctx); err != nil {
+		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
+	}
+	res, err := positionScript.Run(ctx, b.c, []string{b.key(id, "pos")}, newEpoch(), b.ttlSeconds()).Slice()
+	if err != nil {
 		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
 	}
 	off, err := strconv.ParseUint(fmt.Sprint(res[1]), 10, 64)
-	if err != nil {
-		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
+	if err != nil || len(res) != 2 {
+		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: bad reply %v", res)
 	}
 	return hub.StreamPosition{Epoch: fmt.Sprint(res[0]), Offset: off}, nil
 }
@@ -340,7 +354,7 @@ func (b *Broker) routeLocked(ctx context.Context, ch string) (*shard, error) {
 	if sh := b.shards[addr]; sh != nil {
 		return sh, nil
 	}
-	sh := &shard{addr: addr, client: client, chans: map[string]bool{}, unsubs: map[string]int{}, kick: make(chan struct{}, 1)}
+	sh := &shard{addr: addr, client: client, chans: map[string]bool{}, unsubs: map[string][]chan struct{}{}, kick: make(chan struct{}, 1)}
 	sh.ps = b.newPubSub(client)
 	b.shards[addr] = sh
 	b.wg.Add(1)
@@ -388,38 +402,52 @@ func (sh *shard) poke() {
 	}
 }
 
-// Unsubscribe drops one subscription to id.
+// Unsubscribe drops one subscription to id. When it drops the last one it
+// returns once the server has confirmed it (or ctx is done): no delivery
+// for id follows.
 func (b *Broker) Unsubscribe(ctx context.Context, id protocol.DocumentID) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("failed to unsubscribe: %w", err)
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	if b.closed {
+		b.mu.Unlock()
 		return fmt.Errorf("failed to unsubscribe: %w", hub.ErrBrokerClosed)
 	}
-	b.unsubscribeLocked(id, b.channel(id))
-	return nil
+	wait := b.unsubscribeLocked(id, b.channel(id))
+	b.mu.Unlock()
+	if wait == nil {
+		return nil
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("failed to unsubscribe: %w", ctx.Err())
+	}
 }
 
-func (b *Broker) unsubscribeLocked(id protocol.DocumentID, ch string) {
+// unsubscribeLocked drops one subscription; if it was the last, it sends
+// the unsubscription and returns a channel closed on its confirmation.
+func (b *Broker) unsubscribeLocked(id protocol.DocumentID, ch string) chan struct{} {
 	n := b.subs[id]
 	if n == 0 {
-		return
+		return nil
 	}
 	if n > 1 {
 		b.subs[id] = n - 1
-		return
+		return nil
 	}
 	delete(b.subs, id)
 	b.m.Subscriptions.Dec()
 	sh := b.chShard[ch]
 	if sh == nil {
-		return
+		return nil
 	}
 	delete(b.chShard, ch)
 	delete(sh.chans, ch)
-	sh.unsubs[ch]++
+	wait := make(chan struct{})
+	sh.unsubs[ch] = append(sh.unsubs[ch], wait)
 	var err error
 	if b.sharded {
 		err = sh.ps.SUnsubscribe(b.ctx, ch)
@@ -429,6 +457,7 @@ func (b *Broker) unsubscribeLocked(id protocol.DocumentID, ch string) {
 	if err != nil {
 		sh.poke() // the re-made connection will not have it
 	}
+	return wait
 }
 
 // Publish publishes p on id's channel; PubChanges are logged atomically

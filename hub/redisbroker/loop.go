@@ -89,6 +89,11 @@ func (b *Broker) remakeOnce(sh *shard) error {
 	}
 	_ = sh.ps.Close()
 	sh.ps = b.newPubSub(sh.client)
+	for _, ws := range sh.unsubs { // the new connection has none of these
+		for _, w := range ws {
+			close(w)
+		}
+	}
 	clear(sh.unsubs)
 	if len(sh.chans) == 0 {
 		return sh.ps.Ping(b.ctx) // connect now, so that a dead server shows
@@ -154,8 +159,13 @@ func (b *Broker) dispatch(sh *shard, msg any) {
 		case "unsubscribe", "sunsubscribe":
 			b.mu.Lock()
 			defer b.mu.Unlock()
-			if sh.unsubs[m.Channel] > 0 {
-				sh.unsubs[m.Channel]--
+			if ws := sh.unsubs[m.Channel]; len(ws) > 0 {
+				close(ws[0])
+				if len(ws) == 1 {
+					delete(sh.unsubs, m.Channel)
+				} else {
+					sh.unsubs[m.Channel] = ws[1:]
+				}
 				return
 			}
 			// Not ours: the server dropped it (a cluster slot moved).

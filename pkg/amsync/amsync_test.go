@@ -238,3 +238,52 @@ func FuzzParseChange(f *testing.F) {
 		}
 	})
 }
+
+func TestSplitChunks(t *testing.T) {
+	docs := randomDocs(t, 1, 2, 20)
+	chs, _ := docs[0].Changes()
+	var all []byte
+	for _, c := range chs {
+		all = append(all, c.Save()...)
+	}
+	parts, err := SplitChunks(all)
+	if err != nil || len(parts) != len(chs) {
+		t.Fatalf("SplitChunks: %d parts, %v; want %d", len(parts), err, len(chs))
+	}
+	for i, p := range parts {
+		if !bytes.Equal(p, chs[i].Save()) {
+			t.Fatalf("part %d differs", i)
+		}
+	}
+	if parts, err := SplitChunks(nil); err != nil || len(parts) != 0 {
+		t.Fatalf("SplitChunks(nil) = %d, %v", len(parts), err)
+	}
+	for _, bad := range [][]byte{all[:len(all)-1], append(append([]byte{}, all...), 0x85), []byte("junk")} {
+		if _, err := SplitChunks(bad); !errors.Is(err, ErrMalformed) {
+			t.Errorf("SplitChunks of %d bad bytes: %v", len(bad), err)
+		}
+	}
+}
+
+// FuzzSplitChunks: the parts always tile the input exactly.
+func FuzzSplitChunks(f *testing.F) {
+	docs := randomDocs(f, 2, 2, 10)
+	chs, _ := docs[0].Changes()
+	var all []byte
+	for _, c := range chs {
+		all = append(all, c.Save()...)
+	}
+	f.Add(all)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		parts, err := SplitChunks(b)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("error does not wrap ErrMalformed: %v", err)
+			}
+			return
+		}
+		if got := bytes.Join(parts, nil); !bytes.Equal(got, b) {
+			t.Fatal("parts do not tile the input")
+		}
+	})
+}
