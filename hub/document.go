@@ -11,6 +11,7 @@ import (
 
 	"github.com/automerge/automerge-go"
 
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/pkg/syncengine"
 )
@@ -23,13 +24,20 @@ const (
 	kindLeave                         // the peer's connection ended
 	kindSubscribed                    // the peer subscribed to storageIDs
 	kindRemoteHeads                   // the peer gossips heads of some storages
+	kindRemote                        // a publication from the broker
+	kindCatchUp                       // the broker re-made the subscription: catch up
 )
+
+// remoteOrigin is the origin, for the engine, of changes that come from
+// other nodes (through the broker or the shared store).
+var remoteOrigin = new(int)
 
 type docMsg struct {
 	kind       docMsgKind
 	s          *session
 	msg        *protocol.Message
 	storageIDs []string
+	pub        *Publication
 }
 
 // peerState is what a document knows of one connected peer.
@@ -55,6 +63,7 @@ type document struct {
 	log     *slog.Logger
 	inbox   chan docMsg
 	pending atomic.Int64 // senders between Hub.document and post
+	lagged  atomic.Bool  // a broker delivery was dropped: catch up
 
 	eng     *syncengine.Doc
 	exists  bool // stored (or being stored): a request gets it, not doc-unavailable
@@ -69,6 +78,14 @@ type document struct {
 	incBytes      int
 	compacting    bool               // a compaction goroutine runs
 	compacted     chan compactResult // its result
+
+	// With a broker:
+	subscribed  bool
+	pos         StreamPosition // the last publication applied (or known stored)
+	unpublished [][]byte       // stored batches not yet published
+	needCatchUp string         // a catch-up failed: its trigger, to retry
+	retry       *time.Timer    // retries publications and catch-ups
+	retrying    bool
 }
 
 func newDocument(h *Hub, id protocol.DocumentID) *document {
@@ -80,7 +97,14 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		peers:     make(map[*session]*peerState),
 		remote:    make(map[string]knownHeads),
 		compacted: make(chan compactResult, 1),
+		retry:     stoppedTimer(),
 	}
+}
+
+func stoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
 }
 
 // post hands m to the document's owner, waiting while its inbox is full.
@@ -121,6 +145,9 @@ func (d *document) run() {
 					drained = true
 				}
 			}
+			if d.lagged.Swap(false) {
+				d.catchUp("lagged")
+			}
 			if err := d.flush(); err != nil {
 				d.log.Error("failed to store changes", "err", err)
 				d.h.m.StoreErrors.WithLabelValues("append").Inc()
@@ -133,6 +160,17 @@ func (d *document) run() {
 			}
 		case r := <-d.compacted:
 			d.compactDone(r)
+		case <-d.retry.C:
+			d.retrying = false
+			if t := d.needCatchUp; t != "" {
+				d.catchUp(t)
+			}
+			if err := d.flush(); err != nil {
+				d.log.Error("failed to store changes", "err", err)
+				d.h.m.StoreErrors.WithLabelValues("append").Inc()
+				d.failAll()
+				return
+			}
 		case <-idle.C:
 			if len(d.peers) == 0 && d.h.tryRemove(d) {
 				d.evict()
@@ -155,14 +193,29 @@ func (d *document) storeCtx() (context.Context, context.CancelFunc) {
 // empty and does not exist until a peer sends changes for it. automerge-go
 // reads the stored snapshot and batches; the engine indexes their changes
 // (the only walk over the whole history, once per load).
+//
+// With a broker the document subscribes first and reads the store after:
+// every change published after the stream position that Subscribe returns
+// is delivered (or its loss detected), and every change up to it was
+// stored before it was published, so the store has it.
 func (d *document) load() error {
+	d.eng = syncengine.New(syncengine.Options{})
+	if b := d.h.opts.Broker; b != nil {
+		ctx, cancel := d.brokerCtx()
+		pos, err := b.Subscribe(ctx, d.id)
+		cancel()
+		if err != nil {
+			d.h.m.BrokerErrors.WithLabelValues("subscribe").Inc()
+			return err
+		}
+		d.subscribed, d.pos = true, pos
+	}
 	start := time.Now()
 	ctx, cancel := d.storeCtx()
 	sd, err := d.h.opts.Store.LoadDoc(ctx, d.id)
 	cancel()
 	d.h.m.observeStore("load", start)
 	d.h.m.DocumentsLoaded.Inc()
-	d.eng = syncengine.New(syncengine.Options{})
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}
@@ -170,35 +223,14 @@ func (d *document) load() error {
 		return err
 	}
 	d.exists, d.created = true, true
-	var inc []byte
 	for _, b := range sd.Batches {
-		inc = append(inc, b.Data...)
 		d.lastSeq = b.Seq
+		d.incBytes += len(b.Data)
 	}
-	d.snapshotBytes, d.incBytes = len(sd.Snapshot), len(inc)
-	if len(sd.Snapshot) == 0 && len(inc) == 0 {
-		return nil
-	}
-	var doc *automerge.Doc
-	if len(sd.Snapshot) > 0 {
-		if doc, err = automerge.Load(sd.Snapshot); err != nil {
-			return fmt.Errorf("failed to load snapshot: %w", err)
-		}
-	} else {
-		doc = automerge.New()
-	}
-	if len(inc) > 0 {
-		if err := doc.LoadIncremental(inc); err != nil {
-			return fmt.Errorf("failed to load stored changes: %w", err)
-		}
-	}
-	chs, err := doc.Changes()
+	d.snapshotBytes = len(sd.Snapshot)
+	raws, _, err := storedChanges(sd)
 	if err != nil {
-		return fmt.Errorf("failed to read stored changes: %w", err)
-	}
-	raws := make([][]byte, len(chs))
-	for i, ch := range chs {
-		raws[i] = ch.Save()
+		return err
 	}
 	if _, err := d.eng.AddChanges(nil, raws...); err != nil {
 		return fmt.Errorf("failed to index stored changes: %w", err)
@@ -210,19 +242,59 @@ func (d *document) load() error {
 	return nil
 }
 
+// storedChanges returns the raw chunks and the hashes of every change of a
+// stored document, in an order that respects dependencies. automerge-go
+// reads the snapshot (a document chunk, which the engine does not parse).
+func storedChanges(sd StoredDoc) ([][]byte, []syncengine.Hash, error) {
+	var inc []byte
+	for _, b := range sd.Batches {
+		inc = append(inc, b.Data...)
+	}
+	if len(sd.Snapshot) == 0 && len(inc) == 0 {
+		return nil, nil, nil
+	}
+	var doc *automerge.Doc
+	var err error
+	if len(sd.Snapshot) > 0 {
+		if doc, err = automerge.Load(sd.Snapshot); err != nil {
+			return nil, nil, fmt.Errorf("failed to load snapshot: %w", err)
+		}
+	} else {
+		doc = automerge.New()
+	}
+	if len(inc) > 0 {
+		if err := doc.LoadIncremental(inc); err != nil {
+			return nil, nil, fmt.Errorf("failed to load stored changes: %w", err)
+		}
+	}
+	chs, err := doc.Changes()
+	if err != nil {
+		return nil, nil, fmt.Errorf("failed to read stored changes: %w", err)
+	}
+	raws := make([][]byte, len(chs))
+	hashes := make([]syncengine.Hash, len(chs))
+	for i, ch := range chs {
+		raws[i] = ch.Save()
+		hashes[i] = syncengine.Hash(ch.Hash())
+	}
+	return raws, hashes, nil
+}
+
+func (d *document) brokerCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d.h.opts.BrokerTimeout)
+}
+
 func (d *document) handle(m docMsg) {
 	switch m.kind {
 	case kindSync:
 		d.receiveSync(m.s, m.msg)
 	case kindEphemeral:
-		for s := range d.peers {
-			if s == m.s {
-				continue
-			}
-			relay := *m.msg
-			relay.TargetID = s.peerID
-			s.send(&relay)
-		}
+		d.relayEphemeral(m.s, m.msg)
+		d.publishEphemeral(m.msg)
+	case kindRemote:
+		d.receivePub(*m.pub)
+	case kindCatchUp:
+		d.catchUp("resubscribed")
 	case kindLeave:
 		if ps, ok := d.peers[m.s]; ok {
 			d.saveSyncState(m.s, ps)
@@ -342,16 +414,19 @@ func (d *document) flush() error {
 		d.incBytes += len(batch)
 		clear(d.unsaved)
 		d.unsaved = d.unsaved[:0]
-		if heads := d.eng.Heads(); !slices.Equal(heads, d.heads) {
-			d.heads = heads
-			for _, ps := range d.peers {
-				ps.dirty = true
-			}
-			kh := knownHeads{heads: wireHeads(heads), timestamp: uint64(time.Now().UnixMilli())}
-			for s := range d.peers {
-				if s.subscribed(d.h.storageID) {
-					d.sendHeads(s, d.h.storageID, kh)
-				}
+		if len(batch) > 0 && d.h.opts.Broker != nil {
+			d.unpublished = append(d.unpublished, batch)
+		}
+	}
+	if heads := d.eng.Heads(); !slices.Equal(heads, d.heads) {
+		d.heads = heads
+		for _, ps := range d.peers {
+			ps.dirty = true
+		}
+		kh := knownHeads{heads: wireHeads(heads), timestamp: uint64(time.Now().UnixMilli())}
+		for s := range d.peers {
+			if s.subscribed(d.h.storageID) {
+				d.sendHeads(s, d.h.storageID, kh)
 			}
 		}
 	}
@@ -366,7 +441,198 @@ func (d *document) flush() error {
 		clear(ps.out)
 		ps.out = ps.out[:0]
 	}
+	d.publishPending()
 	return nil
+}
+
+// publishPending publishes the stored batches that the other nodes have
+// not been sent yet, oldest first. A failure keeps them for a retry: they
+// are stored, so this node's peers are served meanwhile, and a node that
+// lost its subscription catches up from the store anyway.
+func (d *document) publishPending() {
+	for len(d.unpublished) > 0 {
+		ctx, cancel := d.brokerCtx()
+		_, err := d.h.opts.Broker.Publish(ctx, d.id, Publication{Kind: PubChanges, Origin: d.h.opts.PeerID, Data: d.unpublished[0]})
+		cancel()
+		if err != nil {
+			d.h.m.BrokerErrors.WithLabelValues("publish").Inc()
+			d.log.Warn("failed to publish changes; will retry", "batches", len(d.unpublished), "err", err)
+			d.scheduleRetry()
+			return
+		}
+		d.unpublished[0] = nil
+		d.unpublished = d.unpublished[1:]
+	}
+}
+
+func (d *document) scheduleRetry() {
+	if !d.retrying {
+		d.retrying = true
+		d.retry.Reset(500 * time.Millisecond)
+	}
+}
+
+// relayEphemeral sends an ephemeral message to every peer but from.
+func (d *document) relayEphemeral(from *session, msg *protocol.Message) {
+	for s := range d.peers {
+		if s == from {
+			continue
+		}
+		relay := *msg
+		relay.TargetID = s.peerID
+		s.send(&relay)
+	}
+}
+
+// publishEphemeral sends a peer's ephemeral message to the other nodes: at
+// most once, like pub/sub itself.
+func (d *document) publishEphemeral(msg *protocol.Message) {
+	b := d.h.opts.Broker
+	if b == nil {
+		return
+	}
+	data, err := protocol.Encode(msg) // each receiving node sets targetId per peer
+	if err != nil {
+		return
+	}
+	ctx, cancel := d.brokerCtx()
+	defer cancel()
+	if _, err := b.Publish(ctx, d.id, Publication{Kind: PubEphemeral, Origin: d.h.opts.PeerID, Data: data}); err != nil {
+		d.h.m.BrokerErrors.WithLabelValues("publish_ephemeral").Inc()
+	}
+}
+
+// receivePub takes a publication from another node (or our own, echoed).
+func (d *document) receivePub(p Publication) {
+	if p.Kind == PubEphemeral {
+		msg, err := protocol.Decode(p.Data)
+		if err != nil || msg.Type != protocol.TypeEphemeral || msg.DocumentID != d.id {
+			d.h.m.BrokerErrors.WithLabelValues("bad_publication").Inc()
+			return
+		}
+		d.relayEphemeral(nil, msg)
+		return
+	}
+	switch {
+	case p.Pos.Epoch != d.pos.Epoch:
+		d.catchUp("epoch")
+	case p.Pos.Offset <= d.pos.Offset:
+		// Already applied (or stored before we loaded).
+	case p.Pos.Offset > d.pos.Offset+1:
+		d.catchUp("gap") // the log holds p too
+	default:
+		d.applyPub(p)
+	}
+}
+
+// applyPub applies the next publication of the stream.
+func (d *document) applyPub(p Publication) {
+	d.pos = p.Pos
+	if p.Origin == d.h.opts.PeerID {
+		return // our own changes: applied already
+	}
+	raws, err := amsync.SplitChunks(p.Data)
+	if err == nil {
+		err = d.applyRemote(raws)
+	}
+	if err != nil {
+		d.h.m.BrokerErrors.WithLabelValues("bad_publication").Inc()
+		d.log.Error("dropped a publication that does not apply", "origin", p.Origin, "offset", p.Pos.Offset, "err", err)
+	}
+}
+
+// applyRemote applies changes that another node accepted and stored.
+func (d *document) applyRemote(raws [][]byte) error {
+	applied, err := d.eng.AddChanges(remoteOrigin, raws...)
+	if err != nil {
+		return err
+	}
+	if len(applied) > 0 {
+		d.h.m.ChangesRemote.Add(float64(len(applied)))
+		d.exists, d.created = true, true
+		for _, ps := range d.peers {
+			ps.dirty = true
+		}
+	}
+	return nil
+}
+
+// catchUp brings the document up to date with the other nodes after a
+// gap, an epoch change, a re-made subscription or a dropped delivery: from
+// the broker's log if it still has every publication since d.pos, else
+// from the store. If the store lost changes this node holds (a Redis
+// restarted empty), it stores and publishes them again.
+func (d *document) catchUp(trigger string) {
+	b := d.h.opts.Broker
+	if b == nil || !d.subscribed {
+		return
+	}
+	d.needCatchUp = ""
+	ctx, cancel := d.brokerCtx()
+	pubs, err := b.History(ctx, d.id, d.pos)
+	cancel()
+	if err == nil {
+		d.h.m.BrokerRecoveries.WithLabelValues(trigger, "log").Inc()
+		for _, p := range pubs {
+			if p.Pos.Offset > d.pos.Offset {
+				d.applyPub(p)
+			}
+		}
+		return
+	}
+	if !errors.Is(err, ErrHistoryLost) {
+		d.catchUpFailed(trigger, "history", err)
+		return
+	}
+	ctx, cancel = d.brokerCtx()
+	pos, err := b.Position(ctx, d.id)
+	cancel()
+	if err != nil {
+		d.catchUpFailed(trigger, "position", err)
+		return
+	}
+	ctx, cancel = d.storeCtx()
+	sd, err := d.h.opts.Store.LoadDoc(ctx, d.id)
+	cancel()
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		d.catchUpFailed(trigger, "load", err)
+		return
+	}
+	raws, hashes, err := storedChanges(sd)
+	if err == nil {
+		err = d.applyRemote(raws)
+	}
+	if err != nil {
+		d.catchUpFailed(trigger, "load", err)
+		return
+	}
+	d.pos = pos
+	d.h.m.BrokerRecoveries.WithLabelValues(trigger, "store").Inc()
+	stored := make(map[syncengine.Hash]struct{}, len(hashes))
+	for _, h := range hashes {
+		stored[h] = struct{}{}
+	}
+	var lost [][]byte
+	d.eng.All(func(raw []byte) bool {
+		if c, err := amsync.ParseChange(raw); err == nil {
+			if _, ok := stored[syncengine.Hash(c.Hash)]; !ok {
+				lost = append(lost, raw)
+			}
+		}
+		return true
+	})
+	if len(lost) > 0 && d.exists {
+		d.log.Warn("the store lacks changes this node holds; storing them again", "changes", len(lost), "trigger", trigger)
+		d.unsaved = append(d.unsaved, lost...)
+		d.created = false // (re)create the record in flush
+	}
+}
+
+func (d *document) catchUpFailed(trigger, op string, err error) {
+	d.h.m.BrokerErrors.WithLabelValues(op).Inc()
+	d.log.Warn("failed to catch up; will retry", "trigger", trigger, "err", err)
+	d.needCatchUp = trigger
+	d.scheduleRetry()
 }
 
 // generate queues the next sync message for a peer, if one is due. Queued
@@ -426,6 +692,7 @@ func (d *document) saveSyncState(s *session, ps *peerState) {
 type compactResult struct {
 	snapshotBytes int
 	incBytes      int // incremental bytes the snapshot replaced
+	conflict      bool
 	err           error
 }
 
@@ -438,57 +705,65 @@ func (d *document) maybeCompact() {
 	if d.compacting || !d.created || d.incBytes < d.h.opts.MinCompactBytes || d.incBytes < d.snapshotBytes {
 		return
 	}
-	raws := make([][]byte, 0, d.eng.Len())
-	d.eng.All(func(raw []byte) bool { raws = append(raws, raw); return true })
-	heads, through, inc := d.eng.Heads(), d.lastSeq, d.incBytes
 	d.compacting = true
-	go func() {
-		snap, err := d.compact(raws, heads, through)
-		d.compacted <- compactResult{snapshotBytes: len(snap), incBytes: inc, err: err}
-	}()
+	go func() { d.compacted <- d.compact() }()
 }
 
-// compact builds and stores the snapshot of raws (the changes through
-// batch through, whose heads are heads). It touches only its arguments and
-// the store, so it may run beside the owner.
-func (d *document) compact(raws [][]byte, heads []syncengine.Hash, through uint64) ([]byte, error) {
-	n := 0
-	for _, r := range raws {
-		n += len(r)
-	}
-	all := make([]byte, 0, n)
-	for _, r := range raws {
-		all = append(all, r...)
-	}
-	doc, err := automerge.Load(all)
+// compact builds a snapshot from what the store holds (not from memory:
+// nodes that share the store append batches this node may not have yet)
+// and stores it with a compare-and-set on the compaction version, so a
+// concurrent compaction on another node never loses a batch. It touches
+// only the store, so it may run beside the owner.
+func (d *document) compact() compactResult {
+	ctx, cancel := d.storeCtx()
+	defer cancel()
+	sd, err := d.h.opts.Store.LoadDoc(ctx, d.id)
 	if err != nil {
-		return nil, fmt.Errorf("failed to build the document: %w", err)
+		return compactResult{err: fmt.Errorf("failed to load the document: %w", err)}
 	}
+	if len(sd.Batches) == 0 {
+		return compactResult{snapshotBytes: len(sd.Snapshot)}
+	}
+	doc := automerge.New()
+	if len(sd.Snapshot) > 0 {
+		if doc, err = automerge.Load(sd.Snapshot); err != nil {
+			return compactResult{err: fmt.Errorf("failed to load the snapshot: %w", err)}
+		}
+	}
+	inc := 0
+	for _, b := range sd.Batches {
+		if err := doc.LoadIncremental(b.Data); err != nil {
+			return compactResult{err: fmt.Errorf("failed to load batch %d: %w", b.Seq, err)}
+		}
+		inc += len(b.Data)
+	}
+	heads := doc.Heads()
 	snap := doc.Save()
 	// Never replace loadable changes by a snapshot that does not load:
 	// the Rust core 0.5 can save documents it then refuses to load.
 	check, err := automerge.Load(snap)
 	if err != nil {
-		return nil, fmt.Errorf("the snapshot does not load back: %w", err)
+		return compactResult{err: fmt.Errorf("the snapshot does not load back: %w", err)}
 	}
 	got := check.Heads()
 	if len(got) != len(heads) {
-		return nil, errors.New("the snapshot loads back with other heads")
+		return compactResult{err: errors.New("the snapshot loads back with other heads")}
 	}
 	for _, h := range got {
-		if !slices.Contains(heads, syncengine.Hash(h)) {
-			return nil, errors.New("the snapshot loads back with other heads")
+		if !slices.Contains(heads, h) {
+			return compactResult{err: errors.New("the snapshot loads back with other heads")}
 		}
 	}
-	ctx, cancel := d.storeCtx()
-	defer cancel()
 	start := time.Now()
-	err = d.h.opts.Store.Compact(ctx, d.id, snap, through)
+	err = d.h.opts.Store.Compact(ctx, d.id, snap, sd.Batches[len(sd.Batches)-1].Seq)
 	d.h.m.observeStore("compact", start)
-	if err != nil {
-		return nil, fmt.Errorf("failed to store the snapshot: %w", err)
+	if errors.Is(err, ErrCompactConflict) {
+		return compactResult{conflict: true, incBytes: inc}
 	}
-	return snap, nil
+	if err != nil {
+		return compactResult{err: fmt.Errorf("failed to store the snapshot: %w", err)}
+	}
+	return compactResult{snapshotBytes: len(snap), incBytes: inc}
 }
 
 // compactDone takes a compaction's result on the owner goroutine.
@@ -498,13 +773,20 @@ func (d *document) compactDone(r compactResult) {
 	if r.err != nil {
 		d.h.m.StoreErrors.WithLabelValues("compact").Inc()
 		d.log.Error("not compacted", "err", r.err)
-		d.incBytes -= r.incBytes // retry only after as many new changes again
+		d.incBytes = max(0, d.incBytes-r.incBytes) // retry only after as many new changes again
+		return
+	}
+	if r.conflict {
+		// Another node compacted through a later batch first: its snapshot
+		// holds ours. Count its work as done here too.
+		d.log.Debug("compaction superseded by another node's")
+		d.incBytes = max(0, d.incBytes-r.incBytes)
 		return
 	}
 	d.h.m.Compactions.Inc()
 	d.log.Debug("compacted", "snapshot_bytes", r.snapshotBytes, "incremental_bytes", r.incBytes)
 	d.snapshotBytes = r.snapshotBytes
-	d.incBytes -= r.incBytes
+	d.incBytes = max(0, d.incBytes-r.incBytes)
 }
 
 // waitCompaction waits for a running compaction to finish.
@@ -523,6 +805,14 @@ func (d *document) evict() {
 	d.waitCompaction()
 	d.maybeCompact()
 	d.waitCompaction()
+	if len(d.unpublished) > 0 {
+		d.publishPending()
+		if n := len(d.unpublished); n > 0 {
+			// Stored, so not lost: nodes that catch up from the store get them.
+			d.log.Error("evicted with changes not published to the other nodes", "batches", n)
+		}
+	}
+	d.unsubscribe()
 	d.peers = nil
 	d.eng = nil
 	d.h.m.DocumentsEvicted.Inc()
@@ -538,6 +828,7 @@ func (d *document) failAll() {
 	for s := range d.peers {
 		s.fail(protocol.CloseInternalError, fmt.Errorf("storage failure on document %s", d.id))
 	}
+	d.unsubscribe()
 	d.peers = nil
 	d.eng = nil
 	for !d.h.tryRemove(d) {
@@ -548,6 +839,20 @@ func (d *document) failAll() {
 			}
 		case <-time.After(10 * time.Millisecond):
 		}
+	}
+}
+
+func (d *document) unsubscribe() {
+	d.retry.Stop()
+	if !d.subscribed {
+		return
+	}
+	d.subscribed = false
+	ctx, cancel := d.brokerCtx()
+	defer cancel()
+	if err := d.h.opts.Broker.Unsubscribe(ctx, d.id); err != nil {
+		d.h.m.BrokerErrors.WithLabelValues("unsubscribe").Inc()
+		d.log.Warn("failed to unsubscribe", "err", err)
 	}
 }
 

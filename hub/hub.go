@@ -18,8 +18,17 @@ var ErrHubClosed = errors.New("hub is shutting down")
 // Options configures a Hub. The zero value of every field is a documented
 // default, filled in by New.
 type Options struct {
-	// Store persists documents. Required.
+	// Store persists documents. Required. Nodes that share a Broker must
+	// share the Store too.
 	Store Store
+
+	// Broker carries new changes and ephemeral messages to the other nodes
+	// that have a document open. Default: none (a single node; the node
+	// wiring passes the in-memory broker).
+	Broker Broker
+
+	// BrokerTimeout bounds each broker call. Default: 5s.
+	BrokerTimeout time.Duration
 
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
@@ -86,6 +95,9 @@ func (o *Options) fill() error {
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 10 * time.Second
 	}
+	if o.BrokerTimeout <= 0 {
+		o.BrokerTimeout = 5 * time.Second
+	}
 	return nil
 }
 
@@ -122,7 +134,7 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 		return nil, fmt.Errorf("failed to read storage id: %w", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
-	return &Hub{
+	h := &Hub{
 		opts:      opts,
 		log:       opts.Logger,
 		m:         opts.Metrics,
@@ -132,7 +144,47 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 		sessions:  make(map[string]*session),
 		conns:     make(map[*session]struct{}),
 		docs:      make(map[protocol.DocumentID]*document),
-	}, nil
+	}
+	if opts.Broker != nil {
+		if err := opts.Broker.Start(h); err != nil {
+			cancel()
+			return nil, fmt.Errorf("failed to start the broker: %w", err)
+		}
+	}
+	return h, nil
+}
+
+// HandlePublication implements BrokerHandler: it hands p to the owner of
+// the open document id without blocking. If the owner's inbox is full the
+// publication is dropped and the document marked lagged: its owner catches
+// up from the broker's log once it has drained the inbox.
+func (h *Hub) HandlePublication(id protocol.DocumentID, p Publication) {
+	if p.Kind == PubEphemeral && p.Origin == h.opts.PeerID {
+		return // our own, already relayed to our peers
+	}
+	h.notify(id, docMsg{kind: kindRemote, pub: &p})
+}
+
+// HandleResubscribed implements BrokerHandler: the document catches up.
+func (h *Hub) HandleResubscribed(id protocol.DocumentID) {
+	h.notify(id, docMsg{kind: kindCatchUp})
+}
+
+func (h *Hub) notify(id protocol.DocumentID, m docMsg) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := h.docs[id]
+	if d == nil {
+		return // not open here (any more): nothing to catch up
+	}
+	select {
+	case d.inbox <- m:
+	default:
+		if m.kind != kindRemote || m.pub.Kind == PubChanges {
+			d.lagged.Store(true)
+		}
+		h.m.BrokerLagged.Inc()
+	}
 }
 
 // PeerID returns the senderId the hub uses on the wire.

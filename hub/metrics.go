@@ -23,6 +23,10 @@ type Metrics struct {
 	Dropped          *prometheus.CounterVec // messages dropped on purpose, by reason
 	StoreSeconds     *prometheus.HistogramVec
 	StoreErrors      *prometheus.CounterVec
+	BrokerRecoveries *prometheus.CounterVec // catch-ups, by trigger and source
+	BrokerLagged     prometheus.Counter
+	BrokerErrors     *prometheus.CounterVec
+	ChangesRemote    prometheus.Counter
 }
 
 // NewMetrics creates the hub's collectors and registers them with reg,
@@ -47,11 +51,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12),
 		}, []string{"op"}),
 		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_store_errors_total", Help: "Failed store operations."}, []string{"op"}),
+		BrokerRecoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_broker_recoveries_total",
+			Help: "Documents that caught up with the other nodes, by trigger (gap, epoch, resubscribed, lagged, retry) and source (log, store)."}, []string{"trigger", "source"}),
+		BrokerLagged:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_broker_lagged_total", Help: "Broker deliveries dropped because a document's inbox was full (the document catches up from the log)."}),
+		BrokerErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_broker_errors_total", Help: "Failed broker calls, by operation."}, []string{"op"}),
+		ChangesRemote: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_remote_total", Help: "Changes applied from other nodes (through the broker or the store)."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
 			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
-			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.StoreErrors)
+			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.StoreErrors,
+			m.BrokerRecoveries, m.BrokerLagged, m.BrokerErrors, m.ChangesRemote)
 	}
 	return m
 }
