@@ -53,6 +53,15 @@ type Store interface {
 	// deletes the batches whose Seq is <= throughSeq. Batches appended after
 	// throughSeq are kept. Durable before return. ErrNotFound if the document
 	// does not exist.
+	//
+	// snapshot must hold exactly what one LoadDoc returned whose last batch
+	// was throughSeq (LoadDoc reads the snapshot and batches atomically):
+	// nodes that share a store append batches the compacting node may not
+	// have seen, and only the store knows them all. Compact is a
+	// compare-and-set on the document's compaction version, throughSeq: if
+	// the document was already compacted through a seq >= throughSeq (by
+	// another node), it returns ErrCompactConflict and changes nothing, so
+	// two concurrent compactions never lose a batch, whichever wins.
 	Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error
 
 	// DeleteDoc removes the document, its batches and its sync states.
@@ -83,6 +92,11 @@ type Batch struct {
 	Seq  uint64
 	Data []byte
 }
+
+// ErrCompactConflict is returned by Store.Compact when the document was
+// already compacted through the same or a later batch: the caller's
+// snapshot is stale and is dropped. Callers compare with errors.Is.
+var ErrCompactConflict = errors.New("compaction conflict: already compacted through a later batch")
 
 // ErrStoreClosed is returned by a Store's methods once it is closed.
 var ErrStoreClosed = errors.New("store is closed")

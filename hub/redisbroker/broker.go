@@ -241,7 +241,7 @@ return {off, epoch}
 `)
 
 // historyScript reads the log after an offset, or 'lost'. KEYS: pos hash,
-// log stream. ARGV: epoch ('' for any), offset.
+// log stream. ARGV: epoch (” for any), offset.
 var historyScript = redis.NewScript(`
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local since = tonumber(ARGV[2])
