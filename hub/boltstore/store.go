@@ -112,6 +112,14 @@ var (
 	keyVersion       = []byte("version")
 	keySnapshot      = []byte("snapshot")
 	keyBatches       = []byte("batches")
+
+	// keyCompacted, in a document's bucket, holds the throughSeq of its last
+	// successful Compact (8-byte big-endian): the compaction version Compact
+	// compares and sets. It lives in the document bucket, so DeleteDoc
+	// drops it with the document and it survives a reopen. Absent means
+	// never compacted (or compacted by a version that did not record it,
+	// whose compactions then cannot conflict with the next one).
+	keyCompacted = []byte("compactedThrough")
 )
 
 var _ hub.Store = (*Store)(nil)
@@ -292,7 +300,10 @@ func (s *Store) AppendChanges(ctx context.Context, id protocol.DocumentID, batch
 }
 
 // Compact replaces the snapshot and deletes the batches with Seq <=
-// throughSeq in one transaction of its own.
+// throughSeq in one transaction of its own, unless the document was already
+// compacted through throughSeq or later: then the caller's snapshot is
+// older than the stored one and replacing it would lose the batches it
+// lacks, so Compact returns hub.ErrCompactConflict and changes nothing.
 func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error {
 	if err := s.check(ctx, id); err != nil {
 		return fmt.Errorf("failed to compact %q: %w", id, err)
@@ -304,6 +315,17 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 		d := tx.Bucket(bucketDocs).Bucket([]byte(id))
 		if d == nil {
 			return hub.ErrNotFound
+		}
+		if v := d.Get(keyCompacted); v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("malformed compaction version %x", v)
+			}
+			if done := binary.BigEndian.Uint64(v); done >= throughSeq {
+				return fmt.Errorf("through %d (compacted through %d): %w", throughSeq, done, hub.ErrCompactConflict)
+			}
+		}
+		if err := d.Put(keyCompacted, seqKey(throughSeq)); err != nil {
+			return err
 		}
 		if snapshot == nil {
 			snapshot = []byte{}
@@ -335,8 +357,8 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 	return nil
 }
 
-// DeleteDoc drops the document's bucket and its sync states in one
-// transaction.
+// DeleteDoc drops the document's bucket (its compaction version included)
+// and its sync states in one transaction.
 func (s *Store) DeleteDoc(ctx context.Context, id protocol.DocumentID) error {
 	if err := s.check(ctx, id); err != nil {
 		return fmt.Errorf("failed to delete %q: %w", id, err)

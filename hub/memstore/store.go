@@ -35,6 +35,14 @@ type doc struct {
 	snapshot []byte
 	batches  []hub.Batch // ascending Seq
 	lastSeq  uint64      // never decreases while the doc exists
+
+	// compacted is set by the first Compact; compactedThrough is the
+	// throughSeq of the last successful one. Together they are the
+	// compaction version Compact compares and sets: "never compacted" must
+	// differ from "compacted through 0", which a second Compact through 0
+	// conflicts with.
+	compacted        bool
+	compactedThrough uint64
 }
 
 // New returns an empty store with a fresh random StorageID.
@@ -109,7 +117,10 @@ func (s *Store) AppendChanges(ctx context.Context, id protocol.DocumentID, batch
 }
 
 // Compact replaces the snapshot with a copy of snapshot and drops the
-// batches with Seq <= throughSeq.
+// batches with Seq <= throughSeq, unless the document was already compacted
+// through throughSeq or later: then the caller's snapshot is older than the
+// stored one and replacing it would lose the batches it lacks, so Compact
+// returns hub.ErrCompactConflict and changes nothing.
 func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -120,6 +131,11 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 	if !ok {
 		return fmt.Errorf("failed to compact %q: %w", id, hub.ErrNotFound)
 	}
+	if d.compacted && d.compactedThrough >= throughSeq {
+		return fmt.Errorf("failed to compact %q through %d (compacted through %d): %w",
+			id, throughSeq, d.compactedThrough, hub.ErrCompactConflict)
+	}
+	d.compacted, d.compactedThrough = true, throughSeq
 	d.snapshot = clone(snapshot)
 	if d.snapshot == nil {
 		d.snapshot = []byte{}
@@ -136,7 +152,8 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 	return nil
 }
 
-// DeleteDoc forgets the document and its sync states.
+// DeleteDoc forgets the document (its compaction version included) and its
+// sync states.
 func (s *Store) DeleteDoc(ctx context.Context, id protocol.DocumentID) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
@@ -47,6 +50,8 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) hub.Store) {
 		{"Compact/KeepsBatchesAppendedAfterThroughSeq", testCompactKeepsLater},
 		{"Compact/UnknownDocIsNotFound", testCompactUnknown},
 		{"Compact/SeqNeverReused", testSeqNotReusedAfterCompact},
+		{"Compact/ConflictWhenAlreadyCompactedLater", testCompactConflict},
+		{"Compact/ConcurrentCompactorsLoseNothing", testConcurrentCompactors},
 		{"DeleteDoc/RemovesDocBatchesAndSyncStates", testDelete},
 		{"DeleteDoc/Idempotent", testDeleteIdempotent},
 		{"DeleteDoc/RecreatedDocStartsEmpty", testDeleteRecreate},
@@ -151,6 +156,25 @@ func RunPersistenceTests(t *testing.T, open func(t *testing.T, dir string) hub.S
 		if seq := mustAppend(t, s, a, []byte("next")); seq <= last {
 			t.Errorf("seq after compact and reopen = %d, want > %d (seq reused)", seq, last)
 		}
+	})
+
+	t.Run("Reopen/CompactionVersionSurvives", func(t *testing.T) {
+		dir := t.TempDir()
+		s := openStore(t, dir)
+		a := newDocID(t)
+		var all []hub.Batch
+		for i := range 3 {
+			data := fmt.Appendf(nil, "%d", i)
+			all = append(all, hub.Batch{Seq: mustAppend(t, s, a, data), Data: data})
+		}
+		mustCompact(t, s, a, []byte("snap"), all[1].Seq)
+		s = reopen(t, s, dir)
+		if err := s.Compact(t.Context(), a, []byte("stale"), all[1].Seq); !errors.Is(err, hub.ErrCompactConflict) {
+			t.Fatalf("Compact through %d again after reopen: error = %v, want one wrapping hub.ErrCompactConflict", all[1].Seq, err)
+		}
+		checkDoc(t, mustLoad(t, s, a), []byte("snap"), all[2:])
+		mustCompact(t, s, a, []byte("snap-2"), all[2].Seq)
+		checkDoc(t, mustLoad(t, s, a), []byte("snap-2"), nil)
 	})
 
 	t.Run("Reopen/ConcurrentAppendsSurvive", func(t *testing.T) {
@@ -350,12 +374,12 @@ func testCompact(t *testing.T, s hub.Store) {
 		data := fmt.Appendf(nil, "b%d", i)
 		all = append(all, hub.Batch{Seq: mustAppend(t, s, id, data), Data: data})
 	}
+	// throughSeq 0 on a never-compacted doc replaces only the snapshot.
+	mustCompact(t, s, id, []byte("snap-0"), 0)
+	checkDoc(t, mustLoad(t, s, id), []byte("snap-0"), all)
+
 	mustCompact(t, s, id, []byte("snap-1"), all[2].Seq)
 	checkDoc(t, mustLoad(t, s, id), []byte("snap-1"), all[3:])
-
-	// throughSeq 0 replaces only the snapshot.
-	mustCompact(t, s, id, []byte("snap-2"), 0)
-	checkDoc(t, mustLoad(t, s, id), []byte("snap-2"), all[3:])
 
 	// A throughSeq between two stored seqs.
 	mustCompact(t, s, id, []byte("snap-3"), all[3].Seq)
@@ -420,6 +444,207 @@ func testSeqNotReusedAfterCompact(t *testing.T, s hub.Store) {
 	if again := mustAppend(t, s, id, []byte("again")); again <= next {
 		t.Fatalf("seq after second Compact = %d, want > %d", again, next)
 	}
+}
+
+func testCompactConflict(t *testing.T, s hub.Store) {
+	ctx := t.Context()
+	id := newDocID(t)
+	var all []hub.Batch
+	for i := range 5 {
+		data := fmt.Appendf(nil, "b%d", i)
+		all = append(all, hub.Batch{Seq: mustAppend(t, s, id, data), Data: data})
+	}
+	mustCompact(t, s, id, []byte("through-3"), all[2].Seq)
+	checkDoc(t, mustLoad(t, s, id), []byte("through-3"), all[3:])
+
+	// An older or equal compaction version is refused and changes nothing:
+	// its snapshot may lack batches the stored one holds.
+	for _, through := range []uint64{all[1].Seq, all[2].Seq, 0} {
+		err := s.Compact(ctx, id, []byte("stale"), through)
+		if !errors.Is(err, hub.ErrCompactConflict) {
+			t.Fatalf("Compact through %d after compacting through %d: error = %v, want one wrapping hub.ErrCompactConflict",
+				through, all[2].Seq, err)
+		}
+		checkDoc(t, mustLoad(t, s, id), []byte("through-3"), all[3:])
+	}
+
+	// A later one still works.
+	mustCompact(t, s, id, []byte("through-4"), all[3].Seq)
+	checkDoc(t, mustLoad(t, s, id), []byte("through-4"), all[4:])
+
+	// DeleteDoc resets the compaction version: a document created again
+	// under the same id may be compacted through its own (possibly lower)
+	// seqs.
+	if err := s.DeleteDoc(ctx, id); err != nil {
+		t.Fatalf("DeleteDoc: %v", err)
+	}
+	seq := mustAppend(t, s, id, []byte("new-0"))
+	mustCompact(t, s, id, []byte("new-snap"), seq)
+	checkDoc(t, mustLoad(t, s, id), []byte("new-snap"), nil)
+}
+
+// testConcurrentCompactors has writers append to one document while
+// compactors, as other nodes sharing the store would, repeatedly load it,
+// fold what they loaded into a new snapshot and compact through the last
+// seq they saw. Whatever interleaving wins, every batch must end up in the
+// snapshot or the remaining batches exactly once.
+func testConcurrentCompactors(t *testing.T, s hub.Store) {
+	const (
+		writers, perWriter = 4, 30
+		compactors         = 3
+		maxRounds          = 2000 // per compactor
+	)
+	ctx := t.Context()
+	id := newDocID(t)
+	mustAppend(t, s, id, nil)
+
+	var (
+		wg, writing sync.WaitGroup
+		stop        = make(chan struct{})
+		errs        = make(chan error, writers+compactors)
+	)
+	var compacted, conflicts atomic.Int64
+	writing.Add(writers)
+	for w := range writers {
+		wg.Go(func() {
+			defer writing.Done()
+			for i := range perWriter {
+				if _, err := s.AppendChanges(ctx, id, concurrentItem(w, i)); err != nil {
+					errs <- fmt.Errorf("AppendChanges: %w", err)
+					return
+				}
+				// Let compactors run between appends even on a store
+				// as fast as a map.
+				time.Sleep(200 * time.Microsecond)
+			}
+		})
+	}
+	go func() { writing.Wait(); close(stop) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for range compactors {
+		wg.Go(func() {
+			for round := 0; round < maxRounds && time.Now().Before(deadline); round++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ok, err := compactOnce(ctx, s, id)
+				switch {
+				case errors.Is(err, hub.ErrCompactConflict):
+					conflicts.Add(1)
+				case err != nil:
+					errs <- err
+					return
+				case ok:
+					compacted.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	// One last compaction with no one else around must succeed (if there
+	// is anything left to fold in), so the check below covers a snapshot.
+	if ok, err := compactOnce(ctx, s, id); err != nil {
+		t.Fatalf("final compaction: %v", err)
+	} else if ok {
+		compacted.Add(1)
+	}
+	if compacted.Load() == 0 {
+		t.Fatal("no compaction succeeded; the test checked nothing")
+	}
+	t.Logf("%d compactions, %d conflicts", compacted.Load(), conflicts.Load())
+
+	doc := mustLoad(t, s, id)
+	items, err := decodeItems(doc.Snapshot)
+	if err != nil {
+		t.Fatalf("stored snapshot: %v", err)
+	}
+	for _, b := range doc.Batches {
+		items = append(items, b.Data)
+	}
+	count := map[string]int{}
+	for _, it := range items {
+		count[string(it)]++
+	}
+	for w := range writers {
+		for i := range perWriter {
+			item := string(concurrentItem(w, i))
+			switch n := count[item]; n {
+			case 1:
+			case 0:
+				t.Errorf("batch %q was lost", item)
+			default:
+				t.Errorf("batch %q is stored %d times", item, n)
+			}
+			delete(count, item)
+		}
+	}
+	for item, n := range count {
+		t.Errorf("stored %d times a batch never appended: %s", n, short([]byte(item)))
+	}
+}
+
+// concurrentItem is the w-th writer's i-th batch in testConcurrentCompactors.
+func concurrentItem(w, i int) []byte {
+	return fmt.Appendf(nil, "w%d-i%d-%s", w, i, bytes.Repeat([]byte{byte(w), 0, '\n'}, i%5))
+}
+
+// compactOnce loads id, folds the loaded snapshot and batches into one
+// snapshot and compacts through the last loaded batch. It reports whether it
+// compacted: false if there was no batch to fold in.
+func compactOnce(ctx context.Context, s hub.Store, id protocol.DocumentID) (bool, error) {
+	doc, err := s.LoadDoc(ctx, id)
+	if err != nil {
+		return false, fmt.Errorf("LoadDoc: %w", err)
+	}
+	if len(doc.Batches) == 0 {
+		return false, nil
+	}
+	items, err := decodeItems(doc.Snapshot)
+	if err != nil {
+		return false, fmt.Errorf("loaded snapshot: %w", err)
+	}
+	for _, b := range doc.Batches {
+		items = append(items, b.Data)
+	}
+	through := doc.Batches[len(doc.Batches)-1].Seq
+	if err := s.Compact(ctx, id, encodeItems(items), through); err != nil {
+		return false, fmt.Errorf("Compact through %d: %w", through, err)
+	}
+	return true, nil
+}
+
+// encodeItems is a self-delimiting encoding of a list of byte strings:
+// each item as a uvarint length and its bytes.
+func encodeItems(items [][]byte) []byte {
+	var out []byte
+	for _, it := range items {
+		out = binary.AppendUvarint(out, uint64(len(it)))
+		out = append(out, it...)
+	}
+	return out
+}
+
+// decodeItems reverses encodeItems; nil and empty decode to no items.
+func decodeItems(b []byte) ([][]byte, error) {
+	var items [][]byte
+	for len(b) > 0 {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return nil, fmt.Errorf("malformed item list at %d bytes from the end", len(b))
+		}
+		items = append(items, b[k:k+int(n)])
+		b = b[k+int(n):]
+	}
+	return items, nil
 }
 
 func testDelete(t *testing.T, s hub.Store) {
