@@ -228,56 +228,50 @@ func (d *document) load() error {
 		d.incBytes += len(b.Data)
 	}
 	d.snapshotBytes = len(sd.Snapshot)
-	raws, _, err := storedChanges(sd)
+	raws, err := storedChanges(sd)
 	if err != nil {
 		return err
 	}
-	if _, err := d.eng.AddChanges(nil, raws...); err != nil {
+	if _, err := d.eng.AddChanges(remoteOrigin, raws...); err != nil {
 		return fmt.Errorf("failed to index stored changes: %w", err)
 	}
-	if d.eng.Queued() > 0 {
-		return fmt.Errorf("failed to index stored changes: %d lack dependencies", d.eng.Queued())
+	if n := d.eng.Queued(); n > 0 {
+		// Their dependencies are lost from the store; peers that have them
+		// are asked for them (need) and the changes are stored again.
+		d.log.Warn("stored changes lack their dependencies; asking peers for them", "changes", n)
 	}
 	d.heads = d.eng.Heads()
 	return nil
 }
 
-// storedChanges returns the raw chunks and the hashes of every change of a
-// stored document, in an order that respects dependencies. automerge-go
-// reads the snapshot (a document chunk, which the engine does not parse).
-func storedChanges(sd StoredDoc) ([][]byte, []syncengine.Hash, error) {
-	var inc []byte
-	for _, b := range sd.Batches {
-		inc = append(inc, b.Data...)
-	}
-	if len(sd.Snapshot) == 0 && len(inc) == 0 {
-		return nil, nil, nil
-	}
-	var doc *automerge.Doc
-	var err error
+// storedChanges returns the raw chunks of every change of a stored
+// document: automerge-go reads the snapshot (a document chunk, which the
+// engine does not parse); the batches are raw change chunks already. A
+// store that lost a prefix of its batches (a Redis restarted empty) may
+// hold changes whose dependencies are gone: the engine queues those.
+func storedChanges(sd StoredDoc) ([][]byte, error) {
+	var raws [][]byte
 	if len(sd.Snapshot) > 0 {
-		if doc, err = automerge.Load(sd.Snapshot); err != nil {
-			return nil, nil, fmt.Errorf("failed to load snapshot: %w", err)
+		doc, err := automerge.Load(sd.Snapshot)
+		if err != nil {
+			return nil, fmt.Errorf("failed to load snapshot: %w", err)
 		}
-	} else {
-		doc = automerge.New()
-	}
-	if len(inc) > 0 {
-		if err := doc.LoadIncremental(inc); err != nil {
-			return nil, nil, fmt.Errorf("failed to load stored changes: %w", err)
+		chs, err := doc.Changes()
+		if err != nil {
+			return nil, fmt.Errorf("failed to read the snapshot's changes: %w", err)
+		}
+		for _, ch := range chs {
+			raws = append(raws, ch.Save())
 		}
 	}
-	chs, err := doc.Changes()
-	if err != nil {
-		return nil, nil, fmt.Errorf("failed to read stored changes: %w", err)
+	for _, b := range sd.Batches {
+		parts, err := amsync.SplitChunks(b.Data)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read stored batch %d: %w", b.Seq, err)
+		}
+		raws = append(raws, parts...)
 	}
-	raws := make([][]byte, len(chs))
-	hashes := make([]syncengine.Hash, len(chs))
-	for i, ch := range chs {
-		raws[i] = ch.Save()
-		hashes[i] = syncengine.Hash(ch.Hash())
-	}
-	return raws, hashes, nil
+	return raws, nil
 }
 
 func (d *document) brokerCtx() (context.Context, context.CancelFunc) {
@@ -598,7 +592,7 @@ func (d *document) catchUp(trigger string) {
 		d.catchUpFailed(trigger, "load", err)
 		return
 	}
-	raws, hashes, err := storedChanges(sd)
+	raws, err := storedChanges(sd)
 	if err == nil {
 		err = d.applyRemote(raws)
 	}
@@ -608,9 +602,11 @@ func (d *document) catchUp(trigger string) {
 	}
 	d.pos = pos
 	d.h.m.BrokerRecoveries.WithLabelValues(trigger, "store").Inc()
-	stored := make(map[syncengine.Hash]struct{}, len(hashes))
-	for _, h := range hashes {
-		stored[h] = struct{}{}
+	stored := make(map[syncengine.Hash]struct{}, len(raws))
+	for _, raw := range raws {
+		if c, err := amsync.ParseChange(raw); err == nil {
+			stored[syncengine.Hash(c.Hash)] = struct{}{}
+		}
 	}
 	var lost [][]byte
 	d.eng.All(func(raw []byte) bool {

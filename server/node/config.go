@@ -30,6 +30,10 @@ type Config struct {
 	ShutdownTimeout time.Duration // graceful drain on SIGTERM
 	LogLevel        slog.Level
 	LogFormat       string // text or json
+	RedisURL        string // a cluster of nodes: Redis broker and store
+	RedisCluster    bool   // RedisURL names a Redis Cluster
+	RedisPrefix     string // prefix of every Redis key and channel
+	RedisCAFile     string // CA certificates for rediss://
 }
 
 // ParseConfig reads flags from args and environment variables through getenv.
@@ -50,6 +54,10 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&c.JoinTimeout, "join-timeout", 10*time.Second, "time a new connection has to send its join message")
 	fs.DurationVar(&c.IdleDocTimeout, "idle-doc-timeout", 30*time.Second, "how long a document nobody is syncing stays in memory")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "graceful shutdown deadline")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "run as one node of a cluster: Redis (redis://[user:password@]host:port[/db], rediss:// for TLS) carries changes between nodes and stores documents instead of data-dir; prefer PLAIT_REDIS_URL for a password")
+	fs.BoolVar(&c.RedisCluster, "redis-cluster", false, "redis-url names a Redis Cluster: redis://host1:port?addr=host2:port&addr=host3:port")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", "plait", "prefix of every Redis key and channel (several deployments can share one Redis)")
+	fs.StringVar(&c.RedisCAFile, "redis-ca-file", "", "PEM file of CA certificates to verify a rediss:// server (default: the system roots)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.Usage = func() {
@@ -108,8 +116,17 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log-format must be text or json, not %q", c.LogFormat)
 	}
-	if c.DataDir == "" {
+	if c.DataDir == "" && c.RedisURL == "" {
 		return errors.New("data-dir must not be empty")
+	}
+	if c.RedisCluster && c.RedisURL == "" {
+		return errors.New("redis-cluster needs redis-url")
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+		return fmt.Errorf("redis-url must start with redis:// or rediss://, not %q", redactURL(c.RedisURL))
+	}
+	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, "{}") {
+		return fmt.Errorf("redis-prefix %q must be non-empty and free of braces (they are hash tags)", c.RedisPrefix)
 	}
 	return nil
 }

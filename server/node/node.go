@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,7 +21,6 @@ import (
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/plaithub/plait/hub"
-	"github.com/plaithub/plait/hub/boltstore"
 	"github.com/plaithub/plait/hub/wstransport"
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -37,7 +34,7 @@ const wsBufferBytes = 2048
 type Node struct {
 	cfg   Config
 	log   *slog.Logger
-	store *boltstore.Store
+	be    *backend
 	hub   *hub.Hub
 	app   *fiber.App
 	reg   *prometheus.Registry
@@ -52,17 +49,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
-		return nil, fmt.Errorf("failed to create data dir: %w", err)
-	}
-	store, err := boltstore.Open(filepath.Join(cfg.DataDir, "plait.db"), boltstore.Options{})
-	if err != nil {
-		return nil, fmt.Errorf("failed to open store in %s: %w", cfg.DataDir, err)
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	be, err := openBackend(ctx, cfg, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("storage", "backend", be.desc)
 	h, err := hub.New(ctx, hub.Options{
-		Store:          store,
+		Store:          be.store,
+		Broker:         be.broker,
 		Logger:         log,
 		Metrics:        hub.NewMetrics(reg),
 		JoinTimeout:    cfg.JoinTimeout,
@@ -70,11 +66,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		AfterGC:        releaseFreedMemory,
 	})
 	if err != nil {
-		store.Close()
+		_ = be.close()
 		return nil, err
 	}
 	nctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: log, store: store, hub: h, reg: reg, ctx: nctx, cancel: cancel}
+	n := &Node{cfg: cfg, log: log, be: be, hub: h, reg: reg, ctx: nctx, cancel: cancel}
 	n.app = n.newApp()
 	n.app.Server().KeepHijackedConns = true // see handleWS
 	return n, nil
@@ -231,8 +227,8 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if err := n.app.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("failed to stop HTTP server: %w", err))
 	}
-	if err := n.store.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("failed to close store: %w", err))
+	if err := n.be.close(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
