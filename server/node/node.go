@@ -32,12 +32,12 @@ const wsBufferBytes = 2048
 
 // Node is one running Plait node: the Fiber app, the hub and the store.
 type Node struct {
-	cfg   Config
-	log   *slog.Logger
-	be    *backend
-	hub   *hub.Hub
-	app   *fiber.App
-	reg   *prometheus.Registry
+	cfg Config
+	log *slog.Logger
+	be  *backend
+	hub *hub.Hub
+	app *fiber.App
+	reg *prometheus.Registry
 
 	ctx      context.Context // lives until Shutdown: parent of every session
 	cancel   context.CancelFunc
