@@ -3,7 +3,7 @@ GO        ?= go
 JS_DIR    := server/testdata/js
 FUZZTIME  ?= 10s
 
-.PHONY: test deps vet race fuzz run bench bench-engine build image-check
+.PHONY: test deps vet race fuzz run bench bench-engine bench-cluster build image-check
 
 test: deps vet build image-check race fuzz
 
@@ -17,8 +17,10 @@ build:
 image-check: build
 	bash .ci/image-check bin/plait
 
-# Node packages for the end-to-end tests (real automerge-repo clients).
+# Node packages for the end-to-end tests (real automerge-repo clients), and
+# the servers the tests start: redis-server, redis-cli, haproxy.
 deps: $(JS_DIR)/node_modules/.package-lock.json
+	bash .ci/system-deps
 
 $(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund
@@ -40,6 +42,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSyncData$$' -fuzztime $(FUZZTIME) ./hub
 	$(GO) test -run '^$$' -fuzz '^FuzzReceiveMessage$$' -fuzztime $(FUZZTIME) ./pkg/syncengine
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./pkg/syncengine
+	$(GO) test -run '^$$' -fuzz '^FuzzSplitChunks$$' -fuzztime $(FUZZTIME) ./pkg/amsync
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePayload$$' -fuzztime $(FUZZTIME) ./hub/redisbroker
 
 run:
 	$(GO) run ./server
@@ -50,3 +54,8 @@ bench:
 # Server CPU per edit, engine vs automerge-go, at 1k/10k/100k changes (about 2 min).
 bench-engine:
 	$(GO) test -run '^$$' -bench 'ServerEdit' -benchtime 200x ./pkg/syncengine
+
+# Cross-node edit-to-peer latency and Redis CPU: 3 nodes on one redis-server,
+# 300 documents edited once a second each for 30 s (about 1 min).
+bench-cluster:
+	$(GO) test -count=1 ./server/node -run '^TestClusterEditLatency$$' -v -args -cluster.latency 30s -cluster.docs 300
