@@ -2,6 +2,11 @@
 // node, and a way to run several hubs in one process in tests. Brokers made
 // from one Bus are the nodes of one cluster.
 //
+// A document's stream (offset, epoch, log) lives while some broker
+// subscribes to it; the last Unsubscribe drops it, so the memory a bus
+// holds follows the open documents, not every document ever edited. A
+// stream made again gets a new epoch.
+//
 // Concurrency: all methods are safe for concurrent use. Publications are
 // delivered synchronously, under the bus lock, to each subscribed broker's
 // handler (which must not block): so every subscriber sees one document's
@@ -27,7 +32,6 @@ const DefaultHistorySize = 1000
 
 // Bus connects the Brokers of one cluster. The zero value is not usable.
 type Bus struct {
-	epoch   string
 	maxHist int
 
 	mu      sync.Mutex
@@ -36,6 +40,7 @@ type Bus struct {
 }
 
 type stream struct {
+	epoch  string
 	offset uint64
 	log    []hub.Publication // the last maxHist publications, ascending
 }
@@ -46,14 +51,24 @@ func NewBus(historySize int) *Bus {
 	if historySize <= 0 {
 		historySize = DefaultHistorySize
 	}
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
 	return &Bus{
-		epoch:   hex.EncodeToString(b),
 		maxHist: historySize,
 		streams: make(map[protocol.DocumentID]*stream),
 		brokers: make(map[*Broker]struct{}),
 	}
+}
+
+// stream returns id's stream, making it (with a new epoch) if needed. The
+// caller holds bus.mu.
+func (bus *Bus) stream(id protocol.DocumentID) *stream {
+	st := bus.streams[id]
+	if st == nil {
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		st = &stream{epoch: hex.EncodeToString(b)}
+		bus.streams[id] = st
+	}
+	return st
 }
 
 // Broker is one node's connection to a Bus.
@@ -105,11 +120,8 @@ func (b *Broker) Subscribe(ctx context.Context, id protocol.DocumentID) (hub.Str
 		return hub.StreamPosition{}, fmt.Errorf("failed to subscribe: %w", err)
 	}
 	b.subs[id]++
-	var off uint64
-	if st := b.bus.streams[id]; st != nil {
-		off = st.offset
-	}
-	return hub.StreamPosition{Epoch: b.bus.epoch, Offset: off}, nil
+	st := b.bus.stream(id)
+	return hub.StreamPosition{Epoch: st.epoch, Offset: st.offset}, nil
 }
 
 // Unsubscribe drops one subscription to id.
@@ -119,11 +131,17 @@ func (b *Broker) Unsubscribe(ctx context.Context, id protocol.DocumentID) error 
 	if err := b.check(ctx); err != nil {
 		return fmt.Errorf("failed to unsubscribe: %w", err)
 	}
-	if b.subs[id] <= 1 {
-		delete(b.subs, id)
-	} else {
+	if b.subs[id] > 1 {
 		b.subs[id]--
+		return nil
 	}
+	delete(b.subs, id)
+	for o := range b.bus.brokers {
+		if o.subs[id] > 0 {
+			return nil
+		}
+	}
+	delete(b.bus.streams, id) // nobody has it open: drop its log
 	return nil
 }
 
@@ -139,13 +157,9 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 	p.Data = append([]byte(nil), p.Data...)
 	p.Pos = hub.StreamPosition{}
 	if p.Kind == hub.PubChanges {
-		st := bus.streams[id]
-		if st == nil {
-			st = &stream{}
-			bus.streams[id] = st
-		}
+		st := bus.stream(id)
 		st.offset++
-		p.Pos = hub.StreamPosition{Epoch: bus.epoch, Offset: st.offset}
+		p.Pos = hub.StreamPosition{Epoch: st.epoch, Offset: st.offset}
 		st.log = append(st.log, p)
 		if len(st.log) > bus.maxHist {
 			st.log = append(st.log[:0], st.log[len(st.log)-bus.maxHist:]...)
@@ -168,11 +182,8 @@ func (b *Broker) Position(ctx context.Context, id protocol.DocumentID) (hub.Stre
 	if err := b.check(ctx); err != nil {
 		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
 	}
-	var off uint64
-	if st := b.bus.streams[id]; st != nil {
-		off = st.offset
-	}
-	return hub.StreamPosition{Epoch: b.bus.epoch, Offset: off}, nil
+	st := b.bus.stream(id)
+	return hub.StreamPosition{Epoch: st.epoch, Offset: st.offset}, nil
 }
 
 // History returns the logged publications of id after since.
@@ -183,15 +194,15 @@ func (b *Broker) History(ctx context.Context, id protocol.DocumentID, since hub.
 	if err := b.check(ctx); err != nil {
 		return nil, fmt.Errorf("failed to read history: %w", err)
 	}
-	if since.Epoch != "" && since.Epoch != bus.epoch {
-		return nil, hub.ErrHistoryLost
-	}
 	st := bus.streams[id]
 	if st == nil {
-		if since.Offset > 0 {
+		if since.Offset > 0 || since.Epoch != "" {
 			return nil, hub.ErrHistoryLost
 		}
 		return nil, nil
+	}
+	if since.Epoch != "" && since.Epoch != st.epoch {
+		return nil, hub.ErrHistoryLost
 	}
 	if since.Offset > st.offset {
 		return nil, hub.ErrHistoryLost // a position this stream never reached
