@@ -720,17 +720,28 @@ func (d *document) compact() compactResult {
 	if len(sd.Batches) == 0 {
 		return compactResult{snapshotBytes: len(sd.Snapshot)}
 	}
-	doc := automerge.New()
-	if len(sd.Snapshot) > 0 {
-		if doc, err = automerge.Load(sd.Snapshot); err != nil {
-			return compactResult{err: fmt.Errorf("failed to load the snapshot: %w", err)}
-		}
+	// The engine puts the changes in dependency order: after a store lost
+	// data, batches may hold changes before their dependencies (stored
+	// again later), which automerge-go's incremental load refuses.
+	raws, err := storedChanges(sd)
+	if err != nil {
+		return compactResult{err: err}
+	}
+	order := syncengine.New(syncengine.Options{})
+	if _, err := order.AddChanges(nil, raws...); err != nil {
+		return compactResult{err: fmt.Errorf("failed to index the stored changes: %w", err)}
+	}
+	if n := order.Queued(); n > 0 {
+		return compactResult{err: fmt.Errorf("%d stored changes lack their dependencies", n)}
+	}
+	all := make([]byte, 0, len(sd.Snapshot))
+	order.All(func(raw []byte) bool { all = append(all, raw...); return true })
+	doc, err := automerge.Load(all)
+	if err != nil {
+		return compactResult{err: fmt.Errorf("failed to build the document: %w", err)}
 	}
 	inc := 0
 	for _, b := range sd.Batches {
-		if err := doc.LoadIncremental(b.Data); err != nil {
-			return compactResult{err: fmt.Errorf("failed to load batch %d: %w", b.Seq, err)}
-		}
 		inc += len(b.Data)
 	}
 	heads := doc.Heads()
