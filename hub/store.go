@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -122,10 +121,4 @@ func CheckStoreCall(ctx context.Context, closed bool, id protocol.DocumentID) er
 
 // NewStorageID returns a random UUID (version 4), the form automerge-repo
 // peers use for their storageId. Stores call it when they are created.
-func NewStorageID() string {
-	var u [16]byte
-	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails (Go 1.24+)
-	u[6] = u[6]&0x0f | 0x40
-	u[8] = u[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
-}
+func NewStorageID() string { return protocol.NewStorageID() }

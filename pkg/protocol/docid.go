@@ -131,3 +131,13 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// NewStorageID returns a random UUID (version 4), the form automerge-repo
+// peers use for their storageId.
+func NewStorageID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails (Go 1.24+)
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:])
+}
