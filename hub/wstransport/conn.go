@@ -60,6 +60,12 @@ func (o *Options) fill() {
 }
 
 // Conn is a hub.Conn over a WebSocket.
+//
+// An idle connection has no goroutine of its own besides the hub's read
+// loop: a writer goroutine runs only while frames are queued (it exits
+// when the queue is empty), and the keepalive ping is a timer whose
+// function pings and re-arms it. At tens of thousands of idle connections
+// this halves the memory each costs.
 type Conn struct {
 	ws   *websocket.Conn
 	opts Options
@@ -70,18 +76,22 @@ type Conn struct {
 	closing   bool
 	closeCode protocol.CloseCode
 	closeMsg  string
-	wake      chan struct{} // capacity 1: the writer has work
-	done      chan struct{} // closed when the writer has finished
+	writing   bool // a writer goroutine runs
+	finished  bool
+	ping      *time.Timer
+	done      chan struct{} // closed when the connection is finished
 }
 
-// New wraps ws, sets its read limit and starts the writer goroutine. The
-// caller must eventually call Close (or the client must disconnect) for the
-// writer to stop.
+// New wraps ws, sets its read limit and arms the keepalive ping. The
+// caller must eventually call Close (or the client must disconnect) for
+// the connection to finish.
 func New(ws *websocket.Conn, opts Options) *Conn {
 	opts.fill()
 	ws.SetReadLimit(opts.MaxMessageBytes)
-	c := &Conn{ws: ws, opts: opts, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	go c.writer()
+	c := &Conn{ws: ws, opts: opts, done: make(chan struct{})}
+	c.mu.Lock()
+	c.ping = time.AfterFunc(opts.PingInterval, c.pingTick)
+	c.mu.Unlock()
 	return c
 }
 
@@ -158,37 +168,32 @@ func (c *Conn) closeQuiet() {
 	c.signal()
 }
 
+// signal makes sure a writer goroutine runs if there is work for it.
 func (c *Conn) signal() {
-	select {
-	case c.wake <- struct{}{}:
-	default:
+	c.mu.Lock()
+	start := !c.writing && !c.finished && (len(c.queue) > 0 || c.closing)
+	if start {
+		c.writing = true
+	}
+	c.mu.Unlock()
+	if start {
+		go c.writer()
 	}
 }
 
+// writer writes the queued frames and exits when the queue is empty; on
+// closing it finishes the connection after the last frame.
 func (c *Conn) writer() {
-	defer close(c.done)
-	ping := time.NewTicker(c.opts.PingInterval)
-	defer ping.Stop()
-	var pinging chan struct{}
 	for {
-		select {
-		case <-c.wake:
-		case <-ping.C:
-			if pinging != nil {
-				select {
-				case <-pinging:
-				default:
-					continue // the previous ping is still waiting for its pong
-				}
-			}
-			pinging = make(chan struct{})
-			go c.ping(pinging)
-			continue
-		}
 		c.mu.Lock()
 		batch := c.queue
 		c.queue, c.queued = nil, 0
 		closing, code, msg := c.closing, c.closeCode, c.closeMsg
+		if len(batch) == 0 && !closing {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
 		c.mu.Unlock()
 		for _, f := range batch {
 			if err := c.write(f); err != nil {
@@ -209,26 +214,37 @@ func (c *Conn) write(f []byte) error {
 	return c.ws.Write(ctx, websocket.MessageBinary, f)
 }
 
-func (c *Conn) ping(done chan struct{}) {
-	defer close(done)
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.PongTimeout)
-	defer cancel()
-	if err := c.ws.Ping(ctx); err != nil {
-		c.mu.Lock()
-		if !c.closing {
-			c.closing, c.closeCode, c.closeMsg = true, protocol.ClosePolicyViolation, "ping timeout"
-		}
-		c.mu.Unlock()
-		c.signal()
+// pingTick runs on the ping timer: it pings, waits for the pong, and
+// re-arms the timer; a missing pong closes the connection.
+func (c *Conn) pingTick() {
+	c.mu.Lock()
+	stop := c.closing || c.finished
+	c.mu.Unlock()
+	if stop {
+		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.PongTimeout)
+	err := c.ws.Ping(ctx)
+	cancel()
+	c.mu.Lock()
+	if err != nil && !c.closing {
+		c.closing, c.closeCode, c.closeMsg = true, protocol.ClosePolicyViolation, "ping timeout"
+	}
+	if !c.closing && !c.finished {
+		c.ping.Reset(c.opts.PingInterval)
+	}
+	c.mu.Unlock()
+	c.signal()
 }
 
 // finish sends the close frame (code 0: none) and releases the socket.
 func (c *Conn) finish(code protocol.CloseCode, reason string) {
 	c.mu.Lock()
-	c.closing = true
+	c.closing, c.finished = true, true
 	c.queue, c.queued = nil, 0
+	c.ping.Stop()
 	c.mu.Unlock()
+	defer close(c.done)
 	if code == 0 {
 		_ = c.ws.CloseNow()
 		return

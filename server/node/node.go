@@ -28,7 +28,7 @@ import (
 // wsBufferBytes sizes each WebSocket connection's read and write buffers.
 // Frames larger than the buffers pass through them in pieces, so small
 // buffers cost little throughput and save memory on idle connections.
-const wsBufferBytes = 2048
+const wsBufferBytes = 512
 
 // Node is one running Plait node: the Fiber app, the hub and the store.
 type Node struct {
