@@ -31,10 +31,14 @@ const (
 
 // StreamPosition is a place in a document's stream of PubChanges
 // publications. Offsets start at 1 and grow by one per publication within
-// an epoch; a new epoch (the broker lost its log) restarts them.
+// an epoch; a new epoch (the broker lost its log) restarts them. Tag
+// names the publication at Offset ("" at offset 0): a broker that lost its
+// last publications but not its epoch (a failover to a replica that lacked
+// them) hands their offsets out again, with other tags.
 type StreamPosition struct {
 	Epoch  string
 	Offset uint64
+	Tag    string
 }
 
 // Publication is what one node publishes about one document.
@@ -44,6 +48,9 @@ type Publication struct {
 	Data   []byte
 	// Position in the stream: set for PubChanges only.
 	Pos StreamPosition
+	// Prev is the tag of the publication before this one: a receiver
+	// holding another tag at Pos.Offset-1 missed a rollback and catches up.
+	Prev string
 }
 
 // BrokerHandler receives what a Broker delivers. The Hub implements it.
@@ -84,8 +91,8 @@ type BrokerHandler interface {
 //     publication up to it was published before the call. A publisher
 //     stores its changes before it publishes them, so after Position the
 //     Store holds everything up to that position.
-//   - History returns the logged publications after since, in order, or
-//     ErrHistoryLost.
+//   - History returns the logged publications after since, in order, the
+//     first one's Prev equal to since.Tag; or ErrHistoryLost.
 //   - Every call takes a context and returns when it is done.
 type Broker interface {
 	Start(h BrokerHandler) error

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -81,11 +82,16 @@ type document struct {
 
 	// With a broker:
 	subscribed  bool
-	pos         StreamPosition // the last publication applied (or known stored)
-	unpublished [][]byte       // stored batches not yet published
-	needCatchUp string         // a catch-up failed: its trigger, to retry
-	retry       *time.Timer    // retries publications and catch-ups
+	pos         StreamPosition    // the last publication applied (or known stored)
+	recentTags  map[uint64]string // offset -> tag of the last publications applied
+	unpublished [][]byte          // stored batches not yet published
+	needCatchUp string            // a catch-up failed: its trigger, to retry
+	retry       *time.Timer       // retries publications and catch-ups
 	retrying    bool
+	retryDelay  time.Duration // grows while retries fail
+
+	compactAfter time.Time     // no compaction before (after a failure)
+	compactDelay time.Duration // grows while compactions fail
 }
 
 func newDocument(h *Hub, id protocol.DocumentID) *document {
@@ -134,6 +140,7 @@ func (d *document) run() {
 		select {
 		case m := <-d.inbox:
 			d.handle(m)
+			local := m.kind != kindRemote && m.kind != kindCatchUp
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
 			// store write.
@@ -141,6 +148,7 @@ func (d *document) run() {
 				select {
 				case m := <-d.inbox:
 					d.handle(m)
+					local = local || (m.kind != kindRemote && m.kind != kindCatchUp)
 				default:
 					drained = true
 				}
@@ -155,7 +163,9 @@ func (d *document) run() {
 				return
 			}
 			d.maybeCompact()
-			if len(d.peers) == 0 {
+			// Only this node's peers keep a document in memory: other
+			// nodes' changes alone do not.
+			if local && len(d.peers) == 0 {
 				idle.Reset(d.h.opts.IdleDocTimeout)
 			}
 		case r := <-d.compacted:
@@ -164,6 +174,9 @@ func (d *document) run() {
 			d.retrying = false
 			if t := d.needCatchUp; t != "" {
 				d.catchUp(t)
+			}
+			if d.needCatchUp == "" && len(d.unpublished) == 0 {
+				d.retryDelay = 0 // recovered
 			}
 			if err := d.flush(); err != nil {
 				d.log.Error("failed to store changes", "err", err)
@@ -459,11 +472,16 @@ func (d *document) publishPending() {
 	}
 }
 
+// scheduleRetry arms the retry timer: 500 ms after the first failure,
+// doubling up to 30 s while they go on, jittered, so that the documents a
+// Redis outage hit do not all come back at the same instant.
 func (d *document) scheduleRetry() {
-	if !d.retrying {
-		d.retrying = true
-		d.retry.Reset(500 * time.Millisecond)
+	if d.retrying {
+		return
 	}
+	d.retrying = true
+	d.retryDelay = min(max(2*d.retryDelay, 500*time.Millisecond), 30*time.Second)
+	d.retry.Reset(d.retryDelay/2 + time.Duration(mrand.Int64N(int64(d.retryDelay/2)+1)))
 }
 
 // relayEphemeral sends an ephemeral message to every peer but from.
@@ -507,21 +525,41 @@ func (d *document) receivePub(p Publication) {
 		d.relayEphemeral(nil, msg)
 		return
 	}
+	d.log.Debug("publication", "origin", p.Origin, "pos", p.Pos, "prev", p.Prev, "have", d.pos)
 	switch {
 	case p.Pos.Epoch != d.pos.Epoch:
 		d.catchUp("epoch")
 	case p.Pos.Offset <= d.pos.Offset:
-		// Already applied (or stored before we loaded).
+		// Already applied (or stored before we loaded), unless its tag is
+		// not the one we applied at that offset: the broker lost its last
+		// publications and handed their offsets out again (a failover).
+		if tag, ok := d.recentTags[p.Pos.Offset]; ok && tag != p.Pos.Tag {
+			d.catchUp("rollback")
+		}
 	case p.Pos.Offset > d.pos.Offset+1:
 		d.catchUp("gap") // the log holds p too
+	case p.Prev != d.pos.Tag:
+		// The offset follows ours but not the publication we hold: the
+		// broker lost its last publications and handed their offsets out
+		// again (a failover). Ours may be lost with them.
+		d.catchUp("rollback")
 	default:
 		d.applyPub(p)
 	}
 }
 
+// recentTagsKept is how many of the last applied publications' tags a
+// document remembers, to recognise an offset handed out twice.
+const recentTagsKept = 64
+
 // applyPub applies the next publication of the stream.
 func (d *document) applyPub(p Publication) {
 	d.pos = p.Pos
+	if d.recentTags == nil {
+		d.recentTags = make(map[uint64]string, recentTagsKept)
+	}
+	d.recentTags[p.Pos.Offset] = p.Pos.Tag
+	delete(d.recentTags, p.Pos.Offset-recentTagsKept)
 	if p.Origin == d.h.opts.PeerID {
 		return // our own changes: applied already
 	}
@@ -566,6 +604,7 @@ func (d *document) catchUp(trigger string) {
 	pubs, err := b.History(ctx, d.id, d.pos)
 	cancel()
 	if err == nil {
+		d.log.Debug("caught up from the log", "trigger", trigger, "publications", len(pubs))
 		d.h.m.BrokerRecoveries.WithLabelValues(trigger, "log").Inc()
 		for _, p := range pubs {
 			if p.Pos.Offset > d.pos.Offset {
@@ -601,9 +640,16 @@ func (d *document) catchUp(trigger string) {
 		return
 	}
 	d.pos = pos
+	clear(d.recentTags)
+	d.log.Info("caught up from the store", "trigger", trigger, "changes", len(raws))
 	d.h.m.BrokerRecoveries.WithLabelValues(trigger, "store").Inc()
 	stored := make(map[syncengine.Hash]struct{}, len(raws))
 	for _, raw := range raws {
+		if c, err := amsync.ParseChange(raw); err == nil {
+			stored[syncengine.Hash(c.Hash)] = struct{}{}
+		}
+	}
+	for _, raw := range d.unsaved { // on their way to the store already
 		if c, err := amsync.ParseChange(raw); err == nil {
 			stored[syncengine.Hash(c.Hash)] = struct{}{}
 		}
@@ -698,11 +744,19 @@ type compactResult struct {
 // and saves it: O(history)) runs on its own goroutine, off the hot path;
 // compactDone takes its result.
 func (d *document) maybeCompact() {
-	if d.compacting || !d.created || d.incBytes < d.h.opts.MinCompactBytes || d.incBytes < d.snapshotBytes {
+	if d.compacting || !d.created || d.incBytes < d.h.opts.MinCompactBytes || d.incBytes < d.snapshotBytes ||
+		time.Now().Before(d.compactAfter) {
 		return
 	}
 	d.compacting = true
-	go func() { d.compacted <- d.compact() }()
+	inc := d.incBytes
+	go func() {
+		r := d.compact()
+		if r.err != nil {
+			r.incBytes = inc // retry only after as many new changes again
+		}
+		d.compacted <- r
+	}()
 }
 
 // compact builds a snapshot from what the store holds (not from memory:
@@ -781,8 +835,11 @@ func (d *document) compactDone(r compactResult) {
 		d.h.m.StoreErrors.WithLabelValues("compact").Inc()
 		d.log.Error("not compacted", "err", r.err)
 		d.incBytes = max(0, d.incBytes-r.incBytes) // retry only after as many new changes again
+		d.compactDelay = min(max(2*d.compactDelay, 10*time.Second), 10*time.Minute)
+		d.compactAfter = time.Now().Add(d.compactDelay)
 		return
 	}
+	d.compactDelay = 0
 	if r.conflict {
 		// Another node compacted through a later batch first: its snapshot
 		// holds ours. Count its work as done here too.
@@ -812,8 +869,13 @@ func (d *document) evict() {
 	d.waitCompaction()
 	d.maybeCompact()
 	d.waitCompaction()
-	if len(d.unpublished) > 0 {
+	for try := 0; try < 3 && len(d.unpublished) > 0; try++ {
+		if try > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
 		d.publishPending()
+	}
+	if len(d.unpublished) > 0 {
 		if n := len(d.unpublished); n > 0 {
 			// Stored, so not lost: nodes that catch up from the store get them.
 			d.log.Error("evicted with changes not published to the other nodes", "batches", n)

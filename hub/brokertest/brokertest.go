@@ -178,6 +178,9 @@ func testDelivered(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 			got[0].Pos != pos1 || got[1].Pos != pos2 || got[0].Kind != hub.PubChanges || got[0].Origin != "node-test" {
 			t.Fatalf("%s received %+v", name, got)
 		}
+		if pos1.Tag == "" || pos2.Tag == pos1.Tag || got[0].Prev != "" || got[1].Prev != pos1.Tag {
+			t.Fatalf("%s: tags %q, %q and prevs %q, %q: each publication names the one before", name, pos1.Tag, pos2.Tag, got[0].Prev, got[1].Prev)
+		}
 	}
 }
 
@@ -304,21 +307,33 @@ func testHistory(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 	a, _ := nb()
 	b, _ := nb()
 	id := NewDocID()
-	var last hub.StreamPosition
+	var pos []hub.StreamPosition
 	for i := 1; i <= 5; i++ {
-		last = mustPub(t, a, id, hub.PubChanges, fmt.Sprint(i))
+		pos = append(pos, mustPub(t, a, id, hub.PubChanges, fmt.Sprint(i)))
 	}
-	h, err := b.History(ctx(t), id, hub.StreamPosition{Epoch: last.Epoch, Offset: 2})
+	last := pos[4]
+	h, err := b.History(ctx(t), id, pos[1])
 	if err != nil || len(h) != 3 {
 		t.Fatalf("History after 2: %d, %v", len(h), err)
 	}
 	for i, p := range h {
-		if p.Pos.Offset != uint64(i+3) || string(p.Data) != fmt.Sprint(i+3) || p.Kind != hub.PubChanges || p.Origin != "node-test" {
-			t.Fatalf("History[%d] = %+v", i, p)
+		if p.Pos != pos[i+2] || p.Prev != pos[i+1].Tag || string(p.Data) != fmt.Sprint(i+3) || p.Kind != hub.PubChanges || p.Origin != "node-test" {
+			t.Fatalf("History[%d] = %+v, want position %+v after tag %q", i, p, pos[i+2], pos[i+1].Tag)
 		}
+	}
+	if h, err := b.History(ctx(t), id, hub.StreamPosition{Epoch: last.Epoch}); err != nil || len(h) != 5 || h[0].Prev != "" {
+		t.Fatalf("History from the start: %d, %v", len(h), err)
+	}
+	// The same offset with another tag: the stream was rolled back and
+	// written again since that position (a failover).
+	if _, err := b.History(ctx(t), id, hub.StreamPosition{Epoch: last.Epoch, Offset: 2, Tag: "not-" + pos[1].Tag}); !errors.Is(err, hub.ErrHistoryLost) {
+		t.Fatalf("History after a position of another tag: %v, want ErrHistoryLost", err)
 	}
 	if h, err := b.History(ctx(t), id, last); err != nil || len(h) != 0 {
 		t.Fatalf("History at the head: %d, %v", len(h), err)
+	}
+	if _, err := b.History(ctx(t), id, hub.StreamPosition{Epoch: last.Epoch, Offset: last.Offset, Tag: "not-" + last.Tag}); !errors.Is(err, hub.ErrHistoryLost) {
+		t.Fatalf("History at the head's offset with another tag: %v, want ErrHistoryLost", err)
 	}
 	if h, err := b.History(ctx(t), NewDocID(), hub.StreamPosition{}); err != nil || len(h) != 0 {
 		t.Fatalf("History of an empty stream: %d, %v", len(h), err)
@@ -340,14 +355,14 @@ func testHistoryEpoch(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 func testHistoryTrimmed(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 	a, _ := nb()
 	id := NewDocID()
-	var last hub.StreamPosition
+	var pos []hub.StreamPosition
 	for i := 1; i <= 40; i++ {
-		last = mustPub(t, a, id, hub.PubChanges, fmt.Sprint(i))
+		pos = append(pos, mustPub(t, a, id, hub.PubChanges, fmt.Sprint(i)))
 	}
-	if _, err := a.History(ctx(t), id, hub.StreamPosition{Epoch: last.Epoch, Offset: 1}); !errors.Is(err, hub.ErrHistoryLost) {
+	if _, err := a.History(ctx(t), id, pos[0]); !errors.Is(err, hub.ErrHistoryLost) {
 		t.Fatalf("History from offset 1 of a log capped at 5 (40 published): %v, want ErrHistoryLost", err)
 	}
-	h, err := a.History(ctx(t), id, hub.StreamPosition{Epoch: last.Epoch, Offset: 37})
+	h, err := a.History(ctx(t), id, pos[36])
 	if err != nil || len(h) != 3 || string(h[2].Data) != "40" {
 		t.Fatalf("History of the last 3: %d, %v", len(h), err)
 	}

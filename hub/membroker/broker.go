@@ -42,6 +42,7 @@ type Bus struct {
 type stream struct {
 	epoch  string
 	offset uint64
+	tag    string            // of the publication at offset
 	log    []hub.Publication // the last maxHist publications, ascending
 }
 
@@ -69,6 +70,12 @@ func (bus *Bus) stream(id protocol.DocumentID) *stream {
 		bus.streams[id] = st
 	}
 	return st
+}
+
+func newTag() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // Broker is one node's connection to a Bus.
@@ -121,7 +128,7 @@ func (b *Broker) Subscribe(ctx context.Context, id protocol.DocumentID) (hub.Str
 	}
 	b.subs[id]++
 	st := b.bus.stream(id)
-	return hub.StreamPosition{Epoch: st.epoch, Offset: st.offset}, nil
+	return hub.StreamPosition{Epoch: st.epoch, Offset: st.offset, Tag: st.tag}, nil
 }
 
 // Unsubscribe drops one subscription to id.
@@ -159,7 +166,9 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 	if p.Kind == hub.PubChanges {
 		st := bus.stream(id)
 		st.offset++
-		p.Pos = hub.StreamPosition{Epoch: st.epoch, Offset: st.offset}
+		p.Prev = st.tag
+		st.tag = newTag()
+		p.Pos = hub.StreamPosition{Epoch: st.epoch, Offset: st.offset, Tag: st.tag}
 		st.log = append(st.log, p)
 		if len(st.log) > bus.maxHist {
 			st.log = append(st.log[:0], st.log[len(st.log)-bus.maxHist:]...)
@@ -183,7 +192,7 @@ func (b *Broker) Position(ctx context.Context, id protocol.DocumentID) (hub.Stre
 		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
 	}
 	st := b.bus.stream(id)
-	return hub.StreamPosition{Epoch: st.epoch, Offset: st.offset}, nil
+	return hub.StreamPosition{Epoch: st.epoch, Offset: st.offset, Tag: st.tag}, nil
 }
 
 // History returns the logged publications of id after since.
@@ -208,10 +217,16 @@ func (b *Broker) History(ctx context.Context, id protocol.DocumentID, since hub.
 		return nil, hub.ErrHistoryLost // a position this stream never reached
 	}
 	if since.Offset == st.offset {
+		if since.Offset > 0 && since.Tag != st.tag {
+			return nil, hub.ErrHistoryLost // the same offset, another publication
+		}
 		return nil, nil
 	}
 	if len(st.log) == 0 || st.log[0].Pos.Offset > since.Offset+1 {
 		return nil, hub.ErrHistoryLost
+	}
+	if i := int(since.Offset + 1 - st.log[0].Pos.Offset); since.Offset > 0 && st.log[i].Prev != since.Tag {
+		return nil, hub.ErrHistoryLost // not the stream since.Tag was part of
 	}
 	var out []hub.Publication
 	for _, p := range st.log {

@@ -202,6 +202,13 @@ func (b *Broker) Start(h hub.BrokerHandler) error {
 	return nil
 }
 
+// newTag names one publication.
+func newTag() string {
+	e := make([]byte, 6)
+	_, _ = rand.Read(e)
+	return hex.EncodeToString(e)
+}
+
 func newEpoch() string {
 	e := make([]byte, 8)
 	_, _ = rand.Read(e)
@@ -219,29 +226,36 @@ if not epoch then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 local off = redis.call('HGET', KEYS[1], 'o') or '0'
-return {epoch, off}
+local tag = redis.call('HGET', KEYS[1], 't') or ''
+return {epoch, off, tag}
 `)
 
 // publishScript appends a change publication to the capped log, bumps the
-// offset and publishes, in one atomic step. KEYS: pos hash, log stream.
-// ARGV: channel, origin, data, maxlen, ttl seconds, epoch candidate,
-// publish command.
+// offset, tags it (naming the previous tag) and publishes, in one atomic
+// step. A new epoch drops a log left from an older one. KEYS: pos hash,
+// log stream. ARGV: channel, origin, data, maxlen, ttl seconds, epoch
+// candidate, publish command, tag.
 var publishScript = redis.NewScript(`
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
   epoch = ARGV[6]
   redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('DEL', KEYS[2])
 end
+local prev = redis.call('HGET', KEYS[1], 't') or ''
 local off = redis.call('HINCRBY', KEYS[1], 'o', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], off .. '-0', 'o', ARGV[2], 'd', ARGV[3])
+redis.call('HSET', KEYS[1], 't', ARGV[8])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], off .. '-0', 'o', ARGV[2], 'd', ARGV[3], 't', ARGV[8], 'p', prev)
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
-redis.call(ARGV[7], ARGV[1], 'c' .. off .. ':' .. epoch .. ':' .. string.len(ARGV[2]) .. ':' .. ARGV[2] .. ARGV[3])
-return {off, epoch}
+redis.call(ARGV[7], ARGV[1], 'c' .. off .. ':' .. epoch .. ':' .. ARGV[8] .. ':' .. prev .. ':' .. string.len(ARGV[2]) .. ':' .. ARGV[2] .. ARGV[3])
+return {off, epoch, prev}
 `)
 
-// historyScript reads the log after an offset, or 'lost'. KEYS: pos hash,
-// log stream. ARGV: epoch (” for any), offset.
+// historyScript reads the log after an offset, or 'lost': also when the
+// first entry does not follow the given tag (the stream was rolled back and
+// written again). KEYS: pos hash, log stream. ARGV: epoch (” for any),
+// offset, tag.
 var historyScript = redis.NewScript(`
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local since = tonumber(ARGV[2])
@@ -252,10 +266,21 @@ end
 if ARGV[1] ~= '' and ARGV[1] ~= epoch then return {'lost'} end
 local off = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
 if since > off then return {'lost'} end
-if since == off then return {epoch, {}} end
+if since == off then
+  if since > 0 and (redis.call('HGET', KEYS[1], 't') or '') ~= ARGV[3] then return {'lost'} end
+  return {epoch, {}}
+end
 local first = (since + 1) .. '-0'
 local entries = redis.call('XRANGE', KEYS[2], first, '+')
 if #entries == 0 or entries[1][1] ~= first then return {'lost'} end
+if since > 0 then
+  local f = entries[1][2]
+  local prev = ''
+  for i = 1, #f, 2 do
+    if f[i] == 'p' then prev = f[i + 1] end
+  end
+  if prev ~= ARGV[3] then return {'lost'} end
+end
 return {epoch, entries}
 `)
 
@@ -316,11 +341,14 @@ func (b *Broker) Position(ctx context.Context, id protocol.DocumentID) (hub.Stre
 	if err != nil {
 		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: %w", err)
 	}
-	off, err := strconv.ParseUint(fmt.Sprint(res[1]), 10, 64)
-	if err != nil || len(res) != 2 {
+	if len(res) != 3 {
 		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: bad reply %v", res)
 	}
-	return hub.StreamPosition{Epoch: fmt.Sprint(res[0]), Offset: off}, nil
+	off, err := strconv.ParseUint(fmt.Sprint(res[1]), 10, 64)
+	if err != nil {
+		return hub.StreamPosition{}, fmt.Errorf("failed to read the stream position: bad reply %v", res)
+	}
+	return hub.StreamPosition{Epoch: fmt.Sprint(res[0]), Offset: off, Tag: fmt.Sprint(res[2])}, nil
 }
 
 // dropLocked undoes a Subscribe that did not complete.
@@ -467,7 +495,7 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 		return hub.StreamPosition{}, fmt.Errorf("failed to publish: %w", err)
 	}
 	if p.Kind == hub.PubEphemeral {
-		payload := "e0::" + strconv.Itoa(len(p.Origin)) + ":" + p.Origin + string(p.Data)
+		payload := "e0::::" + strconv.Itoa(len(p.Origin)) + ":" + p.Origin + string(p.Data)
 		var err error
 		if b.sharded {
 			err = b.c.SPublish(ctx, b.channel(id), payload).Err()
@@ -484,15 +512,19 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 		return hub.StreamPosition{}, fmt.Errorf("failed to publish: unknown kind %q", p.Kind)
 	}
 	start := time.Now()
+	tag := newTag()
 	res, err := publishScript.Run(ctx, b.c, []string{b.key(id, "pos"), b.key(id, "log")},
-		b.channel(id), p.Origin, p.Data, b.opts.HistorySize, b.ttlSeconds(), newEpoch(), b.pubCmd).Slice()
+		b.channel(id), p.Origin, p.Data, b.opts.HistorySize, b.ttlSeconds(), newEpoch(), b.pubCmd, tag).Slice()
 	b.m.PublishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		b.m.PublishErrors.Inc()
 		return hub.StreamPosition{}, fmt.Errorf("failed to publish: %w", err)
 	}
+	if len(res) != 3 {
+		return hub.StreamPosition{}, fmt.Errorf("failed to publish: bad reply %v", res)
+	}
 	off, _ := res[0].(int64)
-	return hub.StreamPosition{Epoch: fmt.Sprint(res[1]), Offset: uint64(off)}, nil
+	return hub.StreamPosition{Epoch: fmt.Sprint(res[1]), Offset: uint64(off), Tag: tag}, nil
 }
 
 func (b *Broker) check(ctx context.Context) error {
@@ -510,9 +542,12 @@ func (b *Broker) History(ctx context.Context, id protocol.DocumentID, since hub.
 	if err := b.check(ctx); err != nil {
 		return nil, fmt.Errorf("failed to read history: %w", err)
 	}
-	res, err := historyScript.Run(ctx, b.c, []string{b.key(id, "pos"), b.key(id, "log")}, since.Epoch, since.Offset).Slice()
+	res, err := historyScript.Run(ctx, b.c, []string{b.key(id, "pos"), b.key(id, "log")}, since.Epoch, since.Offset, since.Tag).Slice()
 	if err != nil {
 		return nil, fmt.Errorf("failed to read history: %w", err)
+	}
+	if len(res) < 1 {
+		return nil, fmt.Errorf("failed to read history: bad reply %v", res)
 	}
 	epoch := fmt.Sprint(res[0])
 	if epoch == "lost" || len(res) < 2 {
@@ -555,6 +590,10 @@ func decodeEntry(e any, epoch string) (hub.Publication, error) {
 			p.Origin = v
 		case "d":
 			p.Data = []byte(v)
+		case "t":
+			p.Pos.Tag = v
+		case "p":
+			p.Prev = v
 		}
 	}
 	return p, nil

@@ -9,12 +9,13 @@ import (
 
 func encodePayload(p hub.Publication) string {
 	off := strconv.FormatUint(p.Pos.Offset, 10)
-	return string(p.Kind) + off + ":" + p.Pos.Epoch + ":" + strconv.Itoa(len(p.Origin)) + ":" + p.Origin + string(p.Data)
+	return string(p.Kind) + off + ":" + p.Pos.Epoch + ":" + p.Pos.Tag + ":" + p.Prev + ":" + strconv.Itoa(len(p.Origin)) + ":" + p.Origin + string(p.Data)
 }
 
 func TestDecodePayload(t *testing.T) {
 	for _, p := range []hub.Publication{
-		{Kind: hub.PubChanges, Origin: "plait-1", Data: []byte("a:b\x00c"), Pos: hub.StreamPosition{Epoch: "e1", Offset: 7}},
+		{Kind: hub.PubChanges, Origin: "plait-1", Data: []byte("a:b\x00c"), Pos: hub.StreamPosition{Epoch: "e1", Offset: 7, Tag: "t7"}, Prev: "t6"},
+		{Kind: hub.PubChanges, Origin: "o", Data: []byte("x"), Pos: hub.StreamPosition{Epoch: "e1", Offset: 1, Tag: "t1"}},
 		{Kind: hub.PubEphemeral, Origin: "o:r:i", Data: nil},
 	} {
 		got, err := decodePayload(encodePayload(p))
@@ -22,7 +23,7 @@ func TestDecodePayload(t *testing.T) {
 			t.Fatalf("round trip of %+v: %+v, %v", p, got, err)
 		}
 	}
-	for _, bad := range []string{"", "x1:e:0:", "c", "c1", "c1:e", "c1:e:9:ab", "c0::0:", "e1:e:0:", "c1:e:-1:", "cx:e:0:"} {
+	for _, bad := range []string{"", "x1:e:t:p:0:", "c", "c1", "c1:e", "c1:e:t", "c1:e:t:p", "c1:e:t:p:9:ab", "c0::t::0:", "c1:e:::0:", "e1:e:t::0:", "e0::::x:", "e0:::p:0:", "c1:e:t:p:-1:", "cx:e:t:p:0:"} {
 		if _, err := decodePayload(bad); err == nil {
 			t.Errorf("decodePayload(%q) accepted", bad)
 		}
@@ -33,8 +34,8 @@ func TestDecodePayload(t *testing.T) {
 // anyone with access to Redis) writes: never a panic, and what decodes
 // encodes back to the same bytes.
 func FuzzDecodePayload(f *testing.F) {
-	f.Add("c12:abcd:7:plait-1\x85\x6f\x4a")
-	f.Add("e0::3:abcdata")
+	f.Add("c12:abcd:t12:t11:7:plait-1\x85\x6f\x4a")
+	f.Add("e0::::3:abcdata")
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := decodePayload(s)
 		if err != nil {

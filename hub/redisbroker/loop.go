@@ -188,9 +188,9 @@ func (b *Broker) handler() hub.BrokerHandler {
 
 // decodePayload reads a pub/sub payload:
 //
-//	<kind><offset>:<epoch>:<len(origin)>:<origin><data>
+//	<kind><offset>:<epoch>:<tag>:<prev>:<len(origin)>:<origin><data>
 //
-// kind is 'c' (changes) or 'e' (ephemeral, offset 0 and no epoch).
+// kind is 'c' (changes) or 'e' (ephemeral: offset 0, no epoch nor tags).
 func decodePayload(s string) (hub.Publication, error) {
 	if len(s) < 1 {
 		return hub.Publication{}, errors.New("empty payload")
@@ -211,6 +211,14 @@ func decodePayload(s string) (hub.Publication, error) {
 	if !ok {
 		return hub.Publication{}, errors.New("no epoch")
 	}
+	tag, rest, ok := strings.Cut(rest, ":")
+	if !ok {
+		return hub.Publication{}, errors.New("no tag")
+	}
+	prev, rest, ok := strings.Cut(rest, ":")
+	if !ok {
+		return hub.Publication{}, errors.New("no previous tag")
+	}
 	nStr, rest, ok := strings.Cut(rest, ":")
 	if !ok {
 		return hub.Publication{}, errors.New("no origin length")
@@ -219,13 +227,17 @@ func decodePayload(s string) (hub.Publication, error) {
 	if err != nil || n < 0 || n > len(rest) {
 		return hub.Publication{}, fmt.Errorf("bad origin length %q", nStr)
 	}
-	if (p.Kind == hub.PubChanges) != (off > 0 && epoch != "") {
-		return hub.Publication{}, errors.New("offset and epoch do not match the kind")
+	if (p.Kind == hub.PubChanges) != (off > 0 && epoch != "" && tag != "") {
+		return hub.Publication{}, errors.New("offset, epoch and tag do not match the kind")
+	}
+	if p.Kind == hub.PubEphemeral && prev != "" {
+		return hub.Publication{}, errors.New("an ephemeral publication with a previous tag")
 	}
 	p.Origin = rest[:n]
 	p.Data = []byte(rest[n:])
 	if p.Kind == hub.PubChanges {
-		p.Pos = hub.StreamPosition{Epoch: epoch, Offset: off}
+		p.Pos = hub.StreamPosition{Epoch: epoch, Offset: off, Tag: tag}
+		p.Prev = prev
 	}
 	return p, nil
 }
