@@ -3,9 +3,9 @@ GO        ?= go
 JS_DIR    := server/testdata/js
 FUZZTIME  ?= 10s
 
-.PHONY: test deps vet race fuzz run bench bench-engine bench-cluster build image-check
+.PHONY: test deps vet race fuzz run bench bench-engine bench-cluster build image-check loadtest-smoke
 
-test: deps vet build image-check race fuzz
+test: deps vet build image-check race fuzz loadtest-smoke
 
 # The release binary. The Dockerfile runs this same target, and CI runs
 # image-check on its output, so the image recipe cannot rot unnoticed.
@@ -44,6 +44,11 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./pkg/syncengine
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitChunks$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePayload$$' -fuzztime $(FUZZTIME) ./hub/redisbroker
+
+# Every load-test scenario at tiny sizes against the built node: fails if a
+# report is missing, clients do not converge, or errors occur.
+loadtest-smoke: build
+	bash .ci/loadtest-smoke
 
 run:
 	$(GO) run ./server

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -92,17 +93,18 @@ func metricsURLFor(wsURL string) string {
 }
 
 // settle waits for the server's RSS to stop moving (GC, finalizers).
-func settle(ctx context.Context, metricsURL string, wait time.Duration) (float64, error) {
+func settle(ctx context.Context, tg *target, wait time.Duration) (float64, error) {
 	select {
 	case <-time.After(wait):
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
-	return serverRSS(ctx, metricsURL)
+	return tg.rss(ctx)
 }
 
 // target is what every scenario measures against: the server's WebSocket
-// and metrics URLs, a scenario size and the wait before measuring.
+// and metrics URLs (comma-separated lists, for a cluster), a scenario size
+// and the wait before measuring.
 type target struct {
 	url, metrics string
 	n            int
@@ -110,20 +112,60 @@ type target struct {
 }
 
 // targetFlags declares the flags every scenario has; what is the scenario's
-// unit ("idle connections to hold", "documents to open").
+// unit ("idle connections to hold", "documents to open"). With what empty,
+// -n and -hold are left out (the scenario sizes itself with its own flags).
 func targetFlags(fs *flag.FlagSet, what string) *target {
 	t := &target{}
-	fs.StringVar(&t.url, "url", "ws://127.0.0.1:8080/ws", "server WebSocket URL")
-	fs.StringVar(&t.metrics, "metrics", "", "server metrics URL (default: derived from -url)")
-	fs.IntVar(&t.n, "n", 2000, what)
-	fs.DurationVar(&t.hold, "hold", 5*time.Second, "time to wait before measuring")
+	fs.StringVar(&t.url, "url", "ws://127.0.0.1:8080/ws", "server WebSocket URL, or a comma-separated list of them")
+	fs.StringVar(&t.metrics, "metrics", "", "server metrics URL(s), comma-separated (default: derived from -url)")
+	if what != "" {
+		fs.IntVar(&t.n, "n", 2000, what)
+		fs.DurationVar(&t.hold, "hold", 5*time.Second, "time to wait before measuring")
+	}
 	return t
 }
 
-// start finishes the flags and reads the server's RSS before the scenario.
-func (t *target) start(ctx context.Context) (rssBefore float64, err error) {
-	if t.metrics == "" {
-		t.metrics = metricsURLFor(t.url)
+// urls returns the WebSocket URLs of -url.
+func (t *target) urls() []string { return splitList(t.url) }
+
+// metricsURLs returns the metrics URLs of -metrics, or one per -url.
+func (t *target) metricsURLs() []string {
+	if t.metrics != "" {
+		return splitList(t.metrics)
 	}
-	return serverRSS(ctx, t.metrics)
+	var out []string
+	for _, u := range t.urls() {
+		if m := metricsURLFor(u); !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// rss returns the summed RSS of every server of the target.
+func (t *target) rss(ctx context.Context) (float64, error) {
+	var sum float64
+	for _, u := range t.metricsURLs() {
+		v, err := serverRSS(ctx, u)
+		if err != nil {
+			return 0, err
+		}
+		sum += v
+	}
+	return sum, nil
+}
+
+// start reads the server's RSS before the scenario.
+func (t *target) start(ctx context.Context) (rssBefore float64, err error) {
+	return t.rss(ctx)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -29,7 +29,7 @@ func runDocs(args []string) error {
 		return err
 	}
 	peerID := "docs-" + fmt.Sprint(time.Now().UnixNano())
-	ws, peer, err := joinedConn(ctx, nil, tg.url, peerID)
+	ws, peer, err := joinedConn(ctx, nil, tg.urls()[0], peerID)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func runDocs(args []string) error {
 		}
 	}
 	setup := time.Since(start)
-	after, err := settle(ctx, tg.metrics, tg.hold)
+	after, err := settle(ctx, tg, tg.hold)
 	if err != nil {
 		return err
 	}
@@ -120,7 +120,7 @@ func runDocs(args []string) error {
 	fmt.Printf("docs: server RSS %.1f MiB -> %.1f MiB: %.1f KiB per open document\n", before/(1<<20), after/(1<<20), (after-before)/float64(tg.n)/1024)
 	if *evictWait > 0 {
 		ws.Close(websocket.StatusNormalClosure, "")
-		evicted, err := settle(ctx, tg.metrics, *evictWait)
+		evicted, err := settle(ctx, tg, *evictWait)
 		if err != nil {
 			return err
 		}

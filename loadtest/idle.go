@@ -2,80 +2,66 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
 )
 
+// runIdle holds -n idle joined connections (raw, not pkg/client: the
+// cheapest client) and reports the server's RSS per connection.
 func runIdle(args []string) error {
-	fs := flag.NewFlagSet("idle", flag.ContinueOnError)
-	tg := targetFlags(fs, "idle connections to hold")
-	par := fs.Int("parallel", 64, "concurrent dials")
-	sources := fs.Int("sources", 8, "loopback source addresses to spread connections over")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	before, err := tg.start(ctx)
-	if err != nil {
-		return err
-	}
-	hc := (&sourceDialer{k: *sources}).client()
-	conns := make([]*websocket.Conn, tg.n)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var failures int
-	var firstErr error
-	sem := make(chan struct{}, *par)
-	start := time.Now()
-	for i := range conns {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
-			defer dcancel()
-			ws, _, err := joinedConn(dctx, hc, tg.url, fmt.Sprintf("idle-%d", i))
+	r := newRun("idle", "idle connections to hold")
+	return r.exec(args, func(ctx context.Context) error {
+		n := r.tg.n
+		r.size(n, 0)
+		r.setPhase("connecting")
+		urls := r.tg.urls()
+		var mu sync.Mutex
+		var closing atomic.Bool
+		conns := make([]*websocket.Conn, 0, n)
+		r.atClose(func() {
+			closing.Store(true)
+			for _, ws := range conns {
+				ws.Close(websocket.StatusNormalClosure, "")
+			}
+		})
+		r.each(ctx, n, func(i int) {
+			dctx, cancel := context.WithTimeout(ctx, setupTimeout)
+			defer cancel()
+			t0 := time.Now()
+			ws, _, err := joinedConn(dctx, r.hc, urls[i%len(urls)], fmt.Sprintf("idle-%d", i))
 			if err != nil {
-				mu.Lock()
-				failures++
-				if firstErr == nil {
-					firstErr = err
-				}
-				mu.Unlock()
+				r.connectFailed(err.Error())
 				return
 			}
+			r.connects.add(time.Since(t0))
+			r.raw.Add(1)
 			// Read in the background so pings are answered and closes seen.
-			go func() { _, _, _ = ws.Read(context.Background()) }()
-			conns[i] = ws
-		}()
-	}
-	wg.Wait()
-	setup := time.Since(start)
-	after, err := settle(ctx, tg.metrics, tg.hold)
-	if err != nil {
-		return err
-	}
-	ok := tg.n - failures
-	fmt.Printf("idle: %d connections (%d failed) in %s\n", ok, failures, setup.Round(time.Millisecond))
-	if firstErr != nil {
-		fmt.Printf("idle: first error: %v\n", firstErr)
-	}
-	if ok > 0 {
-		fmt.Printf("idle: server RSS %.1f MiB -> %.1f MiB: %.1f KiB per idle connection\n", before/(1<<20), after/(1<<20), (after-before)/float64(ok)/1024)
-	}
-	for _, ws := range conns {
-		if ws != nil {
-			ws.Close(websocket.StatusNormalClosure, "")
+			go func() {
+				_, _, err := ws.Read(context.Background())
+				r.raw.Add(-1)
+				if !closing.Load() {
+					r.fail("idle connection ended: " + err.Error())
+				}
+			}()
+			mu.Lock()
+			conns = append(conns, ws)
+			mu.Unlock()
+		})
+		r.beginPhase("holding")
+		after, err := settle(ctx, r.tg, r.tg.hold)
+		r.endPhase()
+		if err != nil {
+			return err
 		}
-	}
-	if failures > 0 {
-		return fmt.Errorf("%d of %d connections failed", failures, tg.n)
-	}
-	return nil
+		if ok := r.connects.count(); ok > 0 && r.rssBefore > 0 {
+			per := (after - r.rssBefore) / float64(ok)
+			r.extraSet("rssPerConnBytes", int64(per))
+			fmt.Printf("idle: server RSS %.1f MiB -> %.1f MiB: %.1f KiB per idle connection\n", r.rssBefore/(1<<20), after/(1<<20), per/1024)
+		}
+		return nil
+	})
 }

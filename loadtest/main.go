@@ -1,28 +1,42 @@
 // Command loadtest is Plait's load-test harness. Scenarios:
 //
-//	idle  N idle joined connections; reports server RSS per connection
-//	docs  N small documents held open; reports server RSS per document
+//	fanout     -docs D x -clients C per doc, every client editing at -rate
+//	hotdoc     -typists N typing into one document at -rate each
+//	reconnect  -clients N dropped at once -storms K times; time to re-sync
+//	offline    -clients N pairs; one goes offline, both edit, it resumes
+//	idle       -n idle joined connections; server RSS per connection
+//	docs       -n small documents held open; server RSS per document
 //
 // Usage: go run ./loadtest <scenario> [flags]; go run ./loadtest <scenario> -h
-// lists a scenario's flags. The server's RSS is read from its /metrics
-// (process_resident_memory_bytes).
+// lists a scenario's flags. -url takes a comma-separated list (a cluster).
+// Every scenario but docs prints a summary, shows progress on stderr, and
+// with -out PREFIX writes PREFIX.json (the report) and PREFIX.html (a
+// latency chart); it exits 1 if the run had errors or did not converge.
+// The server's RSS is read from its /metrics (process_resident_memory_bytes).
 package main
 
 import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
+	"strings"
 )
 
 var scenarios = map[string]func(args []string) error{
-	"idle": runIdle,
-	"docs": runDocs,
+	"fanout":    runFanout,
+	"hotdoc":    runHotdoc,
+	"reconnect": runReconnect,
+	"offline":   runOffline,
+	"idle":      runIdle,
+	"docs":      runDocs,
 }
 
 func main() {
 	if len(os.Args) < 2 || scenarios[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: loadtest <scenario> [flags]\nscenarios: idle, docs")
+		fmt.Fprintf(os.Stderr, "usage: loadtest <scenario> [flags]\nscenarios: %s\n", strings.Join(slices.Sorted(maps.Keys(scenarios)), ", "))
 		os.Exit(2)
 	}
 	err := scenarios[os.Args[1]](os.Args[2:])

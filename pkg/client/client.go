@@ -90,6 +90,7 @@ func (o *Options) fill() error {
 // Stats are a client's counters since New.
 type Stats struct {
 	Connects, Disconnects   int64
+	ConnectFailures         int64 // attempts that did not end joined
 	MessagesIn, MessagesOut int64
 	BytesIn, BytesOut       int64
 	LastError               string // why the last connection ended or failed
@@ -113,6 +114,7 @@ type Client struct {
 	lastErr   string
 
 	connects, disconnects atomic.Int64
+	connectFailures       atomic.Int64
 	msgsIn, msgsOut       atomic.Int64
 	bytesIn, bytesOut     atomic.Int64
 	session               string // ephemeral sessionId
@@ -168,7 +170,7 @@ func (c *Client) Stats() Stats {
 	last := c.lastErr
 	c.mu.Unlock()
 	return Stats{
-		Connects: c.connects.Load(), Disconnects: c.disconnects.Load(),
+		Connects: c.connects.Load(), Disconnects: c.disconnects.Load(), ConnectFailures: c.connectFailures.Load(),
 		MessagesIn: c.msgsIn.Load(), MessagesOut: c.msgsOut.Load(),
 		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(), LastError: last,
 	}
@@ -241,6 +243,7 @@ func (c *Client) run() {
 		url := c.opts.URLs[i%len(c.opts.URLs)]
 		cn, err := c.dial(url)
 		if err != nil {
+			c.connectFailures.Add(1)
 			c.setErr(fmt.Sprintf("failed to connect to %s: %v", url, err))
 			c.log.Debug("connect failed", "url", url, "err", err)
 			attempt++
@@ -256,6 +259,7 @@ func (c *Client) run() {
 		c.detach(cn)
 		c.disconnects.Add(1)
 		if c.ctx.Err() != nil {
+			c.setErr("closed by the client")
 			return
 		}
 		c.setErr(fmt.Sprintf("connection to %s ended: %v", url, err))
@@ -448,10 +452,10 @@ func (c *Client) Create(init func(d *automerge.Doc) error) (*Handle, error) {
 	if err != nil {
 		return nil, err
 	}
-	if init != nil {
-		if err := h.Change(init); err != nil {
-			return nil, err
-		}
+	// The first change exists even if init does nothing: a document
+	// without changes would never reach the server.
+	if err := h.change(init, true); err != nil {
+		return nil, err
 	}
 	return h, nil
 }

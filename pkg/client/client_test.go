@@ -155,6 +155,23 @@ func TestCreateFindChangeSubscribe(t *testing.T) {
 	}
 }
 
+// TestCreateEmptyAndNoOpChange: a document created with nothing in it
+// still reaches the server; a change that changes nothing is no error.
+func TestCreateEmptyAndNoOpChange(t *testing.T) {
+	n := startNode(t)
+	a := newClient(t, client.Options{URLs: []string{n.URL()}})
+	b := newClient(t, client.Options{URLs: []string{n.URL()}})
+	h := created(t, a, nil)
+	if err := h.Change(func(*automerge.Doc) error { return nil }); err != nil {
+		t.Fatalf("a change that changes nothing: %v", err)
+	}
+	hb, err := b.Find(ctxT(t), h.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSame(t, h, hb)
+}
+
 func TestFindUnknownIsUnavailable(t *testing.T) {
 	n := startNode(t)
 	c := newClient(t, client.Options{URLs: []string{n.URL()}})

@@ -102,11 +102,21 @@ func (h *Handle) View(fn func(d *automerge.Doc) error) error {
 // rollback: if fn fails after changing the document, what it changed is
 // committed all the same, and its error is returned.
 func (h *Handle) Change(fn func(d *automerge.Doc) error) error {
+	return h.change(fn, false)
+}
+
+func (h *Handle) change(fn func(d *automerge.Doc) error, allowEmpty bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	ferr := fn(h.doc)
-	hash, err := h.doc.Commit("")
+	var ferr error
+	if fn != nil {
+		ferr = fn(h.doc)
+	}
+	hash, err := h.doc.Commit("", automerge.CommitOptions{AllowEmpty: allowEmpty})
 	if err != nil {
+		if hash == (automerge.ChangeHash{}) && err.Error() == "Commit is empty" {
+			return ferr // fn changed nothing: nothing to sync
+		}
 		return fmt.Errorf("failed to commit: %w", err)
 	}
 	if hash != (automerge.ChangeHash{}) && !h.eng.Has(Hash(hash)) {

@@ -1,0 +1,199 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"math"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Report is the JSON report of a run (-out PREFIX writes PREFIX.json).
+// Other tools read it: keep the field names.
+type Report struct {
+	Scenario      string          `json:"scenario"`
+	Target        []string        `json:"target"`
+	Params        map[string]any  `json:"params"`
+	StartedAt     time.Time       `json:"startedAt"`
+	DurationSec   float64         `json:"durationSec"`
+	Clients       int             `json:"clients"`
+	Docs          int             `json:"docs"`
+	Connect       ConnectStats    `json:"connect"`
+	Edits         EditStats       `json:"edits"`
+	Deliveries    DeliveryStats   `json:"deliveries"`
+	LatencyMs     LatencySummary  `json:"latencyMs"`
+	Timeline      []TimelinePoint `json:"timeline"`
+	Errors        Counts          `json:"errors"`
+	Disconnects   Counts          `json:"disconnects"`
+	Converged     bool            `json:"converged"`
+	NotConverged  []NotConverged  `json:"notConverged"`
+	Server        ServerStats     `json:"server"`
+	ScenarioExtra map[string]any  `json:"scenarioExtra"`
+	OK            bool            `json:"ok"`
+}
+
+type ConnectStats struct {
+	Count    int     `json:"count"`
+	Failures int     `json:"failures"`
+	P50Ms    float64 `json:"p50Ms"`
+	P99Ms    float64 `json:"p99Ms"`
+}
+
+type EditStats struct {
+	Sent   int64   `json:"sent"`
+	PerSec float64 `json:"perSec"`
+}
+
+type DeliveryStats struct {
+	Count  int64   `json:"count"`
+	PerSec float64 `json:"perSec"`
+}
+
+// Counts are events by (normalised) reason.
+type Counts struct {
+	Count    int            `json:"count"`
+	ByReason map[string]int `json:"byReason"`
+}
+
+// NotConverged is a document whose clients did not reach the same heads:
+// Clients are the peers that differ from the most common heads.
+type NotConverged struct {
+	Doc     string   `json:"doc"`
+	Clients []string `json:"clients"`
+}
+
+type ServerStats struct {
+	RSSBeforeBytes float64 `json:"rssBeforeBytes"`
+	RSSAfterBytes  float64 `json:"rssAfterBytes"`
+	RSSPeakBytes   float64 `json:"rssPeakBytes"`
+}
+
+// report builds the report; rssAfter is the server's RSS at the end.
+func (r *run) report(rssAfter float64) *Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	end := time.Now()
+	start, stop := r.started, end
+	if !r.phaseStart.IsZero() {
+		start = r.phaseStart
+	}
+	if !r.phaseEnd.IsZero() {
+		stop = r.phaseEnd
+	}
+	dur := stop.Sub(start).Seconds()
+	perSec := func(n int64) float64 {
+		if dur <= 0 {
+			return 0
+		}
+		return math.Round(float64(n)/dur*10) / 10
+	}
+	params := map[string]any{}
+	r.fs.VisitAll(func(f *flag.Flag) {
+		v := f.Value.(flag.Getter).Get()
+		if d, ok := v.(time.Duration); ok {
+			v = d.String()
+		}
+		params[f.Name] = v
+	})
+	rep := &Report{
+		Scenario: r.name, Target: r.tg.urls(), Params: params, StartedAt: r.started.UTC(),
+		DurationSec: math.Round(dur*1000) / 1000, Clients: r.clients, Docs: r.docs,
+		Connect: ConnectStats{Count: r.connects.count(), Failures: r.connectFails,
+			P50Ms: r.connects.percentileMs(50), P99Ms: r.connects.percentileMs(99)},
+		Edits:       EditStats{Sent: r.edits.Load(), PerSec: perSec(r.edits.Load())},
+		Deliveries:  DeliveryStats{Count: r.deliveries.Load(), PerSec: perSec(r.deliveries.Load())},
+		LatencyMs:   r.lat.summary(),
+		Timeline:    r.lat.timeline(int(dur)),
+		Errors:      counts(r.errs),
+		Disconnects: counts(r.discs),
+		Converged:   len(r.notConverged) == 0, NotConverged: append([]NotConverged{}, r.notConverged...),
+		Server:        ServerStats{RSSBeforeBytes: r.rssBefore, RSSAfterBytes: rssAfter, RSSPeakBytes: max(r.rssPeak, rssAfter)},
+		ScenarioExtra: r.extra,
+	}
+	rep.OK = rep.Errors.Count == 0 && rep.Converged
+	return rep
+}
+
+func counts(m map[string]int) Counts {
+	c := Counts{ByReason: map[string]int{}}
+	for k, v := range m {
+		c.Count += v
+		c.ByReason[k] = v
+	}
+	return c
+}
+
+// writeFiles writes prefix.json and prefix.html.
+func (r *Report) writeFiles(prefix string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(prefix+".json", append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	f, err := os.Create(prefix + ".html")
+	if err != nil {
+		return err
+	}
+	if err := writeHTML(f, r); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// printSummary writes the human summary.
+func (r *Report) printSummary(w io.Writer) {
+	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
+	p("%s: %d clients, %d docs, %.1fs against %s", r.Scenario, r.Clients, r.Docs, r.DurationSec, strings.Join(r.Target, ","))
+	p("  connect      %d ok, %d failed; set-up p50 %.1fms p99 %.1fms", r.Connect.Count, r.Connect.Failures, r.Connect.P50Ms, r.Connect.P99Ms)
+	p("  edits        %d sent (%.1f/s); %d deliveries (%.1f/s)", r.Edits.Sent, r.Edits.PerSec, r.Deliveries.Count, r.Deliveries.PerSec)
+	l := r.LatencyMs
+	p("  latency      p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms (%d samples)", l.P50, l.P90, l.P99, l.Max, l.Count)
+	s := r.Server
+	p("  server RSS   %.1f MiB -> %.1f MiB (peak %.1f MiB)", s.RSSBeforeBytes/(1<<20), s.RSSAfterBytes/(1<<20), s.RSSPeakBytes/(1<<20))
+	p("  errors       %d%s", r.Errors.Count, reasons(r.Errors.ByReason))
+	p("  disconnects  %d%s", r.Disconnects.Count, reasons(r.Disconnects.ByReason))
+	conv := "yes"
+	if !r.Converged {
+		conv = fmt.Sprintf("NO: %d documents differ", len(r.NotConverged))
+		for i, nc := range r.NotConverged {
+			if i == 5 {
+				conv += "\n               ..."
+				break
+			}
+			conv += fmt.Sprintf("\n               %s: %s", nc.Doc, strings.Join(nc.Clients, " "))
+		}
+	}
+	p("  converged    %s", conv)
+	for _, k := range slices.Sorted(maps.Keys(r.ScenarioExtra)) {
+		b, _ := json.Marshal(r.ScenarioExtra[k])
+		p("  %-12s %s", k, b)
+	}
+	if r.OK {
+		p("  OK")
+	} else {
+		p("  NOT OK")
+	}
+}
+
+// reasons formats byReason, most frequent first.
+func reasons(m map[string]int) string {
+	keys := slices.SortedFunc(maps.Keys(m), func(a, b string) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(a, b)
+	})
+	var sb strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&sb, "\n               %6d  %s", m[k], k)
+	}
+	return sb.String()
+}
