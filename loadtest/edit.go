@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/automerge/automerge-go"
@@ -11,14 +13,13 @@ import (
 	"github.com/plaithub/plait/pkg/client"
 )
 
-// Every edit carries its send time. Editor p's n-th edit sets
-//
-//	"t/p/n" = its wall clock in UnixNano
-//	"n/p"   = n
-//
-// and each receiving client, in its Subscribe callback, reads the counters
-// of the other editors and records the delay of every edit it had not seen
-// yet (all clients are in this process: one clock).
+// Every edit carries its send time in its commit message,
+// "plait-lt <peer> <n> <UnixNano>", which every receiving client reads from
+// the change (client.Event.Applied) without applying it to a document: the
+// delay of each edit is recorded by every client that receives it (all
+// clients are in this process: one clock).
+
+const msgPrefix = "plait-lt "
 
 // editor makes timed edits on one handle.
 type editor struct {
@@ -31,12 +32,9 @@ type editor struct {
 
 func (e *editor) edit() error {
 	e.seq++
-	return e.h.Change(func(d *automerge.Doc) error {
-		m := d.RootMap()
-		if err := m.Set(fmt.Sprintf("t/%s/%d", e.peer, e.seq), time.Now().UnixNano()); err != nil {
-			return err
-		}
-		if err := m.Set("n/"+e.peer, e.seq); err != nil {
+	msg := fmt.Sprintf("%s%s %d %d", msgPrefix, e.peer, e.seq, time.Now().UnixNano())
+	return e.h.ChangeMessage(msg, func(d *automerge.Doc) error {
+		if err := d.RootMap().Set("n/"+e.peer, e.seq); err != nil {
 			return err
 		}
 		if e.extra != nil {
@@ -46,52 +44,41 @@ func (e *editor) edit() error {
 	})
 }
 
-// intAt returns the integer at key, 0 if there is none.
-func intAt(m *automerge.Map, key string) int64 {
-	v, err := m.Get(key)
-	if err != nil || v.Kind() != automerge.KindInt64 {
-		return 0
+// sentAt reads the send time from an edit's commit message.
+func sentAt(msg string) (time.Time, bool) {
+	rest, ok := strings.CutPrefix(msg, msgPrefix)
+	if !ok {
+		return time.Time{}, false
 	}
-	return v.Int64()
+	f := strings.Fields(rest)
+	if len(f) != 3 {
+		return time.Time{}, false
+	}
+	ns, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, ns), true
 }
 
-// watch records the delay of every edit of peers that reaches h (self's
-// handle); it starts from what h has now.
-func (r *run) watch(h *client.Handle, self string, peers []string) {
-	last := map[string]int64{}
-	_ = h.View(func(d *automerge.Doc) error {
-		for _, p := range peers {
-			last[p] = intAt(d.RootMap(), "n/"+p)
-		}
-		return nil
-	})
+// watch records the delay of every timed edit that reaches h.
+func (r *run) watch(h *client.Handle) {
 	// Callbacks of one client run one at a time on its reader goroutine.
-	h.Subscribe(func(client.Event) {
+	h.Subscribe(func(e client.Event) {
 		now := time.Now()
-		_ = h.View(func(d *automerge.Doc) error {
-			m := d.RootMap()
-			for _, p := range peers {
-				if p == self {
-					continue
-				}
-				n := intAt(m, "n/"+p)
-				for s := last[p] + 1; s <= n; s++ {
-					if ts := intAt(m, fmt.Sprintf("t/%s/%d", p, s)); ts > 0 {
-						r.lat.add(now, now.Sub(time.Unix(0, ts)))
-						r.deliveries.Add(1)
-					}
-				}
-				last[p] = max(last[p], n)
+		for _, c := range e.Applied {
+			if t, ok := sentAt(c.Message); ok {
+				r.lat.add(now, now.Sub(t))
+				r.deliveries.Add(1)
 			}
-			return nil
-		})
+		}
 	})
 }
 
 // watchGroup watches every handle of g.
 func (r *run) watchGroup(g *docGroup) {
-	for i, h := range g.hs {
-		r.watch(h, g.peers[i], g.peers)
+	for _, h := range g.hs {
+		r.watch(h)
 	}
 }
 

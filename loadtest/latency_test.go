@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -117,5 +118,18 @@ func TestDurations(t *testing.T) {
 	s := d.summary()
 	if s["count"] != 100 || s["max"] != 100 {
 		t.Errorf("summary %v", s)
+	}
+}
+
+func TestSentAt(t *testing.T) {
+	now := time.Unix(0, 1763800000123456789)
+	msg := fmt.Sprintf("%s%s %d %d", msgPrefix, "peer-1", 7, now.UnixNano())
+	if got, ok := sentAt(msg); !ok || !got.Equal(now) {
+		t.Fatalf("sentAt(%q) = %v, %v", msg, got, ok)
+	}
+	for _, bad := range []string{"", "hello", msgPrefix + "p 1", msgPrefix + "p 1 x", "plait-lt"} {
+		if _, ok := sentAt(bad); ok {
+			t.Errorf("sentAt(%q) accepted", bad)
+		}
 	}
 }

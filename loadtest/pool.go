@@ -20,7 +20,7 @@ func (r *run) options(peer string) client.Options {
 	urls := r.tg.urls()
 	k := int(r.nextURL.Add(1)-1) % len(urls)
 	urls = slices.Concat(urls[k:], urls[:k])
-	return client.Options{URLs: urls, PeerID: peer, HTTPClient: r.hc, MinBackoff: r.minBackoff}
+	return client.Options{URLs: urls, PeerID: peer, HTTPClient: r.hc, MinBackoff: r.minBackoff, IndexOnly: !r.materialize}
 }
 
 // dial starts a client and waits until it is connected, recording the

@@ -30,6 +30,7 @@ type run struct {
 	timeout           time.Duration
 	sources, parallel int
 	minBackoff        time.Duration
+	materialize       bool
 	hc                *http.Client
 	// expectDisconnects: disconnects are the scenario's doing, not errors.
 	expectDisconnects bool
@@ -66,6 +67,7 @@ func newRun(name, what string) *run {
 	r.fs.IntVar(&r.sources, "sources", 8, "loopback source addresses to spread connections over")
 	r.fs.IntVar(&r.parallel, "parallel", 64, "concurrent connection and document set-ups")
 	r.fs.DurationVar(&r.minBackoff, "min-backoff", 100*time.Millisecond, "clients' first wait before reconnecting")
+	r.fs.BoolVar(&r.materialize, "materialize", false, "clients apply every remote change to an automerge-go document, as an app that reads it would (default: index only, so the load generator spends its CPU on the server, not on Automerge)")
 	return r
 }
 

@@ -120,6 +120,7 @@ find_report() { # prefix -> path of its JSON report, or nothing
   local p=$1 f
   for f in "$p.json" "$p"; do [[ -f $f ]] && { echo "$f"; return; }; done
   for f in "$p"*.json; do [[ -f $f ]] && { echo "$f"; return; }; done
+  return 0
 }
 
 # verdict REPORT EXIT_CODE -> "PASS|FAIL<TAB>summary"

@@ -57,6 +57,14 @@ type Options struct {
 	HTTPClient *http.Client
 	// Logger receives the client's logs. Default: slog.Default().
 	Logger *slog.Logger
+	// IndexOnly keeps documents as the sync engine's index alone once they
+	// are found: later remote changes are synced, counted in Heads and
+	// described to subscribers (Event.Applied) but not applied to the
+	// automerge-go document, which then holds this client's own changes
+	// on top of what it was found with. For load generators and relays
+	// that never read documents: applying changes is most of a client's
+	// cost. Default: false.
+	IndexOnly bool
 }
 
 func (o *Options) fill() error {
@@ -454,7 +462,7 @@ func (c *Client) Create(init func(d *automerge.Doc) error) (*Handle, error) {
 	}
 	// The first change exists even if init does nothing: a document
 	// without changes would never reach the server.
-	if err := h.change(init, true); err != nil {
+	if err := h.change("", init, true); err != nil {
 		return nil, err
 	}
 	return h, nil

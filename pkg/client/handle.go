@@ -19,6 +19,17 @@ type Event struct {
 	Heads []Hash
 	// Changes is how many changes were applied.
 	Changes int
+	// Applied describes each change, in the order applied.
+	Applied []ChangeInfo
+}
+
+// ChangeInfo describes one change.
+type ChangeInfo struct {
+	Hash    Hash
+	Actor   []byte
+	Seq     uint64
+	Time    int64 // as its author set it: milliseconds since 1970 by convention
+	Message string
 }
 
 // Handle is one document of a Client.
@@ -102,17 +113,23 @@ func (h *Handle) View(fn func(d *automerge.Doc) error) error {
 // rollback: if fn fails after changing the document, what it changed is
 // committed all the same, and its error is returned.
 func (h *Handle) Change(fn func(d *automerge.Doc) error) error {
-	return h.change(fn, false)
+	return h.change("", fn, false)
 }
 
-func (h *Handle) change(fn func(d *automerge.Doc) error, allowEmpty bool) error {
+// ChangeMessage is Change with a commit message, which every peer sees
+// (ChangeInfo.Message).
+func (h *Handle) ChangeMessage(msg string, fn func(d *automerge.Doc) error) error {
+	return h.change(msg, fn, false)
+}
+
+func (h *Handle) change(msg string, fn func(d *automerge.Doc) error, allowEmpty bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var ferr error
 	if fn != nil {
 		ferr = fn(h.doc)
 	}
-	hash, err := h.doc.Commit("", automerge.CommitOptions{AllowEmpty: allowEmpty})
+	hash, err := h.doc.Commit(msg, automerge.CommitOptions{AllowEmpty: allowEmpty})
 	if err != nil {
 		if hash == (automerge.ChangeHash{}) && err.Error() == "Commit is empty" {
 			return ferr // fn changed nothing: nothing to sync
@@ -191,6 +208,15 @@ func (h *Handle) InSync() bool {
 	}
 	theirs, ok := h.st.TheirHeads()
 	return ok && slices.Equal(theirs, h.eng.Heads())
+}
+
+func (h *Handle) isReady() bool {
+	select {
+	case <-h.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 func (h *Handle) markReady() {
@@ -326,15 +352,22 @@ func (h *Handle) receive(cn *conn, data []byte) error {
 		for _, ch := range applied {
 			all = append(all, ch.Raw...)
 		}
-		if err := h.doc.LoadIncremental(all); err != nil {
-			h.mu.Unlock()
-			return fmt.Errorf("failed to apply changes to %s: %w", h.id, err)
+		// IndexOnly: only what arrives before the document is ready
+		// (its content when found) reaches the automerge-go document.
+		if !h.c.opts.IndexOnly || !h.isReady() {
+			if err := h.doc.LoadIncremental(all); err != nil {
+				h.mu.Unlock()
+				return fmt.Errorf("failed to apply changes to %s: %w", h.id, err)
+			}
 		}
 		if err := h.keep(all); err != nil {
 			h.c.log.Warn("failed to keep changes on disk", "doc", string(h.id), "err", err)
 		}
 		h.markReady()
-		ev = Event{Heads: slices.Clone(h.eng.Heads()), Changes: len(applied)}
+		ev = Event{Heads: slices.Clone(h.eng.Heads()), Changes: len(applied), Applied: make([]ChangeInfo, len(applied))}
+		for i, ch := range applied {
+			ev.Applied[i] = ChangeInfo{Hash: ch.Hash, Actor: ch.Actor, Seq: ch.Seq, Time: ch.Time, Message: ch.Message}
+		}
 		for _, fn := range h.subs {
 			subs = append(subs, fn)
 		}

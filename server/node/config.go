@@ -34,6 +34,7 @@ type Config struct {
 	RedisCluster    bool   // RedisURL names a Redis Cluster
 	RedisPrefix     string // prefix of every Redis key and channel
 	RedisCAFile     string // CA certificates for rediss://
+	DebugAddr       string // loopback address of the pprof endpoints ("" = off)
 }
 
 // ParseConfig reads flags from args and environment variables through getenv.
@@ -58,6 +59,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.BoolVar(&c.RedisCluster, "redis-cluster", false, "redis-url names a Redis Cluster: redis://host1:port?addr=host2:port&addr=host3:port")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "plait", "prefix of every Redis key and channel (several deployments can share one Redis)")
 	fs.StringVar(&c.RedisCAFile, "redis-ca-file", "", "PEM file of CA certificates to verify a rediss:// server (default: the system roots)")
+	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060 (default: off)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.Usage = func() {
@@ -118,6 +120,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" && c.RedisURL == "" {
 		return errors.New("data-dir must not be empty")
+	}
+	if c.DebugAddr != "" {
+		host, _, err := net.SplitHostPort(c.DebugAddr)
+		if err != nil || !isLoopback(host) {
+			return fmt.Errorf("debug-addr %q must be a loopback host:port: profiles reveal memory contents", c.DebugAddr)
+		}
 	}
 	if c.RedisCluster && c.RedisURL == "" {
 		return errors.New("redis-cluster needs redis-url")

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -211,6 +212,11 @@ func (n *Node) checkOrigin(r *http.Request) error {
 func (n *Node) Serve(ln net.Listener) error {
 	n.log.Info("plait node serving", "addr", ln.Addr().String(), "data_dir", n.cfg.DataDir,
 		"peer_id", n.hub.PeerID(), "storage_id", n.hub.StorageID(), "anonymous", true)
+	if n.cfg.DebugAddr != "" {
+		if err := n.serveDebug(); err != nil {
+			return err
+		}
+	}
 	return n.app.Listener(ln)
 }
 
@@ -276,4 +282,24 @@ func headerHasToken(v, token string) bool {
 		}
 	}
 	return false
+}
+
+// serveDebug serves Go's pprof handlers on the loopback debug address; it
+// stops with the node.
+func (n *Node) serveDebug() error {
+	ln, err := net.Listen("tcp", n.cfg.DebugAddr)
+	if err != nil {
+		return fmt.Errorf("failed to listen on debug-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	go func() { <-n.ctx.Done(); _ = srv.Close() }()
+	n.log.Info("pprof profiles", "addr", "http://"+ln.Addr().String()+"/debug/pprof/")
+	return nil
 }
