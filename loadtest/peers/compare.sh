@@ -207,22 +207,34 @@ node -e '
   const body = res.map(r => [r.server, r.rate ?? "none", f(r.perSec), f(r.p50), f(r.p99),
     f(r.rss / 2 ** 20), r.clients ?? "-", r.docs ?? "-"].map(String))
   const P = res.find(r => r.server === "plait"), Q = res.find(r => r.server === "automerge-repo")
-  let ratios = null
+  const load = rep => rep && { perSec: rep.edits?.perSec, p50: rep.latencyMs?.p50, p99: rep.latencyMs?.p99, rss: rep.server?.rssPeakBytes }
+  let ratios = null, eqRate = null
   if (P && Q) {
-    const q = (a, b) => f(a / b, 2) + "x"
-    const note = [!P.saturated && "plait", !Q.saturated && "peer"].filter(Boolean)
-    ratios = [["throughput", q(P.perSec, Q.perSec) +
-      (note.length ? ` (${note.join(" and ")} never failed: raise --rates)` : ""), "higher is better"],
-      ["p50", q(P.p50, Q.p50), "lower is better"], ["p99", q(P.p99, Q.p99), "lower is better"],
-      ["peak RSS", q(P.rss, Q.rss), "lower is better"]]
+    // equal load: the highest rate both servers ran with a report, sustainable or not
+    const ran = s => new Map(rows.filter(r => r.server === s && r.report).map(r => [r.rate, r.report]))
+    const rp = ran("plait"), rq = ran("automerge-repo")
+    eqRate = [...rp.keys()].filter(k => rq.has(k)).pop() ?? null
+    const read = f => JSON.parse(fs.readFileSync(f, "utf8"))
+    const EP = eqRate && load(read(rp.get(eqRate))), EQ = eqRate && load(read(rq.get(eqRate)))
+    const q = (a, b) => typeof a === "number" && typeof b === "number" && b > 0 ? f(a / b, 2) + "x" : "n/a"
+    const note = !P.rate || !Q.rate ? ` (${[!P.rate && "plait", !Q.rate && "peer"].filter(Boolean).join(" and ")} ` +
+      "not sustainable at the lowest rate)" : [!P.saturated && " (plait never failed: at least)", !Q.saturated && " (peer never failed)"].filter(Boolean).join("")
+    ratios = [["edits/s", q(P.perSec, Q.perSec) + note, EP ? q(EP.perSec, EQ.perSec) : "n/a", "higher is better"],
+      ["p50", q(P.p50, Q.p50), EP ? q(EP.p50, EQ.p50) : "n/a", "lower is better"],
+      ["p99", q(P.p99, Q.p99), EP ? q(EP.p99, EQ.p99) : "n/a", "lower is better"],
+      ["peak RSS", q(P.rss, Q.rss), EP ? q(EP.rss, EQ.rss) : "n/a", "lower is better"]]
   }
+  const rhead = ["Plait / automerge-repo", "at max sustainable", `at equal load (${eqRate ?? "-"}/client)`, ""]
   const w = head.map((h, i) => Math.max(h.length, ...body.map(b => b[i].length)))
   const line = c => c.map((x, i) => x.padEnd(w[i])).join("  ")
   const title = `scenario ${scenario}, rates ${rates}, sustainable = ok and p99 <= ${bound} ms` +
     (extra ? `, flags: ${extra}` : "")
   const out = [title, "", line(head), ...body.map(line), ""]
   for (const r of res) out.push(`${r.server}: ${r.stop}`)
-  if (ratios) { out.push("", "Plait / automerge-repo at each one\x27s highest sustainable rate:"); for (const r of ratios) out.push(`  ${r[0].padEnd(10)} ${r[1]}  (${r[2]})`) }
+  if (ratios) {
+    const rw = rhead.map((h, i) => Math.max(h.length, ...ratios.map(r => r[i].length)))
+    out.push("", ...[rhead, ...ratios].map(c => c.map((x, i) => x.padEnd(rw[i])).join("  ").trimEnd()))
+  }
   console.log(out.join("\n"))
   if (md) {
     const row = c => `| ${c.join(" | ")} |`
@@ -230,7 +242,7 @@ node -e '
       `Plait ${commit}, Node ${process.version}; ${title}.`, "",
       row(head), row(head.map(() => "---")), ...body.map(row), ""]
     for (const r of res) m.push(`- ${r.server}: ${r.stop}`)
-    if (ratios) m.push("", "| Plait / automerge-repo | ratio | |", "| --- | --- | --- |", ...ratios.map(row))
+    if (ratios) m.push("", row(rhead), row(rhead.map(() => "---")), ...ratios.map(row))
     fs.writeFileSync(md, m.join("\n") + "\n")
     console.log(`\nMarkdown: ${md}`)
   }
