@@ -61,6 +61,16 @@ type Store interface {
 	// the document was already compacted through a seq >= throughSeq (by
 	// another node), it returns ErrCompactConflict and changes nothing, so
 	// two concurrent compactions never lose a batch, whichever wins.
+	//
+	// It also returns ErrCompactConflict, changing nothing, when throughSeq
+	// is greater than the last seq the store has handed out for the
+	// document. Such a compaction was built from a LoadDoc whose last batch
+	// was throughSeq, so a store whose last seq is now lower has lost data
+	// since (a Redis restarted empty, or failed over to a replica that
+	// lacked the last writes) and may hand those seqs out again to other
+	// batches: the stale snapshot must not replace them. Compacting through
+	// the last seq itself is allowed, 0 included for a document that only
+	// an empty batch created.
 	Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error
 
 	// DeleteDoc removes the document, its batches and its sync states.
@@ -93,9 +103,11 @@ type Batch struct {
 }
 
 // ErrCompactConflict is returned by Store.Compact when the document was
-// already compacted through the same or a later batch: the caller's
-// snapshot is stale and is dropped. Callers compare with errors.Is.
-var ErrCompactConflict = errors.New("compaction conflict: already compacted through a later batch")
+// already compacted through the same or a later batch, or when the
+// compaction claims batches beyond the last one the store handed out (the
+// store lost data since): the caller's snapshot is stale and is dropped.
+// Callers compare with errors.Is.
+var ErrCompactConflict = errors.New("compaction conflict: already compacted through a later batch, or beyond the last batch")
 
 // ErrStoreClosed is returned by a Store's methods once it is closed.
 var ErrStoreClosed = errors.New("store is closed")

@@ -18,13 +18,17 @@
 //
 //	meta        "storageID" -> random UUID, "version" -> "1"
 //	docs        <documentID> -> bucket (its Sequence is the last seq handed out)
-//	              "snapshot" -> compacted document (absent until Compact)
-//	              "batches"  -> bucket: 8-byte big-endian seq -> change chunks
+//	              "snapshot"         -> compacted document (absent until Compact)
+//	              "compactedThrough" -> 8-byte big-endian throughSeq of the last
+//	                                    Compact (absent until Compact)
+//	              "batches"          -> bucket: 8-byte big-endian seq -> change chunks
 //	syncstates  <documentID> 0x00 <storageID> -> sync state
 //
 // Seqs come from the document bucket's NextSequence, so they are never
 // reused while the document exists, even after Compact deleted every batch
-// and across restarts. DeleteDoc drops the bucket: a document created again
+// and across restarts. "compactedThrough" is Compact's compare-and-set
+// version: a Compact through that seq or an earlier one, or through a seq
+// beyond the bucket's Sequence, is refused with hub.ErrCompactConflict. DeleteDoc drops the bucket: a document created again
 // under the same id starts over at seq 1. Document ids must be non-empty and
 // free of NUL bytes (the sync-state key separator); automerge-repo ids
 // (bs58check) always are.

@@ -303,7 +303,9 @@ func (s *Store) AppendChanges(ctx context.Context, id protocol.DocumentID, batch
 // throughSeq in one transaction of its own, unless the document was already
 // compacted through throughSeq or later: then the caller's snapshot is
 // older than the stored one and replacing it would lose the batches it
-// lacks, so Compact returns hub.ErrCompactConflict and changes nothing.
+// lacks, so Compact returns hub.ErrCompactConflict and changes nothing. It
+// does the same when throughSeq is beyond the last seq handed out (the
+// document bucket's Sequence), as the hub.Store contract asks.
 func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error {
 	if err := s.check(ctx, id); err != nil {
 		return fmt.Errorf("failed to compact %q: %w", id, err)
@@ -315,6 +317,9 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 		d := tx.Bucket(bucketDocs).Bucket([]byte(id))
 		if d == nil {
 			return hub.ErrNotFound
+		}
+		if last := d.Sequence(); throughSeq > last {
+			return fmt.Errorf("through %d (last seq %d): %w", throughSeq, last, hub.ErrCompactConflict)
 		}
 		if v := d.Get(keyCompacted); v != nil {
 			if len(v) != 8 {

@@ -120,7 +120,9 @@ func (s *Store) AppendChanges(ctx context.Context, id protocol.DocumentID, batch
 // batches with Seq <= throughSeq, unless the document was already compacted
 // through throughSeq or later: then the caller's snapshot is older than the
 // stored one and replacing it would lose the batches it lacks, so Compact
-// returns hub.ErrCompactConflict and changes nothing.
+// returns hub.ErrCompactConflict and changes nothing. It does the same when
+// throughSeq is beyond the last seq handed out, as the hub.Store contract
+// asks (memstore never loses a seq, but a caller may pass any number).
 func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -130,6 +132,10 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 	d, ok := s.docs[id]
 	if !ok {
 		return fmt.Errorf("failed to compact %q: %w", id, hub.ErrNotFound)
+	}
+	if throughSeq > d.lastSeq {
+		return fmt.Errorf("failed to compact %q through %d (last seq %d): %w",
+			id, throughSeq, d.lastSeq, hub.ErrCompactConflict)
 	}
 	if d.compacted && d.compactedThrough >= throughSeq {
 		return fmt.Errorf("failed to compact %q through %d (compacted through %d): %w",

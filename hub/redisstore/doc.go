@@ -29,6 +29,16 @@
 // call WAIT. Keys never expire; the server must not evict them either
 // (maxmemory-policy noeviction, the default), or documents lose parts.
 //
+// After such a loss a document's last seq may go back, and the seqs it had
+// handed out are handed out again to other batches. A node may then still
+// hold a snapshot built from a load whose last batch had one of those seqs:
+// Compact refuses (hub.ErrCompactConflict, nothing changed) any throughSeq
+// beyond the document's current last seq, so that stale snapshot cannot
+// replace the new batches. The check cannot tell a reused seq once new
+// appends have taken the last seq back up to throughSeq or past it; that
+// would need a per-document generation carried from LoadDoc to Compact,
+// which the hub.Store interface has no room for.
+//
 // go-redis retries a command whose connection failed (Options.MaxRetries of
 // the client). If the connection broke after Redis ran an AppendChanges but
 // before its answer arrived, the retry stores the batch a second time under
@@ -68,8 +78,9 @@
 // Every operation on several keys is one Lua script (EVALSHA, falling back
 // to EVAL when the server does not have it yet), which Redis runs
 // atomically: AppendChanges, LoadDoc (the snapshot and all batches read in
-// one step, never a Compact half done) and Compact (the compare-and-set on
-// "compacted", the new snapshot and the trimmed batches). DeleteDoc is one
+// one step, never a Compact half done) and Compact (the checks against
+// "last" and the compare-and-set on "compacted", the new snapshot and the
+// trimmed batches). DeleteDoc is one
 // DEL of the document's four keys and SaveSyncState one HSET: single
 // commands, atomic as they are. Nodes may call methods for the same
 // document at the same time; seqs stay unique and ordered.

@@ -237,6 +237,12 @@ func decodeDoc(res []any) (hub.StoredDoc, error) {
 // "compacted". ARGV: snapshot, throughSeq (decimal). KEYS: meta, snap,
 // batches. It returns "notfound", "conflict" or "ok".
 //
+// A throughSeq beyond "last" is a conflict too: the snapshot was built from
+// a load whose last batch was throughSeq, so Redis has lost writes since
+// (restarted empty, or failed over to a replica that lacked them) and will
+// hand those seqs out again to other batches, which the stale snapshot must
+// not replace. Past that check throughSeq <= last.
+//
 // Seqs are compared as decimal strings (shorter is smaller, then digit by
 // digit): Lua numbers are doubles, exact only up to 2^53, and throughSeq
 // may be anything up to 2^64-1. Arithmetic on doubles is used only for
@@ -260,6 +266,9 @@ if not last then
   return 'notfound'
 end
 local through = ARGV[2]
+if not le(through, last) then
+  return 'conflict'
+end
 local done = redis.call('HGET', KEYS[1], 'compacted')
 if done and le(through, done) then
   return 'conflict'
@@ -268,7 +277,7 @@ redis.call('HSET', KEYS[1], 'compacted', through)
 redis.call('SET', KEYS[2], ARGV[1])
 local n = redis.call('LLEN', KEYS[3])
 if n > 0 then
-  if le(last, through) then
+  if through == last then
     redis.call('DEL', KEYS[3])
   else
     local drop = tonumber(through) - (tonumber(last) - n + 1) + 1
@@ -284,7 +293,10 @@ return 'ok'
 // throughSeq in one script, unless the document was already compacted
 // through throughSeq or later: then the caller's snapshot is older than
 // the stored one and replacing it would lose the batches it lacks, so
-// Compact returns hub.ErrCompactConflict and changes nothing.
+// Compact returns hub.ErrCompactConflict and changes nothing. It does the
+// same when throughSeq is beyond the last seq handed out (see
+// compactScript), which after a loss of data in Redis keeps a stale
+// snapshot from replacing batches that reuse its seqs.
 func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []byte, throughSeq uint64) error {
 	if err := s.check(ctx, id); err != nil {
 		return fmt.Errorf("failed to compact %q: %w", id, err)
@@ -304,7 +316,8 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 	case "notfound":
 		return fmt.Errorf("failed to compact %q: %w", id, hub.ErrNotFound)
 	case "conflict":
-		return fmt.Errorf("failed to compact %q through %d: %w", id, throughSeq, hub.ErrCompactConflict)
+		return fmt.Errorf("failed to compact %q through %d (already compacted through it or later, or beyond the last seq): %w",
+			id, throughSeq, hub.ErrCompactConflict)
 	default:
 		return fmt.Errorf("failed to compact %q: unexpected reply %q", id, res)
 	}

@@ -51,6 +51,7 @@ func RunStoreTests(t *testing.T, newStore func(t *testing.T) hub.Store) {
 		{"Compact/UnknownDocIsNotFound", testCompactUnknown},
 		{"Compact/SeqNeverReused", testSeqNotReusedAfterCompact},
 		{"Compact/ConflictWhenAlreadyCompactedLater", testCompactConflict},
+		{"Compact/ThroughBeyondLastSeqIsConflict", testCompactBeyondLast},
 		{"Compact/ConcurrentCompactorsLoseNothing", testConcurrentCompactors},
 		{"DeleteDoc/RemovesDocBatchesAndSyncStates", testDelete},
 		{"DeleteDoc/Idempotent", testDeleteIdempotent},
@@ -385,15 +386,51 @@ func testCompact(t *testing.T, s hub.Store) {
 	mustCompact(t, s, id, []byte("snap-3"), all[3].Seq)
 	checkDoc(t, mustLoad(t, s, id), []byte("snap-3"), all[4:])
 
-	// Beyond every seq removes all batches.
-	mustCompact(t, s, id, []byte("snap-4"), math.MaxUint64)
+	// Through the last seq removes all batches.
+	mustCompact(t, s, id, []byte("snap-4"), all[4].Seq)
 	checkDoc(t, mustLoad(t, s, id), []byte("snap-4"), nil)
 
-	// A doc created by an empty batch can be compacted too.
+	// A doc created by an empty batch (last seq 0) can be compacted
+	// through 0.
 	e := newDocID(t)
-	mustAppend(t, s, e, nil)
+	if last := mustAppend(t, s, e, nil); last != 0 {
+		t.Fatalf("empty batch on a new doc returned seq %d, want 0", last)
+	}
 	mustCompact(t, s, e, []byte("snap-e"), 0)
 	checkDoc(t, mustLoad(t, s, e), []byte("snap-e"), nil)
+}
+
+// testCompactBeyondLast checks that Compact refuses a throughSeq beyond the
+// last seq handed out: such a snapshot was built from batches the store no
+// longer knows (it lost data) and must not replace batches that may reuse
+// those seqs.
+func testCompactBeyondLast(t *testing.T, s hub.Store) {
+	ctx := t.Context()
+	id := newDocID(t)
+	var all []hub.Batch
+	for i := range 3 {
+		data := fmt.Appendf(nil, "b%d", i)
+		all = append(all, hub.Batch{Seq: mustAppend(t, s, id, data), Data: data})
+	}
+	last := all[2].Seq // 3 in every store so far; the contract only says increasing
+	for _, through := range []uint64{last + 1, math.MaxUint64} {
+		err := s.Compact(ctx, id, []byte("beyond"), through)
+		if !errors.Is(err, hub.ErrCompactConflict) {
+			t.Fatalf("Compact through %d with last seq %d: error = %v, want one wrapping hub.ErrCompactConflict",
+				through, last, err)
+		}
+		checkDoc(t, mustLoad(t, s, id), nil, all)
+	}
+	mustCompact(t, s, id, []byte("through-last"), last)
+	checkDoc(t, mustLoad(t, s, id), []byte("through-last"), nil)
+
+	// A doc created by an empty batch has last seq 0: 1 is beyond it.
+	e := newDocID(t)
+	mustAppend(t, s, e, nil)
+	if err := s.Compact(ctx, e, []byte("beyond"), 1); !errors.Is(err, hub.ErrCompactConflict) {
+		t.Fatalf("Compact through 1 with last seq 0: error = %v, want one wrapping hub.ErrCompactConflict", err)
+	}
+	checkDoc(t, mustLoad(t, s, e), nil, nil)
 }
 
 func testCompactKeepsLater(t *testing.T, s hub.Store) {
