@@ -29,6 +29,14 @@ const (
 	kindCatchUp                       // the broker re-made the subscription: catch up
 )
 
+// maxBatchMessages bounds the messages an owner handles between two store
+// writes: what is already queued, and what its peers' read loops queue
+// while it drains (the inbox itself is small, to keep idle documents
+// small). A hot document's acknowledgements then share one store write with
+// the edits around them, instead of one write each inbox's worth; the
+// bound keeps a flood from postponing the write and the answers.
+const maxBatchMessages = 1024
+
 // remoteOrigin is the origin, for the engine, of changes that come from
 // other nodes (through the broker or the shared store).
 var remoteOrigin = new(int)
@@ -144,7 +152,7 @@ func (d *document) run() {
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
 			// store write.
-			for n, drained := 1, false; !drained && n < cap(d.inbox); n++ {
+			for n, drained := 1, false; !drained && n < maxBatchMessages; n++ {
 				select {
 				case m := <-d.inbox:
 					d.handle(m)
