@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeState$$' -fuzztime $(FUZZTIME) ./pkg/syncengine
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitChunks$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePayload$$' -fuzztime $(FUZZTIME) ./hub/redisbroker
+	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./hub/cryptstore
 
 # Every load-test scenario at tiny sizes against the built node: fails if a
 # report is missing, clients do not converge, or errors occur.
