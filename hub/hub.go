@@ -62,6 +62,19 @@ type Options struct {
 	// StoreTimeout bounds each store call. Default: 10s.
 	StoreTimeout time.Duration
 
+	// MessageRate is how many messages per second one connection may send
+	// after join, sustained (a token bucket refilled at this rate). A
+	// connection that exceeds it gets an error message and is closed with
+	// protocol.CloseRateLimited. Default: 500; negative: no limit.
+	MessageRate float64
+
+	// MessageBurst is the token bucket's size: how many messages a
+	// connection may send at once above MessageRate, for example when it
+	// (re)opens many documents (about two messages each). Default:
+	// 20*MessageRate (10,000 with the default rate), at least 1; ignored
+	// without a MessageRate limit.
+	MessageBurst int
+
 	// AfterGC, if set, runs after the collection that follows evictions; a
 	// node uses it to hand freed C memory back to the operating system.
 	AfterGC func()
@@ -97,6 +110,12 @@ func (o *Options) fill() error {
 	}
 	if o.BrokerTimeout <= 0 {
 		o.BrokerTimeout = 5 * time.Second
+	}
+	if o.MessageRate == 0 {
+		o.MessageRate = 500
+	}
+	if o.MessageRate > 0 && o.MessageBurst <= 0 {
+		o.MessageBurst = max(int(min(20*o.MessageRate, 1<<30)), 1)
 	}
 	return nil
 }

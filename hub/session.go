@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/time/rate"
+
 	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -43,6 +45,7 @@ type session struct {
 	docs    map[protocol.DocumentID]struct{} // documents this peer has touched
 	ephSeen map[string]uint64                // ephemeral sessionId -> highest count
 	ephLRU  []string
+	limit   *rate.Limiter // messages per second; nil: no limit
 
 	closed atomic.Bool // set once the connection is failed or its read loop ended
 
@@ -126,6 +129,9 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger) (*session, 
 		ephSeen: make(map[string]uint64),
 		subs:    make(map[string]struct{}),
 	}
+	if h.opts.MessageRate > 0 {
+		s.limit = rate.NewLimiter(rate.Limit(h.opts.MessageRate), h.opts.MessageBurst)
+	}
 	s.ephemeral = true
 	if md := msg.PeerMetadata; md != nil {
 		s.storageID = md.StorageID
@@ -177,6 +183,12 @@ func (s *session) readLoop(ctx context.Context) error {
 			return err
 		}
 		s.h.m.countIn("", len(frame))
+		if s.limit != nil && !s.limit.Allow() {
+			s.h.m.LimitHits.WithLabelValues(LimitMessages).Inc()
+			err := fmt.Errorf("%w: more than %g messages/s (burst %d) on this connection", errRateLimited, s.h.opts.MessageRate, s.h.opts.MessageBurst)
+			s.fail(protocol.CloseRateLimited, err)
+			return err
+		}
 		msg, err := protocol.Decode(frame)
 		if err != nil {
 			s.fail(protocol.CloseMalformedMessage, err)
@@ -194,6 +206,9 @@ func (s *session) readLoop(ctx context.Context) error {
 
 // errProtocol marks a message that is well-formed but not allowed here.
 var errProtocol = errors.New("protocol violation")
+
+// errRateLimited marks a connection that sent messages too fast.
+var errRateLimited = errors.New("rate limited")
 
 func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 	if msg.SenderID != s.peerID {

@@ -45,6 +45,10 @@ const (
 	// CloseSlowConsumer means the client read too slowly and its write
 	// queue overflowed.
 	CloseSlowConsumer CloseCode = 4429
+	// CloseRateLimited means the client sent messages faster than its
+	// connection's rate limit allows; an error message precedes the close.
+	// (4429 was taken by the slow consumer: 430 is next to HTTP's 429.)
+	CloseRateLimited CloseCode = 4430
 )
 
 var closeCodeNames = map[CloseCode]string{
@@ -61,6 +65,7 @@ var closeCodeNames = map[CloseCode]string{
 	CloseInvalidSyncData:    "invalid sync data",
 	CloseUnsupportedVersion: "unsupported protocol version",
 	CloseSlowConsumer:       "slow consumer",
+	CloseRateLimited:        "rate limited",
 }
 
 // String returns a short description, such as "slow consumer (4429)".

@@ -17,6 +17,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/boltstore"
+	"github.com/plaithub/plait/hub/cryptstore"
 	"github.com/plaithub/plait/hub/membroker"
 	"github.com/plaithub/plait/hub/redisbroker"
 	"github.com/plaithub/plait/hub/redisstore"
@@ -32,8 +33,34 @@ type backend struct {
 	desc   string
 }
 
-// openBackend opens the store and broker that cfg asks for.
+// openBackend opens the store and broker that cfg asks for, the store
+// encrypted at rest if cfg names a key file.
 func openBackend(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*backend, error) {
+	var keys []cryptstore.Key
+	if cfg.EncryptionKeys != "" {
+		data, err := os.ReadFile(cfg.EncryptionKeys)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read encryption-key-file: %w", err)
+		}
+		if keys, err = cryptstore.ParseKeyFile(data); err != nil {
+			return nil, fmt.Errorf("encryption-key-file %s: %w", cfg.EncryptionKeys, err)
+		}
+	}
+	be, err := openPlainBackend(ctx, cfg, log, reg)
+	if err != nil || keys == nil {
+		return be, err
+	}
+	enc, err := cryptstore.New(be.store, keys)
+	if err != nil {
+		_ = be.close()
+		return nil, err
+	}
+	be.store = enc
+	be.desc += fmt.Sprintf(", encrypted at rest (AES-256-GCM, key %q)", keys[0].ID)
+	return be, nil
+}
+
+func openPlainBackend(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*backend, error) {
 	if cfg.RedisURL == "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 			return nil, fmt.Errorf("failed to create data dir: %w", err)

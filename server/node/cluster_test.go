@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -261,5 +260,3 @@ func TestClusterRedisFaults(t *testing.T) {
 		})
 	}
 }
-
-var _ = io.Discard

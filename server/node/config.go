@@ -22,6 +22,11 @@ type Config struct {
 	AllowedOrigins  []string      // extra browser origins allowed to open /ws
 	MaxMessageBytes int64         // largest frame from a client
 	MaxQueueBytes   int           // write queue bound per connection
+	MessageRate     float64       // messages/s one connection may send (0 = no limit)
+	MessageBurst    int           // messages one connection may send at once
+	MaxConnsPerIP   int           // concurrent WebSockets per client address (0 = no limit)
+	HTTPRatePerIP   float64       // HTTP requests/s per client address (0 = no limit)
+	HTTPBurstPerIP  int           // HTTP requests one address may make at once
 	WriteTimeout    time.Duration // per frame write
 	PingInterval    time.Duration // keepalive ping period
 	PongTimeout     time.Duration // pong wait before a connection counts as dead
@@ -35,6 +40,7 @@ type Config struct {
 	RedisPrefix     string // prefix of every Redis key and channel
 	RedisCAFile     string // CA certificates for rediss://
 	DebugAddr       string // loopback address of the pprof endpoints ("" = off)
+	EncryptionKeys  string // key file: encrypt everything the store writes
 }
 
 // ParseConfig reads flags from args and environment variables through getenv.
@@ -49,6 +55,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (host patterns, e.g. app.example.com) allowed to open /ws besides the node's own host")
 	fs.Int64Var(&c.MaxMessageBytes, "max-message-bytes", 32<<20, "largest WebSocket message accepted from a client (a document's first sync arrives as one message)")
 	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 16<<20, "bytes queued for a slow client before it is disconnected")
+	fs.Float64Var(&c.MessageRate, "message-rate", 500, "messages per second one connection may send, sustained; faster: an error message and close 4430 (0 = no limit)")
+	fs.IntVar(&c.MessageBurst, "message-burst", 10000, "messages one connection may send at once above message-rate: a client that (re)opens N documents sends about 2N")
+	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", 2048, "concurrent WebSocket connections per client IP address (IPv6: per /64); more: HTTP 429 (0 = no limit). There is no user identity yet, so the address stands in for the user: clients behind one NAT or proxy share it")
+	fs.Float64Var(&c.HTTPRatePerIP, "http-rate-per-ip", 100, "HTTP requests per second per client IP address (IPv6: per /64), sustained, WebSocket upgrades included and /metrics excluded; more: HTTP 429 with Retry-After (0 = no limit)")
+	fs.IntVar(&c.HTTPBurstPerIP, "http-burst-per-ip", 2048, "HTTP requests one client IP address may make at once above http-rate-per-ip (as many as max-conns-per-ip, so an address can reopen all its connections at once)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "deadline of each write to a client")
 	fs.DurationVar(&c.PingInterval, "ping-interval", 30*time.Second, "WebSocket keepalive ping period")
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", 15*time.Second, "time to wait for a pong before closing a connection")
@@ -60,6 +71,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", "plait", "prefix of every Redis key and channel (several deployments can share one Redis)")
 	fs.StringVar(&c.RedisCAFile, "redis-ca-file", "", "PEM file of CA certificates to verify a rediss:// server (default: the system roots)")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060 (default: off)")
+	fs.StringVar(&c.EncryptionKeys, "encryption-key-file", "", "encrypt at rest everything the store writes (AES-256-GCM): a file of lines \"<id>:<base64 of 32 bytes>\", the first key encrypts, the others only decrypt (rotation); default: off")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.Usage = func() {

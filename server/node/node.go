@@ -39,6 +39,10 @@ type Node struct {
 	hub *hub.Hub
 	app *fiber.App
 	reg *prometheus.Registry
+	m   *hub.Metrics
+
+	conns   *connLimiter // WebSockets per client address
+	httpLim *httpLimiter // HTTP requests per client address
 
 	ctx      context.Context // lives until Shutdown: parent of every session
 	cancel   context.CancelFunc
@@ -50,6 +54,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := cfg.validateLimits(); err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	be, err := openBackend(ctx, cfg, log, reg)
@@ -57,13 +64,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	log.Info("storage", "backend", be.desc)
+	m := hub.NewMetrics(reg)
+	registerLimitMetrics(m)
 	h, err := hub.New(ctx, hub.Options{
 		Store:          be.store,
 		Broker:         be.broker,
 		Logger:         log,
-		Metrics:        hub.NewMetrics(reg),
+		Metrics:        m,
 		JoinTimeout:    cfg.JoinTimeout,
 		IdleDocTimeout: cfg.IdleDocTimeout,
+		MessageRate:    cfg.hubMessageRate(),
+		MessageBurst:   cfg.MessageBurst,
 		AfterGC:        releaseFreedMemory,
 	})
 	if err != nil {
@@ -71,7 +82,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	nctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: log, be: be, hub: h, reg: reg, ctx: nctx, cancel: cancel}
+	n := &Node{cfg: cfg, log: log, be: be, hub: h, reg: reg, m: m, ctx: nctx, cancel: cancel,
+		conns: newConnLimiter(cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP)}
+	go n.httpLim.sweepEvery(nctx, time.Minute)
 	n.app = n.newApp()
 	n.app.Server().KeepHijackedConns = true // see handleWS
 	return n, nil
@@ -104,6 +117,7 @@ func (n *Node) newApp() *fiber.App {
 		c.Set("X-Request-Id", id)
 		return c.Next()
 	})
+	app.Use(n.limitHTTP)
 	app.Get("/healthz", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"status": "ok"})
 	})
@@ -146,8 +160,17 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 		n.log.Warn("rejected cross-origin WebSocket", "origin", req.Header.Get("Origin"), "remote", req.RemoteAddr)
 		return fiber.NewError(fiber.StatusForbidden, err.Error())
 	}
+	key := clientKey(c.Context().RemoteIP())
+	if !n.conns.acquire(key) {
+		n.m.LimitHits.WithLabelValues(limitConnsPerIP).Inc()
+		n.log.Warn("refused a WebSocket: too many connections from one address", "remote", req.RemoteAddr, "max", n.cfg.MaxConnsPerIP)
+		return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections from this address (at most %d: --max-conns-per-ip)", n.cfg.MaxConnsPerIP))
+	}
 	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: c.Locals("request_id").(string)}
 	c.Context().HijackSetNoResponse(true)
+	// fasthttp calls the hijack handler once this handler returns (it skips
+	// it only if the socket already failed); the slot is released when the
+	// socket is done.
 	c.Context().Hijack(func(hc net.Conn) {
 		// The server keeps hijacked connections open (KeepHijackedConns), so
 		// this handler returns at once and fasthttp frees its goroutine and
@@ -167,6 +190,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 		if err != nil {
 			n.log.Info("WebSocket handshake failed", "remote", info.RemoteAddr, "err", err)
 			_ = nc.Close()
+			n.conns.release(key)
 			return
 		}
 		conn := wstransport.New(ws, wstransport.Options{
@@ -181,6 +205,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			conn.Close(protocol.CloseNormal, "")
 			<-conn.Done()
 			_ = nc.Close()
+			n.conns.release(key)
 		}()
 	})
 	return nil
