@@ -51,6 +51,7 @@ type docMsg struct {
 
 // peerState is what a document knows of one connected peer.
 type peerState struct {
+	role        Role
 	st          *syncengine.State
 	dirty       bool     // a message may be due to this peer
 	out         [][]byte // generated sync messages, sent once the store has their changes
@@ -220,7 +221,7 @@ func (d *document) storeCtx() (context.Context, context.CancelFunc) {
 // is delivered (or its loss detected), and every change up to it was
 // stored before it was published, so the store has it.
 func (d *document) load() error {
-	d.eng = syncengine.New(syncengine.Options{})
+	d.eng = syncengine.New(syncengine.Options{Accept: d.accept})
 	if b := d.h.opts.Broker; b != nil {
 		ctx, cancel := d.brokerCtx()
 		pos, err := b.Subscribe(ctx, d.id)
@@ -304,6 +305,10 @@ func (d *document) handle(m docMsg) {
 	case kindSync:
 		d.receiveSync(m.s, m.msg)
 	case kindEphemeral:
+		if _, ok := d.peers[m.s]; !ok && d.h.opts.Authorizer != nil {
+			d.h.m.Dropped.WithLabelValues("ephemeral_not_a_peer").Inc()
+			return // only peers that were let in may speak to the others
+		}
 		d.relayEphemeral(m.s, m.msg)
 		d.publishEphemeral(m.msg)
 	case kindRemote:
@@ -339,11 +344,46 @@ func (d *document) handle(m docMsg) {
 	}
 }
 
+// accept is the engine's check of every change before it is applied: a
+// viewer's changes are refused. Changes from other nodes and the store
+// were checked where they came from.
+func (d *document) accept(_ *amsync.Change, origin any) error {
+	if s, ok := origin.(*session); ok {
+		if ps := d.peers[s]; ps == nil || ps.role < RoleEditor {
+			return ErrReadOnly
+		}
+	}
+	return nil
+}
+
+// role asks the Authorizer what s may do here (editor without one).
+func (d *document) role(s *session) Role {
+	a := d.h.opts.Authorizer
+	if a == nil {
+		return RoleEditor
+	}
+	ctx, cancel := d.storeCtx()
+	defer cancel()
+	r, err := a.Role(ctx, s.identity, d.id)
+	if err != nil {
+		d.log.Warn("authorizer failed; denying", "user", s.identity.User, "err", err)
+		return RoleNone
+	}
+	return r
+}
+
+// peer returns s's state here, making it on its first message; nil if s
+// may not read the document.
 func (d *document) peer(s *session) *peerState {
 	if ps, ok := d.peers[s]; ok {
 		return ps
 	}
-	ps := &peerState{}
+	role := d.role(s)
+	if role == RoleNone {
+		d.h.m.Denials.Inc()
+		return nil
+	}
+	ps := &peerState{role: role}
 	if !s.ephemeral {
 		ctx, cancel := d.storeCtx()
 		start := time.Now()
@@ -370,10 +410,19 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		return // queued before its connection failed
 	}
 	ps := d.peer(s)
+	if ps == nil {
+		// Exactly what a document that does not exist gets.
+		s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
+		return
+	}
 	applied, err := d.eng.ReceiveMessage(ps.st, msg.Data, s)
 	if err != nil {
 		delete(d.peers, s)
 		d.eng.Forget(s)
+		if errors.Is(err, ErrReadOnly) {
+			s.fail(protocol.CloseReadOnly, fmt.Errorf("%w (document %s)", ErrReadOnly, d.id))
+			return
+		}
 		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
 		return
 	}

@@ -27,6 +27,12 @@ type Options struct {
 	// wiring passes the in-memory broker).
 	Broker Broker
 
+	// Authorizer decides what each peer may do with each document.
+	// Default: none, every peer may read and change every document (an
+	// anonymous node; the node refuses to listen beyond loopback that way
+	// unless told to).
+	Authorizer Authorizer
+
 	// BrokerTimeout bounds each broker call. Default: 5s.
 	BrokerTimeout time.Duration
 

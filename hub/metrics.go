@@ -28,6 +28,7 @@ type Metrics struct {
 	BrokerErrors     *prometheus.CounterVec
 	ChangesRemote    prometheus.Counter
 	LimitHits        *prometheus.CounterVec // requests and connections refused by a limit, by limit
+	Denials          prometheus.Counter
 }
 
 // NewMetrics creates the hub's collectors and registers them with reg,
@@ -57,6 +58,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		BrokerLagged:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_broker_lagged_total", Help: "Broker deliveries dropped because a document's inbox was full (the document catches up from the log)."}),
 		BrokerErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_broker_errors_total", Help: "Failed broker calls, by operation."}, []string{"op"}),
 		ChangesRemote: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_remote_total", Help: "Changes applied from other nodes (through the broker or the store)."}),
+		Denials:       prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_denials_total", Help: "Peers refused a document by the authorizer (told it is unavailable)."}),
 		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_limit_hits_total",
 			Help: "Connections closed, upgrades and HTTP requests refused because a limit was hit, by limit (messages, connections_per_ip, http_rate)."}, []string{"limit"}),
 	}
@@ -65,7 +67,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
 			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
 			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.StoreErrors,
-			m.BrokerRecoveries, m.BrokerLagged, m.BrokerErrors, m.ChangesRemote, m.LimitHits)
+			m.BrokerRecoveries, m.BrokerLagged, m.BrokerErrors, m.ChangesRemote, m.LimitHits, m.Denials)
 	}
 	return m
 }

@@ -22,6 +22,9 @@ type ConnInfo struct {
 	RemoteAddr string
 	// RequestID identifies the HTTP request that opened the connection.
 	RequestID string
+	// Identity is who the transport authenticated; the zero value is an
+	// anonymous peer.
+	Identity Identity
 }
 
 // maxEphemeralSessions bounds the per-connection memory of ephemeral
@@ -41,6 +44,7 @@ type session struct {
 	peerID    string
 	storageID string // empty for peers without storage
 	ephemeral bool   // the peer keeps no storage: its sync state is not persisted
+	identity  Identity
 
 	docs    map[protocol.DocumentID]struct{} // documents this peer has touched
 	ephSeen map[string]uint64                // ephemeral sessionId -> highest count
@@ -82,6 +86,7 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 		log.Info("connection closed before join", "err", err)
 		return err
 	}
+	s.identity = info.Identity
 	defer h.unregister(s)
 	err = s.readLoop(ctx)
 	s.closed.Store(true)

@@ -29,6 +29,10 @@ const (
 
 // Plait close codes.
 const (
+	// CloseReadOnly means the client sent changes to a document it may
+	// only read (a viewer); an error message precedes the close, and the
+	// changes were neither applied, stored nor relayed.
+	CloseReadOnly CloseCode = 4403
 	// CloseMalformedMessage means a frame was not a valid protocol message
 	// (Decode failed with ErrMalformed).
 	CloseMalformedMessage CloseCode = 4400
@@ -66,6 +70,7 @@ var closeCodeNames = map[CloseCode]string{
 	CloseUnsupportedVersion: "unsupported protocol version",
 	CloseSlowConsumer:       "slow consumer",
 	CloseRateLimited:        "rate limited",
+	CloseReadOnly:           "read-only document",
 }
 
 // String returns a short description, such as "slow consumer (4429)".

@@ -1,0 +1,122 @@
+package hub_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/automerge/automerge-go"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/memstore"
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+// roles is a static Authorizer: user -> role on every document.
+type roles map[string]hub.Role
+
+func (r roles) Role(_ context.Context, who hub.Identity, _ protocol.DocumentID) (hub.Role, error) {
+	return r[who.User], nil
+}
+
+func connectAs(t *testing.T, h *hub.Hub, id, user string) *client {
+	t.Helper()
+	cl := &client{t: t, c: newPipe(), id: id, errc: make(chan error, 1)}
+	go func() {
+		cl.errc <- h.Serve(context.Background(), cl.c, hub.ConnInfo{RemoteAddr: "pipe", Identity: hub.Identity{User: user}})
+	}()
+	cl.send(&protocol.Message{Type: protocol.TypeJoin, SenderID: id, SupportedProtocolVersions: []string{"1"},
+		PeerMetadata: &protocol.PeerMetadata{IsEphemeral: true}})
+	m := cl.recv(time.Second)
+	if m == nil || m.Type != protocol.TypePeer {
+		t.Fatalf("expected peer, got %+v", m)
+	}
+	cl.hub = m.SenderID
+	t.Cleanup(func() { cl.c.Close(protocol.CloseNormal, "") })
+	return cl
+}
+
+// TestViewerChangesAreRefused: a viewer reads; its change reaches nobody,
+// is not stored, and it is told once (an error, then close 4403); an
+// editor's changes sync; a peer without a role gets doc-unavailable,
+// exactly like an unknown document.
+func TestViewerChangesAreRefused(t *testing.T) {
+	store := memstore.New()
+	m := hub.NewMetrics(nil)
+	h := newHub(t, store, func(o *hub.Options) {
+		o.Authorizer = roles{"ed": hub.RoleEditor, "vi": hub.RoleViewer}
+		o.Metrics = m
+	})
+	id := protocol.NewDocumentID()
+	ed := connectAs(t, h, "editor", "ed")
+	docE := automerge.New()
+	edit(t, docE, "title", "by the editor")
+	ssE := automerge.NewSyncState(docE)
+	ed.syncUntilQuiet(id, ssE)
+
+	vi := connectAs(t, h, "viewer", "vi")
+	docV := automerge.New()
+	ssV := automerge.NewSyncState(docV)
+	vi.sync(id, ssV, protocol.TypeRequest)
+	vi.syncUntilQuiet(id, ssV)
+	if v, err := docV.RootMap().Get("title"); err != nil || v.Str() != "by the editor" {
+		t.Fatalf("the viewer reads %v, %v", v, err)
+	}
+	stored := func() int {
+		sd, err := store.LoadDoc(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(sd.Batches)
+	}
+	before := stored()
+
+	// The viewer changes the document and syncs.
+	edit(t, docV, "title", "by the viewer")
+	vi.sync(id, ssV, protocol.TypeSync)
+	var errMsg string
+	for {
+		msg := vi.recv(2 * time.Second)
+		if msg == nil {
+			break
+		}
+		if msg.Type == protocol.TypeError {
+			errMsg = msg.ErrorMessage
+		}
+	}
+	code, closed := vi.c.closeCode()
+	if !closed || code != protocol.CloseReadOnly || errMsg == "" {
+		t.Fatalf("viewer: closed %v with %v after error %q; want close %d after an error", closed, code, errMsg, protocol.CloseReadOnly)
+	}
+	if got := stored(); got != before {
+		t.Fatalf("the viewer's change was stored: %d batches, was %d", got, before)
+	}
+	if msg := ed.recv(300 * time.Millisecond); msg != nil && msg.Type == protocol.TypeSync {
+		if _, err := ssE.ReceiveMessage(msg.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, _ := docE.RootMap().Get("title"); v.Str() != "by the editor" {
+		t.Fatalf("the viewer's change reached the editor: %q", v.Str())
+	}
+
+	// The editor's changes still sync.
+	edit(t, docE, "more", "yes")
+	ed.syncUntilQuiet(id, ssE)
+	if got := stored(); got != before+1 {
+		t.Fatalf("the editor's change: %d batches stored, want %d", got, before+1)
+	}
+
+	// A stranger: doc-unavailable, like for a document that does not exist.
+	st := connectAs(t, h, "stranger", "")
+	docS := automerge.New()
+	st.sync(id, automerge.NewSyncState(docS), protocol.TypeRequest)
+	if msg := st.recv(2 * time.Second); msg == nil || msg.Type != protocol.TypeDocUnavailable {
+		t.Fatalf("stranger got %+v, want doc-unavailable", msg)
+	}
+	unknown := protocol.NewDocumentID()
+	st.sync(unknown, automerge.NewSyncState(automerge.New()), protocol.TypeRequest)
+	if msg := st.recv(2 * time.Second); msg == nil || msg.Type != protocol.TypeDocUnavailable {
+		t.Fatalf("unknown document: %+v", msg)
+	}
+}
