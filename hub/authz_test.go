@@ -2,6 +2,7 @@ package hub_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -118,5 +119,75 @@ func TestViewerChangesAreRefused(t *testing.T) {
 	st.sync(unknown, automerge.NewSyncState(automerge.New()), protocol.TypeRequest)
 	if msg := st.recv(2 * time.Second); msg == nil || msg.Type != protocol.TypeDocUnavailable {
 		t.Fatalf("unknown document: %+v", msg)
+	}
+}
+
+// mutableRoles is an Authorizer whose answers the test changes.
+type mutableRoles struct {
+	mu sync.Mutex
+	r  map[string]hub.Role
+}
+
+func (m *mutableRoles) Role(_ context.Context, who hub.Identity, _ protocol.DocumentID) (hub.Role, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.r[who.User], nil
+}
+
+func (m *mutableRoles) set(user string, r hub.Role) {
+	m.mu.Lock()
+	m.r[user] = r
+	m.mu.Unlock()
+}
+
+// TestPermissionChangeOnOpenSession: an editor demoted to viewer has its
+// next change refused; a viewer whose role is revoked stops receiving the
+// document and is told it is unavailable.
+func TestPermissionChangeOnOpenSession(t *testing.T) {
+	auth := &mutableRoles{r: map[string]hub.Role{"a": hub.RoleEditor, "b": hub.RoleEditor}}
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.Authorizer = auth })
+	id := protocol.NewDocumentID()
+	a := connectAs(t, h, "pa", "a")
+	docA := automerge.New()
+	edit(t, docA, "k", "v0")
+	ssA := automerge.NewSyncState(docA)
+	a.syncUntilQuiet(id, ssA)
+	b := connectAs(t, h, "pb", "b")
+	docB := automerge.New()
+	ssB := automerge.NewSyncState(docB)
+	b.sync(id, ssB, protocol.TypeRequest)
+	b.syncUntilQuiet(id, ssB)
+
+	// b loses its role: told once, then nothing more of the document.
+	auth.set("b", hub.RoleNone)
+	if err := h.Reauthorize(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	if m := b.recv(2 * time.Second); m == nil || m.Type != protocol.TypeDocUnavailable {
+		t.Fatalf("revoked peer got %+v, want doc-unavailable", m)
+	}
+	edit(t, docA, "k", "v1")
+	a.syncUntilQuiet(id, ssA)
+	for {
+		m := b.recv(300 * time.Millisecond)
+		if m == nil {
+			break
+		}
+		if m.Type == protocol.TypeSync {
+			t.Fatal("a revoked peer still receives the document's changes")
+		}
+	}
+
+	// a is demoted to viewer: its next change is refused with 4403.
+	auth.set("a", hub.RoleViewer)
+	if err := h.Reauthorize(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	edit(t, docA, "k", "v2")
+	a.sync(id, ssA, protocol.TypeSync)
+	for a.recv(2*time.Second) != nil {
+	}
+	if code, closed := a.c.closeCode(); !closed || code != protocol.CloseReadOnly {
+		t.Fatalf("demoted editor: closed %v with %v, want %d", closed, code, protocol.CloseReadOnly)
 	}
 }

@@ -27,6 +27,7 @@ const (
 	kindRemoteHeads                   // the peer gossips heads of some storages
 	kindRemote                        // a publication from the broker
 	kindCatchUp                       // the broker re-made the subscription: catch up
+	kindReauthorize                   // permissions changed: ask the Authorizer again
 )
 
 // maxBatchMessages bounds the messages an owner handles between two store
@@ -149,7 +150,7 @@ func (d *document) run() {
 		select {
 		case m := <-d.inbox:
 			d.handle(m)
-			local := m.kind != kindRemote && m.kind != kindCatchUp
+			local := m.kind != kindRemote && m.kind != kindCatchUp && m.kind != kindReauthorize
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
 			// store write.
@@ -157,7 +158,7 @@ func (d *document) run() {
 				select {
 				case m := <-d.inbox:
 					d.handle(m)
-					local = local || (m.kind != kindRemote && m.kind != kindCatchUp)
+					local = local || (m.kind != kindRemote && m.kind != kindCatchUp && m.kind != kindReauthorize)
 				default:
 					drained = true
 				}
@@ -315,6 +316,8 @@ func (d *document) handle(m docMsg) {
 		d.receivePub(*m.pub)
 	case kindCatchUp:
 		d.catchUp("resubscribed")
+	case kindReauthorize:
+		d.reauthorize()
 	case kindLeave:
 		if ps, ok := d.peers[m.s]; ok {
 			d.saveSyncState(m.s, ps)
@@ -354,6 +357,23 @@ func (d *document) accept(_ *amsync.Change, origin any) error {
 		}
 	}
 	return nil
+}
+
+// reauthorize asks the Authorizer again about every peer: a peer that lost
+// its role is told the document is unavailable and dropped; the others get
+// their new role (a viewer's next changes are refused).
+func (d *document) reauthorize() {
+	for s, ps := range d.peers {
+		r := d.role(s)
+		if r != RoleNone {
+			ps.role = r
+			continue
+		}
+		d.h.m.Denials.Inc()
+		delete(d.peers, s)
+		d.eng.Forget(s)
+		s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
+	}
 }
 
 // role asks the Authorizer what s may do here (editor without one).

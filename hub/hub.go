@@ -195,6 +195,21 @@ func (h *Hub) HandleResubscribed(id protocol.DocumentID) {
 	h.notify(id, docMsg{kind: kindCatchUp})
 }
 
+// Reauthorize makes the open document id ask the Authorizer again about
+// each of its peers, so that a permission change takes effect on open
+// sessions: a peer that lost its role is told the document is unavailable
+// and no longer synced; a peer that became a viewer has its next changes
+// refused. Whoever changes a permission calls it; a document not open on
+// this node needs nothing. It returns once the document's owner has the
+// request, or when ctx is done.
+func (h *Hub) Reauthorize(ctx context.Context, id protocol.DocumentID) error {
+	d := h.document(id, false)
+	if d == nil {
+		return nil
+	}
+	return d.post(ctx, docMsg{kind: kindReauthorize})
+}
+
 func (h *Hub) notify(id protocol.DocumentID, m docMsg) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
