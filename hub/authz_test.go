@@ -74,17 +74,7 @@ func TestViewerChangesAreRefused(t *testing.T) {
 
 	// The viewer changes the document and syncs.
 	edit(t, docV, "title", "by the viewer")
-	vi.sync(id, ssV, protocol.TypeSync)
-	var errMsg string
-	for {
-		msg := vi.recv(2 * time.Second)
-		if msg == nil {
-			break
-		}
-		if msg.Type == protocol.TypeError {
-			errMsg = msg.ErrorMessage
-		}
-	}
+	errMsg := pushUntilClosed(t, vi, id, ssV)
 	code, closed := vi.c.closeCode()
 	if !closed || code != protocol.CloseReadOnly || errMsg == "" {
 		t.Fatalf("viewer: closed %v with %v after error %q; want close %d after an error", closed, code, errMsg, protocol.CloseReadOnly)
@@ -184,10 +174,40 @@ func TestPermissionChangeOnOpenSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	edit(t, docA, "k", "v2")
-	a.sync(id, ssA, protocol.TypeSync)
-	for a.recv(2*time.Second) != nil {
-	}
+	pushUntilClosed(t, a, id, ssA)
 	if code, closed := a.c.closeCode(); !closed || code != protocol.CloseReadOnly {
 		t.Fatalf("demoted editor: closed %v with %v, want %d", closed, code, protocol.CloseReadOnly)
 	}
+}
+
+// pushUntilClosed syncs cl's local changes until the hub closes it (or 10
+// s pass) and returns the error message it got.
+func pushUntilClosed(t *testing.T, cl *client, id protocol.DocumentID, ss *automerge.SyncState) string {
+	t.Helper()
+	var errMsg string
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, closed := cl.c.closeCode(); closed {
+			break
+		}
+		cl.sync(id, ss, protocol.TypeSync)
+		msg := cl.recv(200 * time.Millisecond)
+		if msg == nil {
+			continue
+		}
+		switch msg.Type {
+		case protocol.TypeError:
+			errMsg = msg.ErrorMessage
+		case protocol.TypeSync:
+			if _, err := ss.ReceiveMessage(msg.Data); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for msg := cl.recv(100 * time.Millisecond); msg != nil; msg = cl.recv(100 * time.Millisecond) {
+		if msg.Type == protocol.TypeError {
+			errMsg = msg.ErrorMessage
+		}
+	}
+	return errMsg
 }

@@ -99,6 +99,8 @@ type document struct {
 	retry       *time.Timer       // retries publications and catch-ups
 	retrying    bool
 	retryDelay  time.Duration // grows while retries fail
+	settle      *time.Timer   // checks the stream position after activity
+	settling    bool
 
 	compactAfter time.Time     // no compaction before (after a failure)
 	compactDelay time.Duration // grows while compactions fail
@@ -114,6 +116,7 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		remote:    make(map[string]knownHeads),
 		compacted: make(chan compactResult, 1),
 		retry:     stoppedTimer(),
+		settle:    stoppedTimer(),
 	}
 }
 
@@ -180,6 +183,15 @@ func (d *document) run() {
 			}
 		case r := <-d.compacted:
 			d.compactDone(r)
+		case <-d.settle.C:
+			d.settling = false
+			d.checkPosition()
+			if err := d.flush(); err != nil {
+				d.log.Error("failed to store changes", "err", err)
+				d.h.m.StoreErrors.WithLabelValues("append").Inc()
+				d.failAll()
+				return
+			}
 		case <-d.retry.C:
 			d.retrying = false
 			if t := d.needCatchUp; t != "" {
@@ -546,6 +558,7 @@ func (d *document) publishPending() {
 		}
 		d.unpublished[0] = nil
 		d.unpublished = d.unpublished[1:]
+		d.armSettle()
 	}
 }
 
@@ -591,6 +604,36 @@ func (d *document) publishEphemeral(msg *protocol.Message) {
 	}
 }
 
+// settleDelay is how long after the last publication a document checks
+// that it has seen the stream's end: pub/sub may lose the last publication
+// of a burst, and no later one would reveal the gap.
+const settleDelay = time.Second
+
+func (d *document) armSettle() {
+	if d.subscribed && !d.settling {
+		d.settling = true
+		d.settle.Reset(settleDelay)
+	}
+}
+
+// checkPosition compares the stream's position with the one applied and
+// catches up if they differ.
+func (d *document) checkPosition() {
+	if !d.subscribed {
+		return
+	}
+	ctx, cancel := d.brokerCtx()
+	pos, err := d.h.opts.Broker.Position(ctx, d.id)
+	cancel()
+	if err != nil {
+		d.h.m.BrokerErrors.WithLabelValues("position").Inc()
+		return // a broker in trouble makes its own catch-ups (resubscribed)
+	}
+	if pos != d.pos {
+		d.catchUp("settle")
+	}
+}
+
 // receivePub takes a publication from another node (or our own, echoed).
 func (d *document) receivePub(p Publication) {
 	if p.Kind == PubEphemeral {
@@ -603,6 +646,7 @@ func (d *document) receivePub(p Publication) {
 		return
 	}
 	d.log.Debug("publication", "origin", p.Origin, "pos", p.Pos, "prev", p.Prev, "have", d.pos)
+	d.armSettle()
 	switch {
 	case p.Pos.Epoch != d.pos.Epoch:
 		d.catchUp("epoch")
@@ -990,6 +1034,7 @@ func (d *document) failAll() {
 
 func (d *document) unsubscribe() {
 	d.retry.Stop()
+	d.settle.Stop()
 	if !d.subscribed {
 		return
 	}

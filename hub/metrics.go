@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"op"}),
 		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_store_errors_total", Help: "Failed store operations."}, []string{"op"}),
 		BrokerRecoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_broker_recoveries_total",
-			Help: "Documents that caught up with the other nodes, by trigger (gap, epoch, resubscribed, lagged, retry) and source (log, store)."}, []string{"trigger", "source"}),
+			Help: "Documents that caught up with the other nodes, by trigger (gap, epoch, rollback, resubscribed, lagged, settle, retry) and source (log, store)."}, []string{"trigger", "source"}),
 		BrokerLagged:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_broker_lagged_total", Help: "Broker deliveries dropped because a document's inbox was full (the document catches up from the log)."}),
 		BrokerErrors:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_broker_errors_total", Help: "Failed broker calls, by operation."}, []string{"op"}),
 		ChangesRemote: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_remote_total", Help: "Changes applied from other nodes (through the broker or the store)."}),
