@@ -996,11 +996,9 @@ func (d *document) evict() {
 		}
 		d.publishPending()
 	}
-	if len(d.unpublished) > 0 {
-		if n := len(d.unpublished); n > 0 {
-			// Stored, so not lost: nodes that catch up from the store get them.
-			d.log.Error("evicted with changes not published to the other nodes", "batches", n)
-		}
+	if n := len(d.unpublished); n > 0 {
+		// Stored, so not lost: nodes that catch up from the store get them.
+		d.log.Error("evicted with changes not published to the other nodes", "batches", n)
 	}
 	d.unsubscribe()
 	d.peers = nil
