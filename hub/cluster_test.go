@@ -119,6 +119,17 @@ func cluster(t *testing.T, n int, hist int, wrap func(i int, b hub.Broker) hub.B
 	return hubs, ms, store
 }
 
+// lossyCluster is two hubs whose second loses the change deliveries drop
+// says; its log keeps hist publications (0: the default).
+func lossyCluster(t *testing.T, hist int, drop func(hub.Publication) bool) ([]*hub.Hub, []*hub.Metrics, hub.Store) {
+	return cluster(t, 2, hist, func(i int, b hub.Broker) hub.Broker {
+		if i != 1 {
+			return b
+		}
+		return &lossyBroker{Broker: b, drop: drop}
+	})
+}
+
 // editRounds has every peer edit concurrently, rounds times, converging
 // after each round.
 func editRounds(t *testing.T, id protocol.DocumentID, peers []*peerOn, rounds int) {
@@ -186,13 +197,8 @@ func TestClusterPeersOnDifferentNodesConverge(t *testing.T) {
 
 func TestClusterLostDeliveriesRecoveredFromLog(t *testing.T) {
 	var n atomic.Int64
-	hubs, ms, store := cluster(t, 2, 0, func(i int, b hub.Broker) hub.Broker {
-		if i != 1 {
-			return b
-		}
-		// Node 1 loses every other delivery.
-		return &lossyBroker{Broker: b, drop: func(hub.Publication) bool { return n.Add(1)%2 == 0 }}
-	})
+	// Node 1 loses every other delivery.
+	hubs, ms, store := lossyCluster(t, 0, func(hub.Publication) bool { return n.Add(1)%2 == 0 })
 	id := protocol.NewDocumentID()
 	peers := joinAll(t, hubs, 1, id)
 	editRounds(t, id, peers, 8)
@@ -204,12 +210,7 @@ func TestClusterLostDeliveriesRecoveredFromLog(t *testing.T) {
 
 func TestClusterTrimmedLogRecoveredFromStore(t *testing.T) {
 	var dropping atomic.Bool
-	hubs, ms, store := cluster(t, 2, 2, func(i int, b hub.Broker) hub.Broker {
-		if i != 1 {
-			return b
-		}
-		return &lossyBroker{Broker: b, drop: func(hub.Publication) bool { return dropping.Load() }}
-	})
+	hubs, ms, store := lossyCluster(t, 2, func(hub.Publication) bool { return dropping.Load() })
 	id := protocol.NewDocumentID()
 	peers := joinAll(t, hubs, 1, id)
 	// Node 1 hears nothing while node 0's peer makes more edits than the
@@ -230,16 +231,12 @@ func TestClusterTrimmedLogRecoveredFromStore(t *testing.T) {
 
 func TestClusterResubscribeCatchesUp(t *testing.T) {
 	var dropping atomic.Bool
-	hubs, ms, _ := cluster(t, 2, 0, func(i int, b hub.Broker) hub.Broker {
-		if i != 1 {
-			return b
-		}
-		return &lossyBroker{Broker: b, drop: func(hub.Publication) bool { return dropping.Load() }}
-	})
+	hubs, ms, _ := lossyCluster(t, 0, func(hub.Publication) bool { return dropping.Load() })
 	id := protocol.NewDocumentID()
 	peers := joinAll(t, hubs, 1, id)
 	// Node 1 silently misses the last publication: nothing later reveals
-	// the gap, only the re-made subscription does.
+	// the gap; the re-made subscription does (as would, a second later,
+	// the settle check).
 	dropping.Store(true)
 	edit(t, peers[0].doc, "missed", true)
 	converge(t, id, peers[:1])

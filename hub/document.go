@@ -38,6 +38,13 @@ const (
 // bound keeps a flood from postponing the write and the answers.
 const maxBatchMessages = 1024
 
+// local reports whether a message comes from one of this node's peers
+// (as opposed to the broker or a permission change): only those keep an
+// idle document in memory.
+func (k docMsgKind) local() bool {
+	return k != kindRemote && k != kindCatchUp && k != kindReauthorize
+}
+
 // remoteOrigin is the origin, for the engine, of changes that come from
 // other nodes (through the broker or the shared store).
 var remoteOrigin = new(int)
@@ -153,7 +160,7 @@ func (d *document) run() {
 		select {
 		case m := <-d.inbox:
 			d.handle(m)
-			local := m.kind != kindRemote && m.kind != kindCatchUp && m.kind != kindReauthorize
+			local := m.kind.local()
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
 			// store write.
@@ -161,7 +168,7 @@ func (d *document) run() {
 				select {
 				case m := <-d.inbox:
 					d.handle(m)
-					local = local || (m.kind != kindRemote && m.kind != kindCatchUp && m.kind != kindReauthorize)
+					local = local || m.kind.local()
 				default:
 					drained = true
 				}
@@ -263,7 +270,7 @@ func (d *document) load() error {
 		d.incBytes += len(b.Data)
 	}
 	d.snapshotBytes = len(sd.Snapshot)
-	raws, err := storedChanges(sd)
+	raws, err := sd.Changes()
 	if err != nil {
 		return err
 	}
@@ -279,34 +286,10 @@ func (d *document) load() error {
 	return nil
 }
 
-// storedChanges returns the raw chunks of every change of a stored
-// document: automerge-go reads the snapshot (a document chunk, which the
-// engine does not parse); the batches are raw change chunks already. A
-// store that lost a prefix of its batches (a Redis restarted empty) may
-// hold changes whose dependencies are gone: the engine queues those.
-func storedChanges(sd StoredDoc) ([][]byte, error) {
-	var raws [][]byte
-	if len(sd.Snapshot) > 0 {
-		doc, err := automerge.Load(sd.Snapshot)
-		if err != nil {
-			return nil, fmt.Errorf("failed to load snapshot: %w", err)
-		}
-		chs, err := doc.Changes()
-		if err != nil {
-			return nil, fmt.Errorf("failed to read the snapshot's changes: %w", err)
-		}
-		for _, ch := range chs {
-			raws = append(raws, ch.Save())
-		}
-	}
-	for _, b := range sd.Batches {
-		parts, err := amsync.SplitChunks(b.Data)
-		if err != nil {
-			return nil, fmt.Errorf("failed to read stored batch %d: %w", b.Seq, err)
-		}
-		raws = append(raws, parts...)
-	}
-	return raws, nil
+// sendUnavailable tells s the document is unavailable: unknown, denied or
+// unreadable, all alike.
+func (d *document) sendUnavailable(s *session) {
+	s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
 }
 
 func (d *document) brokerCtx() (context.Context, context.CancelFunc) {
@@ -384,7 +367,7 @@ func (d *document) reauthorize() {
 		d.h.m.Denials.Inc()
 		delete(d.peers, s)
 		d.eng.Forget(s)
-		s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
+		d.sendUnavailable(s)
 	}
 }
 
@@ -444,7 +427,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	ps := d.peer(s)
 	if ps == nil {
 		// Exactly what a document that does not exist gets.
-		s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
+		d.sendUnavailable(s)
 		return
 	}
 	applied, err := d.eng.ReceiveMessage(ps.st, msg.Data, s)
@@ -468,7 +451,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	}
 	if !d.exists {
 		ps.unavailable = true
-		s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id})
+		d.sendUnavailable(s)
 		return
 	}
 	if heads, ok := ps.st.TheirHeads(); ok && !s.ephemeral {
@@ -645,7 +628,9 @@ func (d *document) receivePub(p Publication) {
 		d.relayEphemeral(nil, msg)
 		return
 	}
-	d.log.Debug("publication", "origin", p.Origin, "pos", p.Pos, "prev", p.Prev, "have", d.pos)
+	if d.log.Enabled(context.Background(), slog.LevelDebug) { // no boxing on the hot path
+		d.log.Debug("publication", "origin", p.Origin, "pos", p.Pos, "prev", p.Prev, "have", d.pos)
+	}
 	d.armSettle()
 	switch {
 	case p.Pos.Epoch != d.pos.Epoch:
@@ -752,7 +737,7 @@ func (d *document) catchUp(trigger string) {
 		d.catchUpFailed(trigger, "load", err)
 		return
 	}
-	raws, err := storedChanges(sd)
+	raws, err := sd.Changes()
 	if err == nil {
 		err = d.applyRemote(raws)
 	}
@@ -898,7 +883,7 @@ func (d *document) compact() compactResult {
 	// The engine puts the changes in dependency order: after a store lost
 	// data, batches may hold changes before their dependencies (stored
 	// again later), which automerge-go's incremental load refuses.
-	raws, err := storedChanges(sd)
+	raws, err := sd.Changes()
 	if err != nil {
 		return compactResult{err: err}
 	}
@@ -1023,7 +1008,7 @@ func (d *document) failAll() {
 		select {
 		case m := <-d.inbox: // a sender still held us: answer it too
 			if m.kind == kindSync {
-				m.s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: d.h.opts.PeerID, TargetID: m.s.peerID, DocumentID: d.id})
+				d.sendUnavailable(m.s)
 			}
 		case <-time.After(10 * time.Millisecond):
 		}

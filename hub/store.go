@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/automerge/automerge-go"
+
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -94,6 +97,37 @@ type Store interface {
 type StoredDoc struct {
 	Snapshot []byte
 	Batches  []Batch
+}
+
+// Changes returns the raw chunks of every change of the stored document:
+// automerge-go reads the snapshot (a document chunk, which the sync engine
+// does not parse); the batches are raw change chunks already. The order
+// is the snapshot's, then the batches': a store that lost a prefix of its
+// batches (a Redis restarted empty) may hold changes before their
+// dependencies, which the sync engine queues until they arrive.
+func (sd StoredDoc) Changes() ([][]byte, error) {
+	var raws [][]byte
+	if len(sd.Snapshot) > 0 {
+		doc, err := automerge.Load(sd.Snapshot)
+		if err != nil {
+			return nil, fmt.Errorf("failed to load snapshot: %w", err)
+		}
+		chs, err := doc.Changes()
+		if err != nil {
+			return nil, fmt.Errorf("failed to read the snapshot's changes: %w", err)
+		}
+		for _, ch := range chs {
+			raws = append(raws, ch.Save())
+		}
+	}
+	for _, b := range sd.Batches {
+		parts, err := amsync.SplitChunks(b.Data)
+		if err != nil {
+			return nil, fmt.Errorf("failed to read stored batch %d: %w", b.Seq, err)
+		}
+		raws = append(raws, parts...)
+	}
+	return raws, nil
 }
 
 // Batch is one AppendChanges call as stored.

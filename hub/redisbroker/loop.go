@@ -199,29 +199,15 @@ func decodePayload(s string) (hub.Publication, error) {
 	if p.Kind != hub.PubChanges && p.Kind != hub.PubEphemeral {
 		return hub.Publication{}, fmt.Errorf("unknown kind %q", s[0])
 	}
-	offStr, rest, ok := strings.Cut(s[1:], ":")
-	if !ok {
-		return hub.Publication{}, errors.New("no offset")
+	// Five header fields, then origin and data (which may hold ':').
+	f := strings.SplitN(s[1:], ":", 6)
+	if len(f) != 6 {
+		return hub.Publication{}, fmt.Errorf("%d of the 5 header fields", len(f)-1)
 	}
+	offStr, epoch, tag, prev, nStr, rest := f[0], f[1], f[2], f[3], f[4], f[5]
 	off, err := strconv.ParseUint(offStr, 10, 64)
 	if err != nil {
 		return hub.Publication{}, fmt.Errorf("bad offset %q", offStr)
-	}
-	epoch, rest, ok := strings.Cut(rest, ":")
-	if !ok {
-		return hub.Publication{}, errors.New("no epoch")
-	}
-	tag, rest, ok := strings.Cut(rest, ":")
-	if !ok {
-		return hub.Publication{}, errors.New("no tag")
-	}
-	prev, rest, ok := strings.Cut(rest, ":")
-	if !ok {
-		return hub.Publication{}, errors.New("no previous tag")
-	}
-	nStr, rest, ok := strings.Cut(rest, ":")
-	if !ok {
-		return hub.Publication{}, errors.New("no origin length")
 	}
 	n, err := strconv.Atoi(nStr)
 	if err != nil || n < 0 || n > len(rest) {

@@ -378,10 +378,7 @@ func (c *Client) attach(cn *conn) {
 	c.mu.Lock()
 	c.conn = cn
 	close(c.connected)
-	hs := make([]*Handle, 0, len(c.docs))
-	for _, h := range c.docs {
-		hs = append(hs, h)
-	}
+	hs := c.handlesLocked()
 	c.mu.Unlock()
 	for _, h := range hs {
 		h.connect(cn)
@@ -396,14 +393,20 @@ func (c *Client) detach(cn *conn) {
 		c.conn = nil
 		c.connected = make(chan struct{})
 	}
-	hs := make([]*Handle, 0, len(c.docs))
-	for _, h := range c.docs {
-		hs = append(hs, h)
-	}
+	hs := c.handlesLocked()
 	c.mu.Unlock()
 	for _, h := range hs {
 		h.disconnect(cn)
 	}
+}
+
+// handlesLocked returns the open handles; the caller holds c.mu.
+func (c *Client) handlesLocked() []*Handle {
+	hs := make([]*Handle, 0, len(c.docs))
+	for _, h := range c.docs {
+		hs = append(hs, h)
+	}
+	return hs
 }
 
 func (c *Client) readLoop(cn *conn) error {

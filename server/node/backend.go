@@ -123,30 +123,25 @@ func (b *backend) close() error {
 // user and password for AUTH; with cfg.RedisCluster, further nodes as addr
 // parameters (redis://host1:6379?addr=host2:6379&addr=host3:6379).
 func newRedisClient(cfg Config) (redis.UniversalClient, error) {
-	var tlsCfg **tls.Config
-	var client redis.UniversalClient
+	bad := func(err error) error { return fmt.Errorf("invalid redis-url %s: %w", redactURL(cfg.RedisURL), err) }
 	if cfg.RedisCluster {
 		o, err := redis.ParseClusterURL(cfg.RedisURL)
 		if err != nil {
-			return nil, fmt.Errorf("invalid redis-url %s: %w", redactURL(cfg.RedisURL), err)
+			return nil, bad(err)
 		}
-		tlsCfg = &o.TLSConfig
-		if err := configureTLS(cfg, tlsCfg); err != nil {
+		if err := configureTLS(cfg, &o.TLSConfig); err != nil {
 			return nil, err
 		}
-		client = redis.NewClusterClient(o)
-	} else {
-		o, err := redis.ParseURL(cfg.RedisURL)
-		if err != nil {
-			return nil, fmt.Errorf("invalid redis-url %s: %w", redactURL(cfg.RedisURL), err)
-		}
-		tlsCfg = &o.TLSConfig
-		if err := configureTLS(cfg, tlsCfg); err != nil {
-			return nil, err
-		}
-		client = redis.NewClient(o)
+		return redis.NewClusterClient(o), nil
 	}
-	return client, nil
+	o, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, bad(err)
+	}
+	if err := configureTLS(cfg, &o.TLSConfig); err != nil {
+		return nil, err
+	}
+	return redis.NewClient(o), nil
 }
 
 // configureTLS applies the CA file and the TLS 1.2 minimum to a rediss://

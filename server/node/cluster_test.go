@@ -14,11 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/automerge/automerge-go"
-
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/redistest"
-	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/pkg/syncengine"
 )
@@ -143,26 +140,9 @@ func checkStoredHeads(t *testing.T, st hub.Store, res map[string]any) {
 // missing altogether fails the test.
 func storedHeads(t *testing.T, sd hub.StoredDoc) []string {
 	t.Helper()
-	var raws [][]byte
-	if len(sd.Snapshot) > 0 {
-		doc, err := automerge.Load(sd.Snapshot)
-		if err != nil {
-			t.Fatal(err)
-		}
-		chs, err := doc.Changes()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, c := range chs {
-			raws = append(raws, c.Save())
-		}
-	}
-	for _, b := range sd.Batches {
-		parts, err := amsync.SplitChunks(b.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raws = append(raws, parts...)
+	raws, err := sd.Changes()
+	if err != nil {
+		t.Fatalf("stored changes: %v", err)
 	}
 	eng := syncengine.New(syncengine.Options{})
 	if _, err := eng.AddChanges(nil, raws...); err != nil {
