@@ -130,6 +130,9 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log-format must be text or json, not %q", c.LogFormat)
 	}
+	if err := c.validateLimits(); err != nil {
+		return err
+	}
 	if c.DataDir == "" && c.RedisURL == "" {
 		return errors.New("data-dir must not be empty")
 	}

@@ -29,7 +29,7 @@ const (
 // resets its bucket.
 const maxTrackedIPs = 1 << 16
 
-// validateLimits checks the limit settings (kept apart from Validate).
+// validateLimits checks the limit settings; Validate calls it.
 func (c *Config) validateLimits() error {
 	switch {
 	case c.MessageRate < 0 || math.IsNaN(c.MessageRate) || math.IsInf(c.MessageRate, 0):
