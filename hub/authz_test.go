@@ -211,3 +211,61 @@ func pushUntilClosed(t *testing.T, cl *client, id protocol.DocumentID, ss *autom
 	}
 	return errMsg
 }
+
+// TestGrantReachesDeniedPeer: a client that creates a document before it
+// is allowed to (it claims it through the REST API a moment later) is
+// refused, then, once the permission lands and Reauthorize runs, offered a
+// sync message, and its document is stored without the client changing it
+// again. The denial is reported as a security event.
+func TestGrantReachesDeniedPeer(t *testing.T) {
+	auth := &mutableRoles{r: map[string]hub.Role{}}
+	store := memstore.New()
+	var mu sync.Mutex
+	var events []hub.SecurityEvent
+	h := newHub(t, store, func(o *hub.Options) {
+		o.Authorizer = auth
+		o.OnSecurityEvent = func(ev hub.SecurityEvent) {
+			mu.Lock()
+			events = append(events, ev)
+			mu.Unlock()
+		}
+	})
+	id := protocol.NewDocumentID()
+	c := connectAs(t, h, "creator", "u1")
+	doc := automerge.New()
+	edit(t, doc, "title", "made offline")
+	ss := automerge.NewSyncState(doc)
+	c.sync(id, ss, protocol.TypeSync)
+	if m := c.recv(2 * time.Second); m == nil || m.Type != protocol.TypeDocUnavailable {
+		t.Fatalf("before the grant: %+v, want doc-unavailable", m)
+	}
+	mu.Lock()
+	if len(events) != 1 || events[0].Kind != hub.EventDenied || events[0].Doc != id || events[0].Conn.Identity.User != "u1" || events[0].Peer != "creator" {
+		t.Fatalf("security events %+v, want one denial of u1 on %s", events, id)
+	}
+	mu.Unlock()
+
+	auth.set("u1", hub.RoleOwner)
+	if err := h.Reauthorize(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	m := c.recv(2 * time.Second)
+	if m == nil || m.Type != protocol.TypeSync {
+		t.Fatalf("after the grant: %+v, want a sync message", m)
+	}
+	if _, err := ss.ReceiveMessage(m.Data); err != nil {
+		t.Fatal(err)
+	}
+	c.syncUntilQuiet(id, ss)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		sd, err := store.LoadDoc(context.Background(), id)
+		if err == nil && len(sd.Batches) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the granted creator's document was not stored: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

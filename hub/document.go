@@ -87,6 +87,7 @@ type document struct {
 	exists  bool // stored (or being stored): a request gets it, not doc-unavailable
 	created bool // a record exists in the store
 	peers   map[*session]*peerState
+	denied  map[*session]struct{} // peers refused: asked again on Reauthorize
 	unsaved [][]byte              // raw chunks applied since the last store write
 	heads   []syncengine.Hash     // heads as last stored
 	remote  map[string]knownHeads // storage id -> heads, for remote-heads gossip
@@ -120,6 +121,7 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		log:       h.log.With("doc", string(id)),
 		inbox:     make(chan docMsg, h.opts.DocQueueLen),
 		peers:     make(map[*session]*peerState),
+		denied:    make(map[*session]struct{}),
 		remote:    make(map[string]knownHeads),
 		compacted: make(chan compactResult, 1),
 		retry:     stoppedTimer(),
@@ -314,6 +316,7 @@ func (d *document) handle(m docMsg) {
 	case kindReauthorize:
 		d.reauthorize()
 	case kindLeave:
+		delete(d.denied, m.s)
 		if ps, ok := d.peers[m.s]; ok {
 			d.saveSyncState(m.s, ps)
 			delete(d.peers, m.s)
@@ -356,7 +359,9 @@ func (d *document) accept(_ *amsync.Change, origin any) error {
 
 // reauthorize asks the Authorizer again about every peer: a peer that lost
 // its role is told the document is unavailable and dropped; the others get
-// their new role (a viewer's next changes are refused).
+// their new role (a viewer's next changes are refused). A peer refused
+// before that may now read is let in and sent a sync message, so a client
+// that created a document before claiming it syncs it once the claim lands.
 func (d *document) reauthorize() {
 	for s, ps := range d.peers {
 		r := d.role(s)
@@ -364,11 +369,42 @@ func (d *document) reauthorize() {
 			ps.role = r
 			continue
 		}
-		d.h.m.Denials.Inc()
+		d.deny(s)
 		delete(d.peers, s)
 		d.eng.Forget(s)
 		d.sendUnavailable(s)
 	}
+	for s := range d.denied {
+		if s.closed.Load() {
+			delete(d.denied, s)
+			continue
+		}
+		r := d.role(s)
+		if r == RoleNone {
+			continue
+		}
+		delete(d.denied, s)
+		ps := d.admit(s, r)
+		if d.exists {
+			ps.dirty = true // flush answers, once the store has every change
+			continue
+		}
+		// Nothing stored yet, so nothing to wait for: offer our (empty)
+		// state at once, and the peer answers with what it has.
+		d.generate(ps)
+		for _, data := range ps.out {
+			s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: data})
+		}
+		clear(ps.out)
+		ps.out = ps.out[:0]
+	}
+}
+
+// deny counts and reports a refused peer, and remembers it for Reauthorize.
+func (d *document) deny(s *session) {
+	d.h.m.Denials.Inc()
+	d.denied[s] = struct{}{}
+	s.report(SecurityEvent{Kind: EventDenied, Doc: d.id, Err: errDenied})
 }
 
 // role asks the Authorizer what s may do here (editor without one).
@@ -395,9 +431,15 @@ func (d *document) peer(s *session) *peerState {
 	}
 	role := d.role(s)
 	if role == RoleNone {
-		d.h.m.Denials.Inc()
+		d.deny(s)
 		return nil
 	}
+	return d.admit(s, role)
+}
+
+// admit makes s a peer of the document with role, resuming the sync state
+// stored for its storage.
+func (d *document) admit(s *session, role Role) *peerState {
 	ps := &peerState{role: role}
 	if !s.ephemeral {
 		ctx, cancel := d.storeCtx()

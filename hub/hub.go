@@ -81,6 +81,12 @@ type Options struct {
 	// without a MessageRate limit.
 	MessageBurst int
 
+	// OnSecurityEvent, if set, is told of each denial, refused change,
+	// rate limit and malformed input, for an audit log. The hub calls it
+	// synchronously from session and document goroutines: it must be
+	// quick, safe for concurrent use, and must not call the hub.
+	OnSecurityEvent func(SecurityEvent)
+
 	// AfterGC, if set, runs after the collection that follows evictions; a
 	// node uses it to hand freed C memory back to the operating system.
 	AfterGC func()

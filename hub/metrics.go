@@ -60,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ChangesRemote: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_remote_total", Help: "Changes applied from other nodes (through the broker or the store)."}),
 		Denials:       prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_denials_total", Help: "Peers refused a document by the authorizer (told it is unavailable)."}),
 		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_limit_hits_total",
-			Help: "Connections closed, upgrades and HTTP requests refused because a limit was hit, by limit (messages, connections_per_ip, http_rate)."}, []string{"limit"}),
+			Help: "Connections closed, upgrades and HTTP requests refused because a limit was hit, by limit (messages, user_messages, connections_per_ip, connections_per_user, http_rate)."}, []string{"limit"}),
 	}
 	m.LimitHits.WithLabelValues(LimitMessages) // shown at 0 before the first hit
 	if reg != nil {
@@ -75,6 +75,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // LimitMessages is the plait_limit_hits_total label of the per-connection
 // message rate limit.
 const LimitMessages = "messages"
+
+// LimitUserMessages is the plait_limit_hits_total label of the per-user
+// message rate limit (ConnInfo.UserLimit).
+const LimitUserMessages = "user_messages"
 
 // countIn records an incoming frame of n bytes (typ "" counts bytes only).
 func (m *Metrics) countIn(typ string, n int) {

@@ -25,6 +25,10 @@ type ConnInfo struct {
 	// Identity is who the transport authenticated; the zero value is an
 	// anonymous peer.
 	Identity Identity
+	// UserLimit, if set, is the user's message rate limit, shared by all
+	// of the user's connections on this node: a connection that finds it
+	// exhausted is closed as rate limited, like one over its own limit.
+	UserLimit *UserLimiter
 }
 
 // maxEphemeralSessions bounds the per-connection memory of ephemeral
@@ -45,6 +49,8 @@ type session struct {
 	storageID string // empty for peers without storage
 	ephemeral bool   // the peer keeps no storage: its sync state is not persisted
 	identity  Identity
+	info      ConnInfo
+	id        uint64 // the "conn" of logs
 
 	docs    map[protocol.DocumentID]struct{} // documents this peer has touched
 	ephSeen map[string]uint64                // ephemeral sessionId -> highest count
@@ -81,12 +87,11 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 	h.m.ConnectionsTotal.Inc()
 	defer h.m.Connections.Dec()
 
-	s, err := h.join(ctx, conn, log)
+	s, err := h.join(ctx, conn, log, info, cid)
 	if err != nil {
 		log.Info("connection closed before join", "err", err)
 		return err
 	}
-	s.identity = info.Identity
 	defer h.unregister(s)
 	err = s.readLoop(ctx)
 	s.closed.Store(true)
@@ -95,13 +100,17 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 	return err
 }
 
-func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger) (*session, error) {
+func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger, info ConnInfo, cid uint64) (*session, error) {
+	rejectWith := func(code protocol.CloseCode, reason string, err error) {
+		h.reject(conn, log, code, reason)
+		h.report(SecurityEvent{Kind: kindOfClose(code), Conn: info, ConnID: cid, Code: code, Err: err})
+	}
 	jctx, cancel := context.WithTimeout(ctx, h.opts.JoinTimeout)
 	frame, err := conn.Read(jctx)
 	cancel()
 	if err != nil {
 		if jctx.Err() != nil && ctx.Err() == nil {
-			h.reject(conn, log, protocol.CloseJoinTimeout, "no join message within "+h.opts.JoinTimeout.String())
+			rejectWith(protocol.CloseJoinTimeout, "no join message within "+h.opts.JoinTimeout.String(), err)
 		} else {
 			conn.Close(protocol.CloseNormal, "")
 		}
@@ -110,29 +119,32 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger) (*session, 
 	h.m.countIn("", len(frame))
 	msg, err := protocol.Decode(frame)
 	if err != nil {
-		h.reject(conn, log, protocol.CloseMalformedMessage, err.Error())
+		rejectWith(protocol.CloseMalformedMessage, err.Error(), err)
 		return nil, err
 	}
 	h.m.countIn(msg.Type, 0)
 	if msg.Type != protocol.TypeJoin {
 		err := fmt.Errorf("expected join, got %q", msg.Type)
-		h.reject(conn, log, protocol.CloseMalformedMessage, err.Error())
+		rejectWith(protocol.CloseMalformedMessage, err.Error(), err)
 		return nil, err
 	}
 	// A join without versions predates version negotiation: it means "1",
 	// as the official server takes it.
 	if len(msg.SupportedProtocolVersions) > 0 && !slices.Contains(msg.SupportedProtocolVersions, protocol.ProtocolVersion) {
 		err := fmt.Errorf("unsupported protocol versions %q: this server speaks %q", msg.SupportedProtocolVersions, protocol.ProtocolVersion)
-		h.reject(conn, log, protocol.CloseUnsupportedVersion, err.Error())
+		rejectWith(protocol.CloseUnsupportedVersion, err.Error(), err)
 		return nil, err
 	}
 	s := &session{
-		h:       h,
-		conn:    conn,
-		peerID:  msg.SenderID,
-		docs:    make(map[protocol.DocumentID]struct{}),
-		ephSeen: make(map[string]uint64),
-		subs:    make(map[string]struct{}),
+		h:        h,
+		conn:     conn,
+		peerID:   msg.SenderID,
+		identity: info.Identity,
+		info:     info,
+		id:       cid,
+		docs:     make(map[protocol.DocumentID]struct{}),
+		ephSeen:  make(map[string]uint64),
+		subs:     make(map[string]struct{}),
 	}
 	if h.opts.MessageRate > 0 {
 		s.limit = rate.NewLimiter(rate.Limit(h.opts.MessageRate), h.opts.MessageBurst)
@@ -191,6 +203,12 @@ func (s *session) readLoop(ctx context.Context) error {
 		if s.limit != nil && !s.limit.Allow() {
 			s.h.m.LimitHits.WithLabelValues(LimitMessages).Inc()
 			err := fmt.Errorf("%w: more than %g messages/s (burst %d) on this connection", errRateLimited, s.h.opts.MessageRate, s.h.opts.MessageBurst)
+			s.fail(protocol.CloseRateLimited, err)
+			return err
+		}
+		if u := s.info.UserLimit; u != nil && !u.Allow() {
+			s.h.m.LimitHits.WithLabelValues(LimitUserMessages).Inc()
+			err := fmt.Errorf("%w: more than %g messages/s (burst %d) from this user", errRateLimited, float64(u.Limit()), u.Burst())
 			s.fail(protocol.CloseRateLimited, err)
 			return err
 		}
@@ -351,6 +369,7 @@ func (s *session) fail(code protocol.CloseCode, err error) {
 	}
 	s.log.Warn("closing connection", "code", code, "err", err)
 	s.h.m.Disconnects.WithLabelValues(code.String()).Inc()
+	s.report(SecurityEvent{Kind: kindOfClose(code), Code: code, Err: err})
 	s.send(&protocol.Message{Type: protocol.TypeError, SenderID: s.h.opts.PeerID, TargetID: s.peerID, ErrorMessage: err.Error()})
 	s.conn.Close(code, closeReason(err.Error()))
 }

@@ -53,6 +53,14 @@ const (
 	// connection's rate limit allows; an error message precedes the close.
 	// (4429 was taken by the slow consumer: 430 is next to HTTP's 429.)
 	CloseRateLimited CloseCode = 4430
+	// CloseTokenExpired means the access token the connection was opened
+	// with expired (after a short grace): refresh it and reconnect. An
+	// error message precedes the close.
+	CloseTokenExpired CloseCode = 4401
+	// CloseRevoked means the user or the login session was revoked (logged
+	// out, a refresh token reused, an operator's revocation): log in again.
+	// An error message precedes the close.
+	CloseRevoked CloseCode = 4410
 )
 
 var closeCodeNames = map[CloseCode]string{
@@ -71,6 +79,8 @@ var closeCodeNames = map[CloseCode]string{
 	CloseSlowConsumer:       "slow consumer",
 	CloseRateLimited:        "rate limited",
 	CloseReadOnly:           "read-only document",
+	CloseTokenExpired:       "access token expired",
+	CloseRevoked:            "access revoked",
 }
 
 // String returns a short description, such as "slow consumer (4429)".
