@@ -1,14 +1,17 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	mrand "math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +58,18 @@ type Options struct {
 	// HTTPClient dials the WebSocket (e.g. from a chosen source address).
 	// Default: http.DefaultClient.
 	HTTPClient *http.Client
+	// Token, if set, returns the access token of a server that requires
+	// login. It is called before every connection attempt (so a client
+	// that was offline refreshes before it reconnects), one call at a
+	// time, with a context bounded by DialTimeout; the token goes in the
+	// handshake's Authorization: Bearer header ("" sends none). An error
+	// counts as a failed attempt: the client waits its backoff and tries
+	// again (Stats.LastErr wraps the error), and documents keep their
+	// unsynced changes. A handshake refused with 401 is a failed attempt
+	// too. A connection the server closes because the token expired
+	// (4401) is reopened at once, with a new Token call.
+	// (*TokenSource).Token fits. Default: no token.
+	Token func(ctx context.Context) (string, error)
 	// Logger receives the client's logs. Default: slog.Default().
 	Logger *slog.Logger
 	// IndexOnly keeps documents as the sync engine's index alone once they
@@ -101,7 +116,11 @@ type Stats struct {
 	ConnectFailures         int64 // attempts that did not end joined
 	MessagesIn, MessagesOut int64
 	BytesIn, BytesOut       int64
-	LastError               string // why the last connection ended or failed
+	LastError               string // why the last connection ended or failed: LastErr's text
+	// LastErr is why the last connection ended or failed, for errors.Is:
+	// ErrRevoked (log in again), ErrUnauthorized, or what Options.Token
+	// returned (such as ErrRefreshFailed). Nil before the first failure.
+	LastErr error
 }
 
 // Client is a connection manager and the documents it syncs.
@@ -119,7 +138,7 @@ type Client struct {
 	conn      *conn
 	connected chan struct{} // closed while connected; replaced on disconnect
 	closed    bool
-	lastErr   string
+	lastErr   error
 
 	connects, disconnects atomic.Int64
 	connectFailures       atomic.Int64
@@ -177,11 +196,15 @@ func (c *Client) Stats() Stats {
 	c.mu.Lock()
 	last := c.lastErr
 	c.mu.Unlock()
-	return Stats{
+	s := Stats{
 		Connects: c.connects.Load(), Disconnects: c.disconnects.Load(), ConnectFailures: c.connectFailures.Load(),
 		MessagesIn: c.msgsIn.Load(), MessagesOut: c.msgsOut.Load(),
-		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(), LastError: last,
+		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load(), LastErr: last,
 	}
+	if last != nil {
+		s.LastError = last.Error()
+	}
+	return s
 }
 
 // Connected reports whether the client has a joined connection now.
@@ -243,7 +266,8 @@ func (c *Client) Disconnect() {
 }
 
 // run connects, serves the connection until it ends, and reconnects with
-// jittered exponential backoff, rotating through the URLs.
+// jittered exponential backoff, rotating through the URLs. A connection
+// closed because its access token expired is reopened at once.
 func (c *Client) run() {
 	defer close(c.done)
 	attempt := 0
@@ -252,7 +276,7 @@ func (c *Client) run() {
 		cn, err := c.dial(url)
 		if err != nil {
 			c.connectFailures.Add(1)
-			c.setErr(fmt.Sprintf("failed to connect to %s: %v", url, err))
+			c.setErr(fmt.Errorf("failed to connect to %s: %w", url, err))
 			c.log.Debug("connect failed", "url", url, "err", err)
 			attempt++
 			if !c.sleep(c.backoff(attempt)) {
@@ -267,12 +291,19 @@ func (c *Client) run() {
 		c.detach(cn)
 		c.disconnects.Add(1)
 		if c.ctx.Err() != nil {
-			c.setErr("closed by the client")
+			c.setErr(errors.New("closed by the client"))
 			return
 		}
-		c.setErr(fmt.Sprintf("connection to %s ended: %v", url, err))
+		code := protocol.CloseCode(websocket.CloseStatus(err))
+		if code == protocol.CloseRevoked {
+			err = fmt.Errorf("%w: %w", ErrRevoked, err)
+		}
+		c.setErr(fmt.Errorf("connection to %s ended: %w", url, err))
 		c.log.Debug("disconnected", "url", url, "err", err)
 		i-- // retry the same URL first
+		if code == protocol.CloseTokenExpired {
+			continue // with a new token, at once
+		}
 		attempt++
 		if !c.sleep(c.backoff(attempt)) {
 			return
@@ -280,9 +311,9 @@ func (c *Client) run() {
 	}
 }
 
-func (c *Client) setErr(s string) {
+func (c *Client) setErr(err error) {
 	c.mu.Lock()
-	c.lastErr = s
+	c.lastErr = err
 	c.mu.Unlock()
 }
 
@@ -309,13 +340,24 @@ func (c *Client) sleep(d time.Duration) bool {
 	}
 }
 
-// dial opens a WebSocket to url and joins.
+// dial opens a WebSocket to url, with a token from Options.Token, and
+// joins.
 func (c *Client) dial(url string) (*conn, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.DialTimeout)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient})
+	var header http.Header
+	if c.opts.Token != nil {
+		tok, err := c.opts.Token(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("failed to get an access token: %w", err)
+		}
+		if tok != "" {
+			header = http.Header{"Authorization": {"Bearer " + tok}}
+		}
+	}
+	ws, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, HTTPHeader: header})
 	if err != nil {
-		return nil, err
+		return nil, handshakeError(resp, err)
 	}
 	ws.SetReadLimit(c.opts.MaxMessageBytes)
 	cn := &conn{ws: ws}
@@ -339,8 +381,12 @@ func (c *Client) dial(url string) (*conn, error) {
 		return nil, fmt.Errorf("bad answer to join: %w", err)
 	}
 	if m.Type == protocol.TypeError {
+		err := c.closeAfterError(cn)
 		ws.CloseNow()
-		return nil, fmt.Errorf("server refused the join: %s", m.ErrorMessage)
+		if protocol.CloseCode(websocket.CloseStatus(err)) == protocol.CloseRevoked {
+			return nil, fmt.Errorf("server refused the join: %w: %s: %w", ErrRevoked, m.ErrorMessage, err)
+		}
+		return nil, fmt.Errorf("server refused the join: %s: %w", m.ErrorMessage, err)
 	}
 	if m.Type != protocol.TypePeer {
 		ws.CloseNow()
@@ -351,6 +397,44 @@ func (c *Client) dial(url string) (*conn, error) {
 		cn.serverStorage = m.PeerMetadata.StorageID
 	}
 	return cn, nil
+}
+
+// handshakeError explains a refused handshake with the server's JSON error
+// message; a 401 is ErrUnauthorized, or ErrRevoked if the server says so.
+func handshakeError(resp *http.Response, err error) error {
+	if resp == nil || resp.Body == nil {
+		return err
+	}
+	// On a failed handshake coder/websocket keeps the first KiB of the body.
+	b, _ := io.ReadAll(resp.Body)
+	msg := errorMessage(b, "")
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized && strings.HasPrefix(msg, "access revoked"):
+		return fmt.Errorf("%w (HTTP 401): %s", ErrRevoked, msg)
+	case resp.StatusCode == http.StatusUnauthorized:
+		return fmt.Errorf("%w (HTTP 401): %s", ErrUnauthorized, cmp.Or(msg, "no reason given"))
+	case msg != "":
+		return fmt.Errorf("%w: %s", err, msg)
+	}
+	return err
+}
+
+// closeWait bounds the wait for the close that follows a server's error
+// message.
+const closeWait = 5 * time.Second
+
+// closeAfterError reads what follows an error message from the server
+// until its close frame (at most closeWait) and returns the read's error,
+// which carries the close code: the code says whether to refresh the
+// token (4401) or to log in again (4410).
+func (c *Client) closeAfterError(cn *conn) error {
+	ctx, cancel := context.WithTimeout(c.ctx, closeWait)
+	defer cancel()
+	for {
+		if _, _, err := cn.ws.Read(ctx); err != nil {
+			return err
+		}
+	}
 }
 
 // write sends one message on cn.
@@ -437,7 +521,7 @@ func (c *Client) readLoop(cn *conn) error {
 				h.deliverEphemeral(m.SenderID, m.Data)
 			}
 		case protocol.TypeError:
-			return fmt.Errorf("server error: %s", m.ErrorMessage)
+			return fmt.Errorf("server error: %s: %w", m.ErrorMessage, c.closeAfterError(cn))
 		}
 	}
 }

@@ -18,6 +18,20 @@
 // its sync state with each server storage on disk: a restarted client
 // loads them and resumes by exchanging only what is missing.
 //
+// Authentication: a server that requires login takes an access token in
+// the handshake. Options.Token supplies it before every connection attempt;
+// a TokenSource built from a login's refresh token fits it and keeps the
+// token fresh, spending each single-use refresh token once and handing its
+// successor to OnRotate to persist. A failed Token call or a refused
+// handshake is a failed attempt like any other: the client backs off and
+// retries, and edits made meanwhile wait in their documents. A connection
+// closed because its token expired (4401) is reopened at once with a new
+// token; a revoked login (4410) shows as ErrRevoked in Stats().LastErr, and
+// a refresh token the server refuses as ErrRefreshFailed: log in again.
+//
+//	ts, err := client.NewTokenSource(client.TokenSourceOptions{BaseURL: "https://plait.example", RefreshToken: rt, OnRotate: save})
+//	c, err := client.New(ctx, client.Options{URLs: []string{"wss://plait.example/ws"}, Token: ts.Token})
+//
 // The sync protocol runs on pkg/syncengine (an index of changes, so a
 // message costs O(new changes)); automerge-go holds the document the app
 // reads and changes.
