@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/redistest"
 	"github.com/plaithub/plait/pkg/protocol"
@@ -215,7 +217,11 @@ func TestClusterRedisFaults(t *testing.T) {
 			srv.Restart(false)
 		}, "plait_broker_reconnects_total"},
 		{"DebugSleep", false, func(t *testing.T, srv *redistest.Server) {
-			if err := srv.Client(t).Do(context.Background(), "DEBUG", "SLEEP", "5").Err(); err != nil {
+			// A read timeout longer than the sleep: go-redis's default (3 s) would
+			// give up on the reply.
+			c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: 15 * time.Second})
+			defer c.Close()
+			if err := c.Do(context.Background(), "DEBUG", "SLEEP", "5").Err(); err != nil {
 				t.Fatalf("DEBUG SLEEP: %v", err)
 			}
 		}, "plait_broker_probe_failures_total"},

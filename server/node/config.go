@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -41,6 +42,38 @@ type Config struct {
 	RedisCAFile     string // CA certificates for rediss://
 	DebugAddr       string // loopback address of the pprof endpoints ("" = off)
 	EncryptionKeys  string // key file: encrypt everything the store writes
+
+	// Login and tokens (auth is on when a provider is configured).
+	PublicURL          string // external base URL: login callbacks, cookie security
+	AuthKeyFile        string // keys that sign tokens and seal login cookies
+	GitHubClientID     string
+	GitHubClientSecret string
+	GoogleClientID     string
+	GoogleClientSecret string
+	OIDCIssuer         string // any OpenID Connect provider, by issuer (discovery) URL
+	OIDCClientID       string
+	OIDCClientSecret   string
+	AccessTTL          time.Duration // access token lifetime
+	RefreshTTL         time.Duration // refresh token lifetime (unused)
+	TokenGrace         time.Duration // an expired socket is closed this long after its token expired
+	AdminUsers         []string      // users who may revoke other users
+	MaxConnsPerUser    int           // concurrent WebSockets per user (0 = no limit)
+	UserMessageRate    float64       // messages/s one user may send over all connections (0 = no limit)
+	UserMessageBurst   int
+
+	// Transport security and audit.
+	TLSCert        string // PEM certificate chain: serve HTTPS/WSS with TLS 1.3 minimum
+	TLSKey         string
+	AuditLog       string        // where the JSON audit log goes: "-" stderr, or a file
+	BlockThreshold int           // offenses from one address within BlockWindow that block it
+	BlockWindow    time.Duration // the window offenses are counted in
+	BlockDuration  time.Duration // how long a blocked address is refused
+}
+
+// AuthEnabled reports whether a login provider is configured: then every
+// WebSocket and API call needs a token.
+func (c *Config) AuthEnabled() bool {
+	return c.GitHubClientID != "" || c.GoogleClientID != "" || c.OIDCIssuer != "" || c.OIDCClientID != ""
 }
 
 // ParseConfig reads flags from args and environment variables through getenv.
@@ -51,7 +84,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.SetOutput(out)
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address (host:port)")
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory of the embedded store")
-	fs.BoolVar(&c.AllowAnonymous, "allow-anonymous", false, "serve unauthenticated clients on a non-loopback address (there is no login yet: required to listen beyond loopback)")
+	fs.BoolVar(&c.AllowAnonymous, "allow-anonymous", false, "without a login provider, serve anonymous clients (every client may read and change every document) on a non-loopback address; without it, a node with no provider listens on loopback only")
 	origins := fs.String("allowed-origins", "", "comma-separated browser origins (host patterns, e.g. app.example.com) allowed to open /ws besides the node's own host")
 	fs.Int64Var(&c.MaxMessageBytes, "max-message-bytes", 32<<20, "largest WebSocket message accepted from a client (a document's first sync arrives as one message)")
 	fs.IntVar(&c.MaxQueueBytes, "max-queue-bytes", 16<<20, "bytes queued for a slow client before it is disconnected")
@@ -72,6 +105,28 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.StringVar(&c.RedisCAFile, "redis-ca-file", "", "PEM file of CA certificates to verify a rediss:// server (default: the system roots)")
 	fs.StringVar(&c.DebugAddr, "debug-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this loopback address, e.g. 127.0.0.1:6060 (default: off)")
 	fs.StringVar(&c.EncryptionKeys, "encryption-key-file", "", "encrypt at rest everything the store writes (AES-256-GCM): a file of lines \"<id>:<base64 of 32 bytes>\", the first key encrypts, the others only decrypt (rotation); default: off")
+	fs.StringVar(&c.PublicURL, "public-url", "", "the URL browsers reach the node(s) at, e.g. https://plait.example.com: login callbacks go to <public-url>/auth/<provider>/callback; required with a login provider")
+	fs.StringVar(&c.AuthKeyFile, "auth-key-file", "", "keys that sign access and refresh tokens and seal login cookies, lines \"<id>:<base64 of 32 bytes>\" (the first signs, the others only verify: rotation); every node of a cluster needs the same file; required with a login provider")
+	fs.StringVar(&c.GitHubClientID, "github-client-id", "", "GitHub OAuth app client id: enables login with GitHub")
+	fs.StringVar(&c.GitHubClientSecret, "github-client-secret", "", "GitHub OAuth app client secret (prefer PLAIT_GITHUB_CLIENT_SECRET)")
+	fs.StringVar(&c.GoogleClientID, "google-client-id", "", "Google OAuth client id: enables login with Google")
+	fs.StringVar(&c.GoogleClientSecret, "google-client-secret", "", "Google OAuth client secret (prefer PLAIT_GOOGLE_CLIENT_SECRET)")
+	fs.StringVar(&c.OIDCIssuer, "oidc-issuer", "", "issuer URL of any OpenID Connect provider (discovery at <issuer>/.well-known/openid-configuration): enables login with it")
+	fs.StringVar(&c.OIDCClientID, "oidc-client-id", "", "OpenID Connect client id")
+	fs.StringVar(&c.OIDCClientSecret, "oidc-client-secret", "", "OpenID Connect client secret (prefer PLAIT_OIDC_CLIENT_SECRET)")
+	fs.DurationVar(&c.AccessTTL, "access-token-ttl", 15*time.Minute, "lifetime of an access token (it opens WebSockets and calls the API)")
+	fs.DurationVar(&c.RefreshTTL, "refresh-token-ttl", 30*24*time.Hour, "a login session ends when its refresh token is unused this long")
+	fs.DurationVar(&c.TokenGrace, "token-expiry-grace", 30*time.Second, "a WebSocket whose access token expired is closed (4401) this long after the expiry, so the client can refresh and reconnect")
+	admins := fs.String("admin-users", "", "comma-separated user ids (e.g. github:123, oidc:<sub>) who may revoke other users")
+	fs.IntVar(&c.MaxConnsPerUser, "max-conns-per-user", 256, "concurrent WebSocket connections per user on one node; more: HTTP 429 (0 = no limit)")
+	fs.Float64Var(&c.UserMessageRate, "user-message-rate", 2000, "messages per second one user may send over all of its connections on one node, sustained; faster: close 4430 (0 = no limit)")
+	fs.IntVar(&c.UserMessageBurst, "user-message-burst", 40000, "messages one user may send at once above user-message-rate")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) file: serve HTTPS and WSS, TLS 1.3 minimum (with tls-key)")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key file of tls-cert")
+	fs.StringVar(&c.AuditLog, "audit-log", "-", "where the security audit log (JSON lines: logins, failures, denials, limit hits, malformed input) goes: - for standard error, or a file path (appended)")
+	fs.IntVar(&c.BlockThreshold, "block-threshold", 20, "offenses (malformed frames, failed logins and tokens, rate limits) from one address within block-window that get it blocked for block-duration (0 = never block)")
+	fs.DurationVar(&c.BlockWindow, "block-window", time.Minute, "the window block-threshold counts offenses in")
+	fs.DurationVar(&c.BlockDuration, "block-duration", 10*time.Minute, "how long a blocked address gets HTTP 429 on everything but health checks and metrics")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.Usage = func() {
@@ -101,6 +156,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 			c.AllowedOrigins = append(c.AllowedOrigins, o)
 		}
 	}
+	for _, u := range strings.Split(*admins, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			c.AdminUsers = append(c.AdminUsers, u)
+		}
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(*level)); err != nil {
 		return c, fmt.Errorf("invalid log level %q: %w", *level, err)
 	}
@@ -113,8 +173,8 @@ func (c *Config) Validate() error {
 	if err != nil {
 		return fmt.Errorf("invalid addr %q: %w", c.Addr, err)
 	}
-	if !c.AllowAnonymous && !isLoopback(host) {
-		return fmt.Errorf("refusing to listen on %q without authentication: Plait has no login configured, so it serves anonymous clients only on loopback; pass --allow-anonymous to serve %s anyway", c.Addr, host)
+	if err := c.validateAuth(host); err != nil {
+		return err
 	}
 	for _, o := range c.AllowedOrigins {
 		if o == "*" {
@@ -150,6 +210,57 @@ func (c *Config) Validate() error {
 	}
 	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, "{}") {
 		return fmt.Errorf("redis-prefix %q must be non-empty and free of braces (they are hash tags)", c.RedisPrefix)
+	}
+	return nil
+}
+
+// validateAuth checks the login, token and TLS settings.
+func (c *Config) validateAuth(host string) error {
+	if !c.AuthEnabled() {
+		if !c.AllowAnonymous && !isLoopback(host) {
+			return fmt.Errorf("refusing to listen on %q without authentication: no login provider is configured (--oidc-issuer, --github-client-id, --google-client-id), so the node serves anonymous clients only on loopback; configure a provider, or pass --allow-anonymous to serve %s to anyone", c.Addr, host)
+		}
+	} else {
+		if c.AllowAnonymous {
+			return errors.New("allow-anonymous cannot be combined with a login provider: with one, every client must log in")
+		}
+		for _, p := range []struct{ name, id, secret string }{
+			{"github", c.GitHubClientID, c.GitHubClientSecret},
+			{"google", c.GoogleClientID, c.GoogleClientSecret},
+			{"oidc", c.OIDCClientID, c.OIDCClientSecret},
+		} {
+			if p.id != "" && p.secret == "" {
+				return fmt.Errorf("%s-client-secret is required with %s-client-id (PLAIT_%s_CLIENT_SECRET)", p.name, p.name, strings.ToUpper(p.name))
+			}
+			if p.id == "" && p.secret != "" {
+				return fmt.Errorf("%s-client-secret is set without %s-client-id", p.name, p.name)
+			}
+		}
+		if (c.OIDCIssuer == "") != (c.OIDCClientID == "") {
+			return errors.New("oidc-issuer and oidc-client-id go together")
+		}
+		if c.AuthKeyFile == "" {
+			return errors.New("auth-key-file is required with a login provider: it signs the tokens (make one: echo \"k1:$(head -c 32 /dev/urandom | base64)\" > auth.keys)")
+		}
+		u, err := url.Parse(c.PublicURL)
+		if c.PublicURL == "" || err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			return fmt.Errorf("public-url %q must be the absolute http(s) URL of the node(s), without a path, e.g. https://plait.example.com (login callbacks go there)", c.PublicURL)
+		}
+		if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+			return fmt.Errorf("public-url %q must use https: tokens and login cookies would travel in clear", c.PublicURL)
+		}
+		if c.AccessTTL < time.Minute || c.RefreshTTL < c.AccessTTL {
+			return fmt.Errorf("access-token-ttl %v must be at least 1m and refresh-token-ttl %v at least as long", c.AccessTTL, c.RefreshTTL)
+		}
+		if c.TokenGrace < 0 {
+			return fmt.Errorf("token-expiry-grace %v must be >= 0", c.TokenGrace)
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("tls-cert and tls-key go together")
+	}
+	if c.AuditLog == "" {
+		return errors.New("audit-log must be - (standard error) or a file path")
 	}
 	return nil
 }

@@ -55,3 +55,35 @@ func TestConfigRefusals(t *testing.T) {
 		t.Fatalf("--help: %v %q", err, out.String())
 	}
 }
+
+func TestConfigAuthRefusals(t *testing.T) {
+	oidc := []string{"--oidc-issuer", "https://idp.example.com", "--oidc-client-id", "plait"}
+	withSecret := map[string]string{"PLAIT_OIDC_CLIENT_SECRET": "s3cret"}
+	full := append(append([]string{}, oidc...), "--auth-key-file", "/k", "--public-url", "https://plait.example.com")
+	for name, tc := range map[string]struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		"provider without secret":     {full, nil, "oidc-client-secret is required"},
+		"provider without key file":   {append(append([]string{}, oidc...), "--public-url", "https://p.example.com"), withSecret, "auth-key-file is required"},
+		"provider without public url": {append(append([]string{}, oidc...), "--auth-key-file", "/k"), withSecret, "public-url"},
+		"public url in clear":         {append(append([]string{}, oidc...), "--auth-key-file", "/k", "--public-url", "http://plait.example.com"), withSecret, "must use https"},
+		"provider and anonymous":      {append(append([]string{}, full...), "--allow-anonymous"), withSecret, "allow-anonymous cannot"},
+		"github id without secret":    {[]string{"--github-client-id", "x", "--auth-key-file", "/k", "--public-url", "https://p.example.com"}, nil, "github-client-secret is required"},
+		"issuer without client id":    {[]string{"--oidc-issuer", "https://idp.example.com"}, nil, "go together"},
+		"tls cert without key":        {[]string{"--tls-cert", "/c.pem"}, nil, "tls-cert and tls-key"},
+		"short access tokens":         {append(append([]string{}, full...), "--access-token-ttl", "10s"), withSecret, "access-token-ttl"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseConfig(tc.args, env(tc.env), io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+		})
+	}
+	c, err := ParseConfig(append(append([]string{}, full...), "--addr", "0.0.0.0:8080"), env(withSecret), io.Discard)
+	if err != nil || !c.AuthEnabled() {
+		t.Fatalf("a provider configured in full may listen anywhere: %v", err)
+	}
+}

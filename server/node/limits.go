@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net"
@@ -19,8 +20,9 @@ import (
 // Labels of plait_limit_hits_total for the node's own limits (the hub
 // counts hub.LimitMessages).
 const (
-	limitConnsPerIP = "connections_per_ip"
-	limitHTTPRate   = "http_rate"
+	limitConnsPerIP   = "connections_per_ip"
+	limitConnsPerUser = "connections_per_user"
+	limitHTTPRate     = "http_rate"
 )
 
 // maxTrackedIPs bounds the per-IP HTTP rate limiter's memory (about 150
@@ -42,6 +44,16 @@ func (c *Config) validateLimits() error {
 		return fmt.Errorf("http-rate-per-ip %v must be a number >= 0 (0 = no limit)", c.HTTPRatePerIP)
 	case c.HTTPRatePerIP > 0 && c.HTTPBurstPerIP < 1:
 		return fmt.Errorf("http-burst-per-ip %d must be at least 1", c.HTTPBurstPerIP)
+	case c.MaxConnsPerUser < 0:
+		return fmt.Errorf("max-conns-per-user %d must be >= 0 (0 = no limit)", c.MaxConnsPerUser)
+	case c.UserMessageRate < 0 || math.IsNaN(c.UserMessageRate) || math.IsInf(c.UserMessageRate, 0):
+		return fmt.Errorf("user-message-rate %v must be a number >= 0 (0 = no limit)", c.UserMessageRate)
+	case c.UserMessageRate > 0 && c.UserMessageBurst < 1:
+		return fmt.Errorf("user-message-burst %d must be at least 1", c.UserMessageBurst)
+	case c.BlockThreshold < 0:
+		return fmt.Errorf("block-threshold %d must be >= 0 (0 = never block)", c.BlockThreshold)
+	case c.BlockThreshold > 0 && (c.BlockWindow <= 0 || c.BlockDuration <= 0):
+		return errors.New("block-window and block-duration must be positive")
 	}
 	return nil
 }
@@ -71,19 +83,20 @@ func clientKey(ip net.IP) netip.Addr {
 	return a
 }
 
-// connLimiter caps the concurrent WebSocket connections per client address.
-type connLimiter struct {
+// connLimiter caps the concurrent WebSocket connections per client address
+// or per user.
+type connLimiter[K comparable] struct {
 	max int // 0: no limit
 	mu  sync.Mutex
-	n   map[netip.Addr]int
+	n   map[K]int
 }
 
-func newConnLimiter(max int) *connLimiter {
-	return &connLimiter{max: max, n: make(map[netip.Addr]int)}
+func newConnLimiter[K comparable](max int) *connLimiter[K] {
+	return &connLimiter[K]{max: max, n: make(map[K]int)}
 }
 
 // acquire takes a connection slot for k; false if k has max already.
-func (l *connLimiter) acquire(k netip.Addr) bool {
+func (l *connLimiter[K]) acquire(k K) bool {
 	if l.max <= 0 {
 		return true
 	}
@@ -97,7 +110,7 @@ func (l *connLimiter) acquire(k netip.Addr) bool {
 }
 
 // release gives back a slot taken by acquire.
-func (l *connLimiter) release(k netip.Addr) {
+func (l *connLimiter[K]) release(k K) {
 	if l.max <= 0 {
 		return
 	}
@@ -215,5 +228,7 @@ func (n *Node) limitHTTP(c *fiber.Ctx) error {
 // registerLimitMetrics shows the node's limits in /metrics from the start.
 func registerLimitMetrics(m *hub.Metrics) {
 	m.LimitHits.WithLabelValues(limitConnsPerIP)
+	m.LimitHits.WithLabelValues(limitConnsPerUser)
+	m.LimitHits.WithLabelValues(hub.LimitUserMessages)
 	m.LimitHits.WithLabelValues(limitHTTPRate)
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -41,8 +42,12 @@ type Node struct {
 	reg *prometheus.Registry
 	m   *hub.Metrics
 
-	conns   *connLimiter // WebSockets per client address
-	httpLim *httpLimiter // HTTP requests per client address
+	conns   *connLimiter[netip.Addr] // WebSockets per client address
+	httpLim *httpLimiter             // HTTP requests per client address
+	audit   *auditor                 // the audit log; blocks repeat offenders
+	auth    *authState               // nil: anonymous node
+
+	closeAudit func() error
 
 	ctx      context.Context // lives until Shutdown: parent of every session
 	cancel   context.CancelFunc
@@ -54,34 +59,61 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	auditW, closeAudit, err := openAuditLog(cfg.AuditLog)
+	if err != nil {
+		return nil, err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	be, err := openBackend(ctx, cfg, log, reg)
 	if err != nil {
+		_ = closeAudit()
 		return nil, err
 	}
 	log.Info("storage", "backend", be.desc)
 	m := hub.NewMetrics(reg)
 	registerLimitMetrics(m)
-	h, err := hub.New(ctx, hub.Options{
-		Store:          be.store,
-		Broker:         be.broker,
-		Logger:         log,
-		Metrics:        m,
-		JoinTimeout:    cfg.JoinTimeout,
-		IdleDocTimeout: cfg.IdleDocTimeout,
-		MessageRate:    cfg.hubMessageRate(),
-		MessageBurst:   cfg.MessageBurst,
-		AfterGC:        releaseFreedMemory,
-	})
-	if err != nil {
+	nctx, cancel := context.WithCancel(context.Background())
+	n := &Node{cfg: cfg, log: log, be: be, reg: reg, m: m, ctx: nctx, cancel: cancel, closeAudit: closeAudit,
+		conns: newConnLimiter[netip.Addr](cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP),
+		audit: newAuditor(auditW, blockOptions{Threshold: cfg.BlockThreshold, Window: cfg.BlockWindow, Duration: cfg.BlockDuration}, reg, time.Now)}
+	fail := func(err error) (*Node, error) {
+		cancel()
+		if n.auth != nil {
+			_ = n.auth.close()
+		}
 		_ = be.close()
+		_ = closeAudit()
 		return nil, err
 	}
-	nctx, cancel := context.WithCancel(context.Background())
-	n := &Node{cfg: cfg, log: log, be: be, hub: h, reg: reg, m: m, ctx: nctx, cancel: cancel,
-		conns: newConnLimiter(cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP)}
+	var authz hub.Authorizer
+	if cfg.AuthEnabled() {
+		if n.auth, err = n.openAuth(ctx); err != nil {
+			return fail(err)
+		}
+		authz = authorizer{acl: n.auth.acl}
+	}
+	n.hub, err = hub.New(ctx, hub.Options{
+		Store:           be.store,
+		Broker:          be.broker,
+		Authorizer:      authz,
+		Logger:          log,
+		Metrics:         m,
+		JoinTimeout:     cfg.JoinTimeout,
+		IdleDocTimeout:  cfg.IdleDocTimeout,
+		MessageRate:     cfg.hubMessageRate(),
+		MessageBurst:    cfg.MessageBurst,
+		OnSecurityEvent: n.audit.hubEvent,
+		AfterGC:         releaseFreedMemory,
+	})
+	if err != nil {
+		return fail(err)
+	}
 	go n.httpLim.sweepEvery(nctx, time.Minute)
+	go n.audit.sweepEvery(nctx, time.Minute)
+	if n.auth != nil {
+		go n.watchEvents()
+	}
 	n.app = n.newApp()
 	n.app.Server().KeepHijackedConns = true // see handleWS
 	return n, nil
@@ -114,6 +146,7 @@ func (n *Node) newApp() *fiber.App {
 		c.Set("X-Request-Id", id)
 		return c.Next()
 	})
+	app.Use(n.audit.middleware)
 	app.Use(n.limitHTTP)
 	app.Get("/healthz", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"status": "ok"})
@@ -130,6 +163,14 @@ func (n *Node) newApp() *fiber.App {
 		return nil
 	})
 	app.Get("/ws", n.handleWS)
+	if n.auth != nil {
+		app.Get("/auth/providers", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"providers": n.auth.login.Providers()}) })
+		app.Get("/auth/:provider/login", n.auth.login.Begin)
+		app.Get("/auth/:provider/callback", n.auth.login.Callback)
+		app.Post("/auth/refresh", n.handleRefresh)
+		app.Post("/auth/logout", n.handleLogout)
+		n.apiRoutes(app)
+	}
 	app.Get("/", func(c *fiber.Ctx) error {
 		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
 	})
@@ -154,16 +195,46 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 	req.Host = string(c.Request().Host())
 	req.RemoteAddr = c.Context().RemoteAddr().String()
 	if err := n.checkOrigin(req); err != nil {
-		n.log.Warn("rejected cross-origin WebSocket", "origin", req.Header.Get("Origin"), "remote", req.RemoteAddr)
+		n.audit.record(auditEvent{Event: "origin_rejected", RequestID: requestID(c), Remote: req.RemoteAddr, Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
 		return fiber.NewError(fiber.StatusForbidden, err.Error())
+	}
+	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c)}
+	var live *liveConn
+	if n.auth != nil {
+		a, err := n.authenticate(c)
+		if err != nil {
+			return err
+		}
+		// The token must not reach anything that might log the URL.
+		q := req.URL.Query()
+		if q.Has("access_token") {
+			q.Del("access_token")
+			req.URL.RawQuery = q.Encode()
+			req.RequestURI = req.URL.RequestURI()
+		}
+		info.Identity = hub.Identity{User: a.User}
+		live = &liveConn{user: a.User, family: a.Family, issued: a.LoginAt, expires: a.Expires}
+		if !n.auth.users.acquire(a.User) {
+			n.m.LimitHits.WithLabelValues(limitConnsPerUser).Inc()
+			n.audit.record(auditEvent{Event: "limit", RequestID: requestID(c), Remote: req.RemoteAddr, User: a.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-user"})
+			return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections for this user (at most %d: --max-conns-per-user)", n.cfg.MaxConnsPerUser))
+		}
+		info.UserLimit = n.auth.live.userLimit(a.User, n.cfg.UserMessageRate, n.cfg.UserMessageBurst)
+	}
+	release := func() {
+		if live != nil {
+			n.auth.live.remove(live)
+			n.auth.live.dropUserLimit(live.user)
+			n.auth.users.release(live.user)
+		}
 	}
 	key := clientKey(c.Context().RemoteIP())
 	if !n.conns.acquire(key) {
+		release()
 		n.m.LimitHits.WithLabelValues(limitConnsPerIP).Inc()
-		n.log.Warn("refused a WebSocket: too many connections from one address", "remote", req.RemoteAddr, "max", n.cfg.MaxConnsPerIP)
+		n.audit.record(auditEvent{Event: "limit", RequestID: requestID(c), Remote: req.RemoteAddr, User: info.Identity.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-ip"})
 		return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections from this address (at most %d: --max-conns-per-ip)", n.cfg.MaxConnsPerIP))
 	}
-	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: c.Locals("request_id").(string)}
 	c.Context().HijackSetNoResponse(true)
 	// fasthttp calls the hijack handler once this handler returns (it skips
 	// it only if the socket already failed); the slot is released when the
@@ -188,6 +259,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			n.log.Info("WebSocket handshake failed", "remote", info.RemoteAddr, "err", err)
 			_ = nc.Close()
 			n.conns.release(key)
+			release()
 			return
 		}
 		conn := wstransport.New(ws, wstransport.Options{
@@ -197,12 +269,21 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			PingInterval:    n.cfg.PingInterval,
 			PongTimeout:     n.cfg.PongTimeout,
 		})
+		if live != nil {
+			live.conn = conn
+			n.auth.live.add(live)
+			live.timer = time.AfterFunc(time.Until(live.expires)+n.cfg.TokenGrace, func() {
+				n.audit.record(auditEvent{Event: "token_expired", Remote: info.RemoteAddr, RequestID: info.RequestID, User: live.user, Code: int(protocol.CloseTokenExpired)})
+				closeWithError(conn, protocol.CloseTokenExpired, "access token expired: refresh it and reconnect")
+			})
+		}
 		go func() {
 			_ = n.hub.Serve(n.ctx, conn, info)
 			conn.Close(protocol.CloseNormal, "")
 			<-conn.Done()
 			_ = nc.Close()
 			n.conns.release(key)
+			release()
 		}()
 	})
 	return nil
@@ -215,11 +296,17 @@ func (n *Node) checkOrigin(r *http.Request) error {
 	if origin == "" {
 		return nil // not a browser: no cross-site risk
 	}
+	return n.originAllowed(origin, r.Host)
+}
+
+// originAllowed reports whether a browser page of origin may use this node
+// (reached as host): the same host, or one of --allowed-origins.
+func (n *Node) originAllowed(origin, host string) error {
 	u, err := urlHost(origin)
 	if err != nil {
 		return fmt.Errorf("invalid Origin header %q", origin)
 	}
-	if strings.EqualFold(u, r.Host) {
+	if strings.EqualFold(u, host) {
 		return nil
 	}
 	for _, p := range n.cfg.AllowedOrigins {
@@ -227,13 +314,14 @@ func (n *Node) checkOrigin(r *http.Request) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("origin %q is not allowed to open a WebSocket here (see --allowed-origins)", origin)
+	return fmt.Errorf("origin %q is not allowed here (see --allowed-origins)", origin)
 }
 
 // Serve accepts connections on ln until Shutdown.
 func (n *Node) Serve(ln net.Listener) error {
 	n.log.Info("plait node serving", "addr", ln.Addr().String(), "data_dir", n.cfg.DataDir,
-		"peer_id", n.hub.PeerID(), "storage_id", n.hub.StorageID(), "anonymous", true)
+		"peer_id", n.hub.PeerID(), "storage_id", n.hub.StorageID(), "tls", n.cfg.TLSCert != "", "anonymous", n.auth == nil)
+	n.logAuthMode(ln.Addr().String())
 	if n.cfg.DebugAddr != "" {
 		if err := n.serveDebug(); err != nil {
 			return err
@@ -255,7 +343,15 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	if err := n.app.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("failed to stop HTTP server: %w", err))
 	}
+	if n.auth != nil {
+		if err := n.auth.close(); err != nil {
+			errs = append(errs, fmt.Errorf("failed to close the auth store: %w", err))
+		}
+	}
 	if err := n.be.close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := n.closeAudit(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -268,10 +364,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
+	ln, err := listen(cfg)
 	if err != nil {
 		_ = n.Shutdown(context.Background())
-		return fmt.Errorf("failed to listen: %w", err)
+		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- n.Serve(ln) }()

@@ -3,11 +3,13 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -30,12 +32,24 @@ type testNode struct {
 // dir; it is stopped at the end of the test unless stopped before.
 func startNode(t *testing.T, dir string, mod ...func(*Config)) *testNode {
 	t.Helper()
-	cfg, err := ParseConfig([]string{"--addr", "127.0.0.1:0", "--data-dir", dir, "--idle-doc-timeout", "2s"}, func(string) string { return "" }, io.Discard)
+	cfg, err := ParseConfig([]string{"--addr", "127.0.0.1:0", "--data-dir", dir, "--idle-doc-timeout", "2s",
+		"--audit-log", filepath.Join(t.TempDir(), "audit.log")}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Addr = ln.Addr().String() // the mods may need the port (public-url)
 	for _, f := range mod {
 		f(&cfg)
+	}
+	if cfg.Addr != ln.Addr().String() { // a mod chose the address
+		_ = ln.Close()
+		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var logw io.Writer = io.Discard
 	if os.Getenv("PLAIT_TEST_LOG") != "" {
@@ -43,11 +57,15 @@ func startNode(t *testing.T, dir string, mod ...func(*Config)) *testNode {
 	}
 	n, err := New(context.Background(), cfg, slog.New(slog.NewTextHandler(logw, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
+		_ = ln.Close()
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		t.Fatal(err)
+	if cfg.TLSCert != "" {
+		tc, err := tlsConfig(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln = tls.NewListener(ln, tc)
 	}
 	tn := &testNode{Node: n, URL: "ws://" + ln.Addr().String() + "/ws", HTTP: "http://" + ln.Addr().String(), done: make(chan error, 1), t: t}
 	go func() { tn.done <- n.Serve(ln) }()

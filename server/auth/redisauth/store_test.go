@@ -1,0 +1,380 @@
+package redisauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/redistest"
+	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/auth"
+	"github.com/plaithub/plait/server/auth/authtest"
+)
+
+// prefixes gives every store and event stream of a test run its own key
+// prefix, so subtests sharing one Redis never see each other's keys.
+var prefixes atomic.Int64
+
+func newPrefix() string { return fmt.Sprintf("authtest-%d", prefixes.Add(1)) }
+
+func newStore(t *testing.T, c redis.UniversalClient) *Store {
+	t.Helper()
+	s, err := New(t.Context(), c, newPrefix())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	return s
+}
+
+func TestStore(t *testing.T) {
+	c := redistest.Start(t, redistest.Options{}).Client(t)
+	t.Run("TokenStore", func(t *testing.T) {
+		authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return newStore(t, c) })
+	})
+	t.Run("ACL", func(t *testing.T) {
+		authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return newStore(t, c) })
+	})
+}
+
+// TestCluster runs every suite on a Redis Cluster of three masters, where
+// a script touching keys of two slots fails (CROSSSLOT) and pipelines span
+// masters.
+func TestCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3)
+	c := cl.Client(t)
+	t.Run("TokenStore", func(t *testing.T) {
+		authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return newStore(t, c) })
+	})
+	t.Run("ACL", func(t *testing.T) {
+		authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return newStore(t, c) })
+	})
+	t.Run("Events", func(t *testing.T) {
+		authtest.RunEventsTests(t, func(t *testing.T) (a, b auth.Events) {
+			p := newPrefix()
+			return NewEvents(c, p, nil), NewEvents(cl.Client(t), p, nil)
+		})
+	})
+	// The ids of one user's documents land in many slots: DocsOf's
+	// confirming pipeline spans every master.
+	t.Run("DocsOfAcrossSlots", func(t *testing.T) {
+		s := newStore(t, c)
+		ctx := t.Context()
+		want := make(map[protocol.DocumentID]bool)
+		for range 40 {
+			doc := protocol.NewDocumentID()
+			if err := s.Claim(ctx, doc, "user{1}", time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			want[doc] = true
+		}
+		docs, err := s.DocsOf(ctx, "user{1}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(docs) != len(want) {
+			t.Fatalf("DocsOf listed %d documents, want %d", len(docs), len(want))
+		}
+		for _, d := range docs {
+			if !want[d.ID] || d.Role != hub.RoleOwner {
+				t.Fatalf("DocsOf listed %v", d)
+			}
+		}
+	})
+}
+
+func TestNew(t *testing.T) {
+	c := redistest.Start(t, redistest.Options{}).Client(t)
+	ctx := t.Context()
+	for _, p := range []string{"a{b", "a}b", "{x}"} {
+		if _, err := New(ctx, c, p); err == nil {
+			t.Errorf("New with prefix %q: no error", p)
+		}
+	}
+	if _, err := New(ctx, nil, ""); err == nil {
+		t.Error("New with a nil client: no error")
+	}
+	s, err := New(ctx, c, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := s.familyKey("f"); k != "plait:auth:{fam:f}" {
+		t.Errorf("family key with the default prefix = %q", k)
+	}
+
+	// Nothing listens: New fails, within its context's bound.
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer dead.Close()
+	tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := New(tctx, dead, ""); err == nil {
+		t.Error("New with an unreachable Redis: no error")
+	}
+}
+
+// Ids holding the hash-tag characters map to distinct keys.
+func TestEscapedIDsAreDistinct(t *testing.T) {
+	s := newStore(t, redistest.Start(t, redistest.Options{}).Client(t))
+	ctx := t.Context()
+	ids := []string{"{", "%7B", "}", "%7D", "%", "%25", "a{b}c"}
+	now := time.Now()
+	for i, id := range ids {
+		f := auth.Family{ID: id, User: id, Gen: uint64(i), Created: now, Expires: now.Add(time.Hour)}
+		if err := s.CreateFamily(ctx, f); err != nil {
+			t.Fatalf("CreateFamily(%q): %v", id, err)
+		}
+		if ok, err := s.ConsumeOnce(ctx, id, time.Hour); err != nil || !ok {
+			t.Fatalf("ConsumeOnce(%q) = %v, %v", id, ok, err)
+		}
+	}
+	for i, id := range ids {
+		f, err := s.Family(ctx, id)
+		if err != nil || f.Gen != uint64(i) || f.User != id {
+			t.Fatalf("Family(%q) = %+v, %v; want gen %d", id, f, err, i)
+		}
+	}
+}
+
+// A script that go-redis runs a second time, because the answer to the
+// first run was lost, finds its own work and reports success.
+func TestRetriedScriptsFindTheirOwnWork(t *testing.T) {
+	s := newStore(t, redistest.Start(t, redistest.Options{}).Client(t))
+	ctx := t.Context()
+	now := time.Now()
+	f := auth.Family{ID: "fam", User: "u", Created: now, Expires: now.Add(time.Hour)}
+	for range 2 {
+		if err := s.createFamily(ctx, f, "op-1"); err != nil {
+			t.Fatalf("createFamily, run again: %v", err)
+		}
+	}
+	if err := s.createFamily(ctx, f, "op-2"); !errors.Is(err, errFamilyExists) {
+		t.Fatalf("createFamily by another call: %v, want errFamilyExists", err)
+	}
+
+	exp := now.Add(2 * time.Hour)
+	for range 2 {
+		got, err := s.rotate(ctx, f.ID, 0, exp, "op-3")
+		if err != nil || got.Gen != 1 || !got.Expires.Equal(exp) {
+			t.Fatalf("rotate, run again = %+v, %v; want gen 1", got, err)
+		}
+	}
+	if _, err := s.rotate(ctx, f.ID, 0, exp, "op-4"); !errors.Is(err, auth.ErrTokenReused) {
+		t.Fatalf("rotate of gen 0 by another call: %v, want ErrTokenReused", err)
+	}
+
+	for range 2 {
+		if ok, err := s.consumeOnce(ctx, "key", time.Hour, "op-5"); err != nil || !ok {
+			t.Fatalf("consumeOnce, run again = %v, %v; want true", ok, err)
+		}
+	}
+	if ok, err := s.consumeOnce(ctx, "key", time.Hour, "op-6"); err != nil || ok {
+		t.Fatalf("consumeOnce by another call = %v, %v; want false", ok, err)
+	}
+
+	doc := protocol.NewDocumentID()
+	for range 2 {
+		out, err := s.change(ctx, doc, "u", true, claimScript, userField("u"), "1", "op-7")
+		if err != nil || out != "ok" {
+			t.Fatalf("claim, run again = %q, %v; want ok", out, err)
+		}
+	}
+	if err := s.Claim(ctx, doc, "u", now); !errors.Is(err, auth.ErrClaimed) {
+		t.Fatalf("Claim by another call: %v, want ErrClaimed", err)
+	}
+}
+
+// DocsOf confirms the index against the documents: entries too many are
+// skipped, pending ones count when the document says so, and the role is
+// the document's.
+func TestDocsOfConfirmsIndex(t *testing.T) {
+	c := redistest.Start(t, redistest.Options{}).Client(t)
+	s := newStore(t, c)
+	ctx := t.Context()
+	mine, theirs, unknown, pend := protocol.NewDocumentID(), protocol.NewDocumentID(), protocol.NewDocumentID(), protocol.NewDocumentID()
+	for _, d := range []protocol.DocumentID{mine, pend} {
+		if err := s.Claim(ctx, d, "u", time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Claim(ctx, theirs, "v", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	idx := s.userDocsKey("u")
+	// A crash between the document's change and the index's: the document
+	// says editor, the index has the pending entry only.
+	if err := c.HSet(ctx, s.docKey(pend), userField("u"), "editor").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.HSet(ctx, idx, string(pend), pending, string(theirs), "7", string(unknown), "3").Err(); err != nil {
+		t.Fatal(err)
+	}
+	docs, err := s.DocsOf(ctx, "u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[protocol.DocumentID]hub.Role{mine: hub.RoleOwner, pend: hub.RoleEditor}
+	if len(docs) != len(want) {
+		t.Fatalf("DocsOf = %v, want %v", docs, want)
+	}
+	for i, d := range docs {
+		if want[d.ID] != d.Role || (i > 0 && docs[i-1].ID >= d.ID) {
+			t.Fatalf("DocsOf = %v, want %v sorted", docs, want)
+		}
+	}
+}
+
+// Index writes that arrive out of order end as the latest version says.
+func TestIndexVersions(t *testing.T) {
+	c := redistest.Start(t, redistest.Options{}).Client(t)
+	s := newStore(t, c)
+	ctx := t.Context()
+	idx := s.userDocsKey("u")
+	apply := func(ver, present string) {
+		t.Helper()
+		if err := indexScript.Run(ctx, c, []string{idx}, "doc", ver, present).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entry := func() string {
+		t.Helper()
+		v, err := c.HGet(ctx, idx, "doc").Result()
+		if errors.Is(err, redis.Nil) {
+			return "absent"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if err := c.HSetNX(ctx, idx, "doc", pending).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct{ ver, present, want string }{
+		{"5", "1", "5"},
+		{"4", "0", "5"}, // an older removal arriving late changes nothing
+		{"5", "0", "5"},
+		{"6", "0", "absent"},
+		{"12", "1", "12"}, // compared as numbers, not strings
+		{"9", "0", "12"},
+	} {
+		apply(step.ver, step.present)
+		if got := entry(); got != step.want {
+			t.Fatalf("after version %s present %s: entry %s, want %s", step.ver, step.present, got, step.want)
+		}
+	}
+	// A pending entry never replaces a version.
+	if err := c.HSetNX(ctx, idx, "doc", pending).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := entry(); got != "12" {
+		t.Fatalf("entry after a pending write = %s, want 12", got)
+	}
+}
+
+// A family's key expires FamilyRetention after the family, and rotation
+// moves that.
+func TestFamilyKeyExpires(t *testing.T) {
+	c := redistest.Start(t, redistest.Options{}).Client(t)
+	s := newStore(t, c)
+	ctx := t.Context()
+	now := time.Now()
+	f := auth.Family{ID: "f", User: "u", Created: now, Expires: now.Add(time.Hour)}
+	if err := s.CreateFamily(ctx, f); err != nil {
+		t.Fatal(err)
+	}
+	check := func(exp time.Time) {
+		t.Helper()
+		ttl, err := c.PTTL(ctx, s.familyKey(f.ID)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := time.Until(exp.Add(FamilyRetention)); ttl < want-5*time.Second || ttl > want+time.Second {
+			t.Fatalf("family key TTL %v, want about %v", ttl, want)
+		}
+	}
+	check(f.Expires)
+	exp := now.Add(3 * time.Hour)
+	if _, err := s.Rotate(ctx, f.ID, 0, exp); err != nil {
+		t.Fatal(err)
+	}
+	check(exp)
+	if err := s.RevokeFamily(ctx, f.ID); err != nil {
+		t.Fatal(err)
+	}
+	check(exp)
+
+	// A family that expired longer ago than the retention is gone at once.
+	old := auth.Family{ID: "old", User: "u", Created: now.Add(-72 * time.Hour), Expires: now.Add(-FamilyRetention - time.Minute)}
+	if err := s.CreateFamily(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Family(ctx, old.ID); !errors.Is(err, auth.ErrNotFound) {
+		t.Fatalf("Family past its retention: %v, want ErrNotFound", err)
+	}
+}
+
+func TestTimesOutOfRange(t *testing.T) {
+	s := newStore(t, redistest.Start(t, redistest.Options{}).Client(t))
+	ctx := t.Context()
+	if err := s.CreateFamily(ctx, auth.Family{ID: "f", User: "u", Expires: time.Now()}); err == nil {
+		t.Error("CreateFamily with a zero Created: no error")
+	}
+	if err := s.RevokeUser(ctx, "u", time.Time{}); err == nil {
+		t.Error("RevokeUser at the zero time: no error")
+	}
+	// Comparisons clamp instead: a token issued at the zero time of a user
+	// revoked now is revoked.
+	now := time.Now()
+	if err := s.CreateFamily(ctx, auth.Family{ID: "f", User: "u", Created: now, Expires: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RevokeUser(ctx, "u", now); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.Revoked(ctx, "u", "f", time.Time{}); err != nil || !r {
+		t.Errorf("Revoked at the zero time = %v, %v; want true", r, err)
+	}
+}
+
+// Arguments that mean nothing are refused before anything is sent.
+func TestInvalidArguments(t *testing.T) {
+	s := newStore(t, redistest.Start(t, redistest.Options{}).Client(t))
+	ctx := t.Context()
+	now := time.Now()
+	doc := protocol.NewDocumentID()
+	for name, err := range map[string]error{
+		"CreateFamily without id":   s.CreateFamily(ctx, auth.Family{User: "u", Created: now, Expires: now}),
+		"CreateFamily without user": s.CreateFamily(ctx, auth.Family{ID: "f", Created: now, Expires: now}),
+		"RevokeUser without user":   s.RevokeUser(ctx, "", now),
+		"Claim without user":        s.Claim(ctx, doc, "", now),
+		"Claim of an empty id":      s.Claim(ctx, "", "u", now),
+		"Share without user":        s.Share(ctx, doc, "", hub.RoleEditor),
+	} {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	for _, ttl := range []time.Duration{0, -time.Second} {
+		if _, err := s.ConsumeOnce(ctx, "k", ttl); err == nil {
+			t.Errorf("ConsumeOnce with ttl %v: no error", ttl)
+		}
+	}
+	if _, err := s.ConsumeOnce(ctx, "", time.Minute); err == nil {
+		t.Error("ConsumeOnce of an empty key: no error")
+	}
+	// A sub-millisecond ttl is rounded up, not refused.
+	if ok, err := s.ConsumeOnce(ctx, "short", time.Microsecond); err != nil || !ok {
+		t.Errorf("ConsumeOnce with a 1µs ttl = %v, %v; want true", ok, err)
+	}
+	if docs, err := s.DocsOf(ctx, ""); err != nil || len(docs) != 0 {
+		t.Errorf("DocsOf(\"\") = %v, %v; want nothing", docs, err)
+	}
+	if _, err := s.Access(ctx, doc); !errors.Is(err, auth.ErrNotFound) {
+		t.Errorf("Access after refused calls: %v, want ErrNotFound", err)
+	}
+}

@@ -1,0 +1,514 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofiber/fiber/v2"
+	"golang.org/x/time/rate"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/cryptstore"
+	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/auth"
+	"github.com/plaithub/plait/server/auth/boltauth"
+	"github.com/plaithub/plait/server/auth/redisauth"
+)
+
+// Cookie names. The access cookie is what a browser's WebSocket carries
+// (browsers cannot set headers on one); the refresh cookie goes only to
+// /auth/.
+const (
+	accessCookie  = "plait_access"
+	refreshCookie = "plait_refresh"
+)
+
+// authState is a node's login, tokens and permissions; nil on an anonymous
+// node.
+type authState struct {
+	tokens *auth.Tokens
+	store  auth.TokenStore
+	acl    auth.ACL
+	events auth.Events
+	login  *auth.Login
+	live   *liveConns
+	users  *connLimiter[string] // WebSockets per user
+	secure bool                 // cookies only over HTTPS
+	admins []string
+	close  func() error
+}
+
+// storeBackend is what both auth stores implement.
+type storeBackend interface {
+	auth.TokenStore
+	auth.ACL
+}
+
+// openAuth builds the node's auth from cfg: the token and permission store
+// next to the documents (bbolt in data-dir, or Redis), the events that
+// carry revocations and permission changes to every node, and the login
+// providers.
+func (n *Node) openAuth(ctx context.Context) (*authState, error) {
+	cfg := n.cfg
+	data, err := os.ReadFile(cfg.AuthKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("failed to read auth-key-file: %w", err)
+	}
+	master, err := cryptstore.ParseKeyFile(data)
+	if err != nil {
+		return nil, fmt.Errorf("auth-key-file %s: %w", cfg.AuthKeyFile, err)
+	}
+	keys, err := auth.NewKeys(master)
+	if err != nil {
+		return nil, fmt.Errorf("auth-key-file %s: %w", cfg.AuthKeyFile, err)
+	}
+	a := &authState{live: newLiveConns(), users: newConnLimiter[string](cfg.MaxConnsPerUser),
+		secure: strings.HasPrefix(cfg.PublicURL, "https://"), admins: cfg.AdminUsers}
+	var st storeBackend
+	if n.be.redis == nil {
+		bs, err := boltauth.Open(filepath.Join(cfg.DataDir, "auth.db"))
+		if err != nil {
+			return nil, fmt.Errorf("failed to open the auth store: %w", err)
+		}
+		st, a.events, a.close = bs, auth.NewLocalEvents(), bs.Close
+	} else {
+		rs, err := redisauth.New(ctx, n.be.redis, cfg.RedisPrefix)
+		if err != nil {
+			return nil, fmt.Errorf("failed to open the auth store: %w", err)
+		}
+		st, a.events, a.close = rs, redisauth.NewEvents(n.be.redis, cfg.RedisPrefix, n.log), func() error { return nil }
+	}
+	a.store, a.acl = st, st
+	a.tokens, err = auth.NewTokens(auth.TokenOptions{Keys: keys, Store: st, AccessTTL: cfg.AccessTTL, RefreshTTL: cfg.RefreshTTL})
+	if err != nil {
+		_ = a.close()
+		return nil, err
+	}
+	var providers []auth.ProviderConfig
+	if cfg.GitHubClientID != "" {
+		providers = append(providers, auth.ProviderConfig{Name: "github", ClientID: cfg.GitHubClientID, ClientSecret: cfg.GitHubClientSecret})
+	}
+	if cfg.GoogleClientID != "" {
+		providers = append(providers, auth.ProviderConfig{Name: "google", ClientID: cfg.GoogleClientID, ClientSecret: cfg.GoogleClientSecret})
+	}
+	if cfg.OIDCIssuer != "" {
+		providers = append(providers, auth.ProviderConfig{Name: "oidc", ClientID: cfg.OIDCClientID, ClientSecret: cfg.OIDCClientSecret, Issuer: cfg.OIDCIssuer})
+	}
+	a.login, err = auth.NewLogin(ctx, auth.LoginOptions{
+		PublicURL: strings.TrimSuffix(cfg.PublicURL, "/"),
+		Providers: providers,
+		Keys:      keys,
+		Store:     st,
+		OnLogin:   n.onLogin,
+		OnFailure: func(c *fiber.Ctx, provider string, err error) {
+			n.audit.record(auditEvent{Event: "login_failed", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(),
+				Reason: provider + ": " + err.Error(), Code: c.Response().StatusCode(), Offense: true})
+		},
+	})
+	if err != nil {
+		_ = a.close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// authorizer is the hub's Authorizer over the node's ACL: a document
+// nobody claimed is unavailable to everyone.
+type authorizer struct{ acl auth.ACL }
+
+func (z authorizer) Role(ctx context.Context, who hub.Identity, id protocol.DocumentID) (hub.Role, error) {
+	acc, err := z.acl.Access(ctx, id)
+	if errors.Is(err, auth.ErrNotFound) {
+		return hub.RoleNone, nil
+	}
+	if err != nil {
+		return hub.RoleNone, err
+	}
+	return acc.Role(who.User), nil
+}
+
+// watchEvents applies revocations and permission changes published by any
+// node to this node's sockets and open documents, until the node stops.
+func (n *Node) watchEvents() {
+	a := n.auth
+	_ = a.events.Watch(n.ctx, func(ev auth.Event) {
+		switch ev.Kind {
+		case auth.EventRevokeFamily:
+			a.live.revoke(func(l *liveConn) bool { return l.family == ev.Family }, "the login session was revoked: log in again")
+		case auth.EventRevokeUser:
+			a.live.revoke(func(l *liveConn) bool { return l.user == ev.User && l.issued.Before(ev.At) }, "your access was revoked: log in again")
+		case auth.EventAccess:
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			if err := n.hub.Reauthorize(ctx, ev.Doc); err != nil {
+				n.log.Warn("failed to apply a permission change", "doc", string(ev.Doc), "err", err)
+			}
+			cancel()
+		}
+	})
+}
+
+// publish tells every node (this one too) of ev.
+func (n *Node) publish(ctx context.Context, ev auth.Event) error {
+	if ev.At.IsZero() {
+		ev.At = time.Now()
+	}
+	if err := n.auth.events.Publish(ctx, ev); err != nil {
+		n.log.Error("failed to publish an auth event", "kind", ev.Kind, "err", err)
+		return fmt.Errorf("failed to publish the change to the other nodes: %w", err)
+	}
+	return nil
+}
+
+// liveConn is one authenticated WebSocket.
+type liveConn struct {
+	user, family string
+	issued       time.Time // the login: a user revocation after it closes the socket
+	expires      time.Time
+	conn         interface {
+		Send([]byte) error
+		Close(protocol.CloseCode, string)
+	}
+	timer *time.Timer // closes the socket once its token expired (plus grace)
+}
+
+// liveConns are this node's authenticated sockets, for revocation.
+type liveConns struct {
+	mu    sync.Mutex
+	conns map[*liveConn]struct{}
+	rates map[string]*userRate
+}
+
+type userRate struct {
+	lim  *rate.Limiter
+	refs int
+}
+
+func newLiveConns() *liveConns {
+	return &liveConns{conns: make(map[*liveConn]struct{}), rates: make(map[string]*userRate)}
+}
+
+func (lc *liveConns) add(l *liveConn) {
+	lc.mu.Lock()
+	lc.conns[l] = struct{}{}
+	lc.mu.Unlock()
+}
+
+func (lc *liveConns) remove(l *liveConn) {
+	lc.mu.Lock()
+	delete(lc.conns, l)
+	lc.mu.Unlock()
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+}
+
+// userLimit returns the message limiter shared by user's connections
+// (nil without a limit); release it with dropUserLimit.
+func (lc *liveConns) userLimit(user string, perSec float64, burst int) *rate.Limiter {
+	if perSec <= 0 {
+		return nil
+	}
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	r := lc.rates[user]
+	if r == nil {
+		r = &userRate{lim: rate.NewLimiter(rate.Limit(perSec), burst)}
+		lc.rates[user] = r
+	}
+	r.refs++
+	return r.lim
+}
+
+func (lc *liveConns) dropUserLimit(user string) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if r := lc.rates[user]; r != nil {
+		if r.refs--; r.refs <= 0 {
+			delete(lc.rates, user)
+		}
+	}
+}
+
+// revoke closes every socket match selects with CloseRevoked.
+func (lc *liveConns) revoke(match func(*liveConn) bool, reason string) int {
+	lc.mu.Lock()
+	var hit []*liveConn
+	for l := range lc.conns {
+		if match(l) {
+			hit = append(hit, l)
+		}
+	}
+	lc.mu.Unlock()
+	for _, l := range hit {
+		closeWithError(l.conn, protocol.CloseRevoked, reason)
+	}
+	return len(hit)
+}
+
+// closeWithError tells the client why (an error message), then closes.
+func closeWithError(c interface {
+	Send([]byte) error
+	Close(protocol.CloseCode, string)
+}, code protocol.CloseCode, reason string) {
+	if frame, err := protocol.Encode(&protocol.Message{Type: protocol.TypeError, ErrorMessage: reason}); err == nil {
+		_ = c.Send(frame)
+	}
+	c.Close(code, reason)
+}
+
+// credential is the access token of a request: the access_token query
+// parameter (a WebSocket from a browser on another site, or a program), an
+// Authorization: Bearer header (programs), or the access cookie (a
+// browser on the node's own site).
+func credential(c *fiber.Ctx) string {
+	if t := c.Query("access_token"); t != "" {
+		return t
+	}
+	if h := c.Get(fiber.HeaderAuthorization); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return c.Cookies(accessCookie)
+}
+
+// authenticate checks the request's access token. The error is what the
+// client is told, with its HTTP status.
+func (n *Node) authenticate(c *fiber.Ctx) (auth.Access, error) {
+	tok := credential(c)
+	if tok == "" {
+		n.audit.record(auditEvent{Event: "token_missing", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusUnauthorized, Reason: c.Method() + " " + c.Path(), Offense: true})
+		return auth.Access{}, fiber.NewError(fiber.StatusUnauthorized, "authentication required: log in at /auth/<provider>/login, then send the access token (cookie plait_access, Authorization: Bearer, or ?access_token=)")
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	a, err := n.auth.tokens.VerifyAccess(ctx, tok)
+	if err == nil {
+		return a, nil
+	}
+	ev := auditEvent{Event: "token_invalid", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: a.User, Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
+	switch {
+	case errors.Is(err, auth.ErrAccessExpired):
+		ev.Event, ev.Offense = "token_expired", false
+		err = fiber.NewError(fiber.StatusUnauthorized, "access token expired: refresh it (POST /auth/refresh) and reconnect")
+	case errors.Is(err, auth.ErrRevoked):
+		ev.Event = "token_revoked"
+		err = fiber.NewError(fiber.StatusUnauthorized, "access revoked: log in again")
+	case errors.Is(err, auth.ErrInvalidToken):
+		err = fiber.NewError(fiber.StatusUnauthorized, "invalid access token")
+	default:
+		ev.Event, ev.Offense, ev.Code = "auth_error", false, fiber.StatusServiceUnavailable
+		n.log.Error("failed to verify a token", "err", err)
+		err = fiber.NewError(fiber.StatusServiceUnavailable, "cannot check tokens right now; retry")
+	}
+	n.audit.record(ev)
+	return auth.Access{}, err
+}
+
+// onLogin runs after a provider vouched for u: a new login session, its
+// tokens in cookies, and back to where the user started.
+func (n *Node) onLogin(c *fiber.Ctx, u auth.User, returnTo string) error {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	p, err := n.auth.tokens.Login(ctx, u.ID)
+	if err != nil {
+		n.log.Error("failed to start a login session", "err", err)
+		return fiber.NewError(fiber.StatusServiceUnavailable, "failed to start a login session; retry")
+	}
+	n.audit.record(auditEvent{Event: "login", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: u.ID, Reason: "provider " + u.Provider})
+	n.setTokenCookies(c, p)
+	return c.Redirect(returnTo, fiber.StatusFound)
+}
+
+func (n *Node) setTokenCookies(c *fiber.Ctx, p auth.Pair) {
+	c.Cookie(&fiber.Cookie{Name: accessCookie, Value: p.Access, Path: "/", Expires: p.AccessExpires,
+		HTTPOnly: true, Secure: n.auth.secure, SameSite: fiber.CookieSameSiteStrictMode})
+	c.Cookie(&fiber.Cookie{Name: refreshCookie, Value: p.Refresh, Path: "/auth/", Expires: p.RefreshExpires,
+		HTTPOnly: true, Secure: n.auth.secure, SameSite: fiber.CookieSameSiteStrictMode})
+}
+
+func (n *Node) clearTokenCookies(c *fiber.Ctx) {
+	for _, ck := range []struct{ name, path string }{{accessCookie, "/"}, {refreshCookie, "/auth/"}} {
+		c.Cookie(&fiber.Cookie{Name: ck.name, Value: "", Path: ck.path, Expires: time.Unix(1, 0),
+			HTTPOnly: true, Secure: n.auth.secure, SameSite: fiber.CookieSameSiteStrictMode})
+	}
+}
+
+// tokenJSON is what /auth/refresh answers.
+type tokenJSON struct {
+	User           string    `json:"user"`
+	AccessToken    string    `json:"access_token"`
+	AccessExpires  time.Time `json:"access_expires_at"`
+	RefreshToken   string    `json:"refresh_token"`
+	RefreshExpires time.Time `json:"refresh_expires_at"`
+}
+
+// refreshToken reads the refresh token from a JSON body or the cookie.
+func refreshToken(c *fiber.Ctx) (tok string, fromCookie bool) {
+	var body struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	if len(c.Body()) > 0 && c.BodyParser(&body) == nil && body.RefreshToken != "" {
+		return body.RefreshToken, false
+	}
+	return c.Cookies(refreshCookie), true
+}
+
+// handleRefresh spends a refresh token for a new pair. Reusing a spent
+// token revokes its whole login session, on every node.
+func (n *Node) handleRefresh(c *fiber.Ctx) error {
+	if err := n.checkSameSite(c); err != nil {
+		return err
+	}
+	tok, fromCookie := refreshToken(c)
+	if tok == "" {
+		return fiber.NewError(fiber.StatusUnauthorized, "no refresh token (JSON {\"refresh_token\": ...} or the plait_refresh cookie)")
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	p, err := n.auth.tokens.Refresh(ctx, tok)
+	if err != nil {
+		ev := auditEvent{Event: "refresh_failed", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
+		if errors.Is(err, auth.ErrTokenReused) {
+			ev.Event = "token_reuse"
+			if fam, ferr := n.auth.tokens.Family(tok); ferr == nil {
+				if f, ferr := n.auth.store.Family(ctx, fam); ferr == nil {
+					ev.User = f.User
+				}
+				_ = n.publish(ctx, auth.Event{Kind: auth.EventRevokeFamily, Family: fam})
+			}
+		}
+		n.audit.record(ev)
+		if fromCookie {
+			n.clearTokenCookies(c)
+		}
+		switch {
+		case errors.Is(err, auth.ErrTokenReused):
+			return fiber.NewError(fiber.StatusUnauthorized, "this refresh token was already used: the login session is revoked; log in again")
+		case errors.Is(err, auth.ErrInvalidToken), errors.Is(err, auth.ErrRevoked), errors.Is(err, auth.ErrExpired), errors.Is(err, auth.ErrNotFound):
+			return fiber.NewError(fiber.StatusUnauthorized, "refresh token invalid, expired or revoked: log in again")
+		}
+		n.log.Error("failed to refresh a token", "err", err)
+		return fiber.NewError(fiber.StatusServiceUnavailable, "cannot refresh right now; retry")
+	}
+	n.audit.record(auditEvent{Event: "token_refresh", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: p.User})
+	if fromCookie {
+		n.setTokenCookies(c, p)
+	}
+	c.Set(fiber.HeaderCacheControl, "no-store")
+	return c.JSON(tokenJSON{User: p.User, AccessToken: p.Access, AccessExpires: p.AccessExpires, RefreshToken: p.Refresh, RefreshExpires: p.RefreshExpires})
+}
+
+// handleLogout revokes the login session of the refresh token (or of the
+// access token) and closes its sockets on every node.
+func (n *Node) handleLogout(c *fiber.Ctx) error {
+	if err := n.checkSameSite(c); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	var fam string
+	if tok, _ := refreshToken(c); tok != "" {
+		f, err := n.auth.tokens.Family(tok)
+		if err != nil {
+			return fiber.NewError(fiber.StatusUnauthorized, "invalid refresh token")
+		}
+		fam = f
+	} else if tok := credential(c); tok != "" {
+		a, err := n.auth.tokens.ParseAccess(tok)
+		if err != nil && !errors.Is(err, auth.ErrAccessExpired) {
+			return fiber.NewError(fiber.StatusUnauthorized, "invalid access token")
+		}
+		fam = a.Family
+	} else {
+		return fiber.NewError(fiber.StatusUnauthorized, "no token to log out")
+	}
+	f, err := n.auth.store.Family(ctx, fam)
+	if err != nil && !errors.Is(err, auth.ErrNotFound) {
+		return fiber.NewError(fiber.StatusServiceUnavailable, "cannot log out right now; retry")
+	}
+	if err == nil {
+		if err := n.auth.store.RevokeFamily(ctx, fam); err != nil {
+			return fiber.NewError(fiber.StatusServiceUnavailable, "cannot log out right now; retry")
+		}
+		if err := n.publish(ctx, auth.Event{Kind: auth.EventRevokeFamily, Family: fam, User: f.User}); err != nil {
+			return fiber.NewError(fiber.StatusServiceUnavailable, err.Error())
+		}
+		n.audit.record(auditEvent{Event: "logout", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: f.User})
+	}
+	n.clearTokenCookies(c)
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// handleRevokeUser lets an admin revoke every token of a user, on every
+// node: sockets close with 4410 and refreshes fail.
+func (n *Node) handleRevokeUser(c *fiber.Ctx) error {
+	a, err := n.authenticate(c)
+	if err != nil {
+		return err
+	}
+	if err := n.checkSameSite(c); err != nil {
+		return err
+	}
+	if !slices.Contains(n.auth.admins, a.User) {
+		n.audit.record(auditEvent{Event: "denied", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: a.User, Code: fiber.StatusForbidden, Reason: "revoke a user: not an admin"})
+		return fiber.NewError(fiber.StatusForbidden, "only the admin users (--admin-users) may revoke users")
+	}
+	var body struct {
+		User string `json:"user"`
+	}
+	if err := c.BodyParser(&body); err != nil || body.User == "" {
+		return fiber.NewError(fiber.StatusBadRequest, "want JSON {\"user\": \"<user id>\"}")
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	now := time.Now()
+	if err := n.auth.store.RevokeUser(ctx, body.User, now); err != nil {
+		return fiber.NewError(fiber.StatusServiceUnavailable, "failed to revoke; retry")
+	}
+	if err := n.publish(ctx, auth.Event{Kind: auth.EventRevokeUser, User: body.User, At: now}); err != nil {
+		return fiber.NewError(fiber.StatusServiceUnavailable, err.Error())
+	}
+	n.audit.record(auditEvent{Event: "revoked", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: body.User, Reason: "by " + a.User})
+	return c.SendStatus(fiber.StatusNoContent)
+}
+
+// checkSameSite refuses a state-changing request a browser sent from
+// another site (cross-site request forgery): its Origin must be the node's
+// own or an allowed one. Programs send no Origin.
+func (n *Node) checkSameSite(c *fiber.Ctx) error {
+	origin := c.Get(fiber.HeaderOrigin)
+	if origin == "" {
+		if c.Get("Sec-Fetch-Site") == "cross-site" {
+			return fiber.NewError(fiber.StatusForbidden, "cross-site request refused")
+		}
+		return nil
+	}
+	if err := n.originAllowed(origin, string(c.Request().Host())); err != nil {
+		n.audit.record(auditEvent{Event: "origin_rejected", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
+		return fiber.NewError(fiber.StatusForbidden, err.Error())
+	}
+	return nil
+}
+
+func requestID(c *fiber.Ctx) string {
+	id, _ := c.Locals("request_id").(string)
+	return id
+}
+
+// logAuthMode says at start-up who may connect.
+func (n *Node) logAuthMode(addr string) {
+	if n.auth == nil {
+		host, _, _ := strings.Cut(addr, ":")
+		n.log.Warn("anonymous mode: no login provider is configured, every client may read and change every document",
+			"addr", addr, "loopback_only", isLoopback(strings.Trim(host, "[]")))
+		return
+	}
+	n.log.Info("login required", "providers", n.auth.login.Providers(), "public_url", n.cfg.PublicURL,
+		"access_token_ttl", n.cfg.AccessTTL, "admins", len(n.auth.admins))
+}
