@@ -45,6 +45,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitChunks$$' -fuzztime $(FUZZTIME) ./pkg/amsync
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePayload$$' -fuzztime $(FUZZTIME) ./hub/redisbroker
 	$(GO) test -run '^$$' -fuzz '^FuzzOpen$$' -fuzztime $(FUZZTIME) ./hub/cryptstore
+	$(GO) test -run '^$$' -fuzz '^FuzzOpenSealed$$' -fuzztime $(FUZZTIME) ./server/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAccess$$' -fuzztime $(FUZZTIME) ./server/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzParseRefresh$$' -fuzztime $(FUZZTIME) ./server/auth
 
 # Every load-test scenario at tiny sizes against the built node: fails if a
 # report is missing, clients do not converge, or errors occur.
