@@ -43,6 +43,7 @@ type Handle struct {
 	st      *syncengine.State // sync state on cn; nil while offline
 	cn      *conn
 	created bool          // made here: nothing to ask the server for
+	sent    string        // type of the last sync message sent on cn
 	ready   chan struct{} // closed once the document has content (or was created here)
 	unavail chan struct{} // closed when the server said it has no such document
 	subs    map[int]func(Event)
@@ -235,10 +236,17 @@ func (h *Handle) markUnavailable(cn *conn) {
 	}
 	// The server has nothing: start over, so that what we have (now or
 	// later) is offered from scratch rather than waiting for an answer
-	// that will not come.
+	// that will not come. If we asked with a request but have content
+	// now, offer it at once. If we offered content and still got
+	// doc-unavailable, the server refuses us the document (no permission):
+	// offering again would only ping-pong, so wait for the next local
+	// change, a message from the server (it sends one if we are let in
+	// later) or the next connection.
 	h.st = syncengine.NewState()
 	if h.eng.Len() > 0 {
-		h.syncLocked()
+		if h.sent == protocol.TypeRequest {
+			h.syncLocked()
+		}
 		return
 	}
 	select {
@@ -327,6 +335,7 @@ func (h *Handle) syncLocked() {
 	if h.eng.Len() == 0 {
 		typ = protocol.TypeRequest
 	}
+	h.sent = typ
 	if err := h.c.write(h.cn, &protocol.Message{Type: typ, SenderID: h.c.opts.PeerID, TargetID: h.cn.server, DocumentID: h.id, Data: data}); err != nil {
 		h.c.log.Debug("failed to send", "doc", string(h.id), "err", err)
 		h.cn.ws.CloseNow() // the reader sees it and the client reconnects
