@@ -1,9 +1,13 @@
 package node
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -210,4 +214,67 @@ func getMarks(t *testing.T, doc *automerge.Doc) string {
 		t.Fatal(err)
 	}
 	return strings.Join(keys, ",")
+}
+
+// TestJSCreateThenClaim: the real automerge-repo client creates a document
+// on a login node before anyone claimed it (its first sync is refused);
+// once the app claims it through the API, the server lets the open session
+// in and the client's document is stored, without the client doing
+// anything more.
+func TestJSCreateThenClaim(t *testing.T) {
+	requireJS(t)
+	e := startOIDC(t)
+	n := startNode(t, t.TempDir(), e.configure(""))
+	_, tok, _ := login(t, e, n, n, "cara")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", "claim.mjs", withToken(n, tok))
+	cmd.Dir = jsDir
+	cmd.Env = append(os.Environ(), "PLAIT_E2E_TIMEOUT_MS=40000")
+	var stdout, stderrAll bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	var docURL string
+	for docURL == "" && sc.Scan() {
+		stderrAll.WriteString(sc.Text() + "\n")
+		if u, ok := strings.CutPrefix(sc.Text(), "CREATED "); ok {
+			docURL = u
+		}
+	}
+	go func() {
+		for sc.Scan() {
+			stderrAll.WriteString(sc.Text() + "\n")
+		}
+	}()
+	if docURL == "" {
+		_ = cmd.Wait()
+		t.Fatalf("claim.mjs printed no URL: %s", stderrAll.String())
+	}
+	for metricValue(t, n, "plait_denials_total") < 1 {
+		if ctx.Err() != nil {
+			t.Fatal("the unclaimed document was never refused")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, out := api(t, "POST", n.HTTP+"/api/docs", tok, map[string]string{"documentId": docURL}); code != 201 {
+		t.Fatalf("claim: %d %v", code, out)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("claim.mjs: %v\nstdout: %s\nstderr: %s", err, stdout.String(), lastLines(stderrAll.String(), 30))
+	}
+	id, _ := protocol.ParseDocumentID(docURL)
+	if marks := storedMarks(t, n, id); marks != "" {
+		t.Fatalf("stored marks %q, want the created document's (empty)", marks)
+	}
+	loaded := runJS(t, "load.mjs", withToken(n, tok), docURL)
+	if !strings.Contains(fmt.Sprint(loaded["content"]), "plait e2e") {
+		t.Fatalf("a fresh client loads %v", loaded["content"])
+	}
 }
