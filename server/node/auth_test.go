@@ -568,3 +568,34 @@ func TestRepeatOffenderBlocked(t *testing.T) {
 		t.Error("the audit log lacks the block")
 	}
 }
+
+// TestMalformedFramesGetAddressBlocked: connections that keep sending
+// garbage get their address blocked, on an anonymous node too; the block
+// is in the audit log with the connections' ids.
+func TestMalformedFramesGetAddressBlocked(t *testing.T) {
+	n := startNode(t, t.TempDir(), func(c *Config) { c.BlockThreshold, c.BlockWindow, c.BlockDuration = 3, time.Minute, time.Minute })
+	for i := range 3 {
+		p := dialRaw(t, n.URL, fmt.Sprint("junk-", i))
+		if err := p.sendRaw(websocket.MessageBinary, []byte{0xff, 0x00, 0x13}); err != nil {
+			t.Fatal(err)
+		}
+		if _, code := p.expectClose(); code != websocket.StatusCode(protocol.CloseMalformedMessage) {
+			t.Fatalf("garbage: closed %v, want %d", code, protocol.CloseMalformedMessage)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, code, _ := dialWS(t, n.URL, nil)
+		if code == 429 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 3 malformed frames the address may still connect (%d)", code)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := auditLog(t, n)
+	if !strings.Contains(log, `"event":"malformed"`) || !strings.Contains(log, `"event":"blocked"`) || !strings.Contains(log, `"conn":`) {
+		t.Fatalf("audit log:\n%s", log)
+	}
+}
