@@ -180,12 +180,7 @@ func (a *auditor) offend(k netip.Addr) (int, time.Time) {
 			if now.Sub(a.lastSweep) >= time.Second {
 				a.sweepLocked(now)
 			}
-			for old := range a.offenses { // still full: forget an arbitrary source
-				if len(a.offenses) < a.max {
-					break
-				}
-				delete(a.offenses, old)
-			}
+			forgetArbitrary(a.offenses, a.max) // still full: forget an arbitrary source
 		}
 		o = &offenses{}
 		a.offenses[k] = o

@@ -152,12 +152,7 @@ func (l *httpLimiter) allow(k netip.Addr, now time.Time) (bool, time.Duration) {
 			if now.Sub(l.lastSweep) >= time.Second {
 				l.sweepLocked(now)
 			}
-			for old := range l.ips { // still full: forget an arbitrary address
-				if len(l.ips) < l.max {
-					break
-				}
-				delete(l.ips, old)
-			}
+			forgetArbitrary(l.ips, l.max) // still full: forget an arbitrary address
 		}
 		lim = rate.NewLimiter(l.rate, l.burst)
 		l.ips[k] = lim
@@ -167,6 +162,17 @@ func (l *httpLimiter) allow(k netip.Addr, now time.Time) (bool, time.Duration) {
 	}
 	wait := time.Duration((1 - lim.TokensAt(now)) / float64(l.rate) * float64(time.Second))
 	return false, wait
+}
+
+// forgetArbitrary deletes arbitrary keys of m until it holds fewer than
+// max: the last resort of the per-address maps' memory bound.
+func forgetArbitrary[K comparable, V any](m map[K]V, max int) {
+	for k := range m {
+		if len(m) < max {
+			return
+		}
+		delete(m, k)
+	}
 }
 
 // sweep forgets the addresses whose bucket is full again: a new bucket

@@ -1260,3 +1260,41 @@ func testEventsWatchReturns(t *testing.T, a, b auth.Events) {
 	mustPublish(t, b, third)
 	checkEvents(t, again, again.waitFor(t, 1, deliveryTime), []auth.Event{third})
 }
+
+// RunInvalidArgumentTests checks that s refuses arguments that mean
+// nothing (empty ids and users, a ttl <= 0) before it writes anything.
+func RunInvalidArgumentTests(t *testing.T, s interface {
+	auth.TokenStore
+	auth.ACL
+}) {
+	t.Helper()
+	ctx := t.Context()
+	now := time.Now()
+	doc := protocol.NewDocumentID()
+	for name, err := range map[string]error{
+		"CreateFamily without id":   s.CreateFamily(ctx, auth.Family{User: "u", Created: now, Expires: now}),
+		"CreateFamily without user": s.CreateFamily(ctx, auth.Family{ID: "f", Created: now, Expires: now}),
+		"RevokeUser without user":   s.RevokeUser(ctx, "", now),
+		"Claim without user":        s.Claim(ctx, doc, "", now),
+		"Claim of an empty id":      s.Claim(ctx, "", "u", now),
+		"Share without user":        s.Share(ctx, doc, "", hub.RoleEditor),
+	} {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	for _, ttl := range []time.Duration{0, -time.Second} {
+		if _, err := s.ConsumeOnce(ctx, "k", ttl); err == nil {
+			t.Errorf("ConsumeOnce with ttl %v: no error", ttl)
+		}
+	}
+	if _, err := s.ConsumeOnce(ctx, "", time.Minute); err == nil {
+		t.Error("ConsumeOnce of an empty key: no error")
+	}
+	if docs, err := s.DocsOf(ctx, ""); err != nil || len(docs) != 0 {
+		t.Errorf("DocsOf(\"\") = %v, %v; want nothing", docs, err)
+	}
+	if _, err := s.Access(ctx, doc); !errors.Is(err, auth.ErrNotFound) {
+		t.Errorf("Access after refused calls: %v, want ErrNotFound", err)
+	}
+}

@@ -341,40 +341,12 @@ func TestTimesOutOfRange(t *testing.T) {
 	}
 }
 
-// Arguments that mean nothing are refused before anything is sent.
+// Arguments that mean nothing are refused before anything is sent; a
+// sub-millisecond ttl is rounded up, not refused.
 func TestInvalidArguments(t *testing.T) {
 	s := newStore(t, redistest.Start(t, redistest.Options{}).Client(t))
-	ctx := t.Context()
-	now := time.Now()
-	doc := protocol.NewDocumentID()
-	for name, err := range map[string]error{
-		"CreateFamily without id":   s.CreateFamily(ctx, auth.Family{User: "u", Created: now, Expires: now}),
-		"CreateFamily without user": s.CreateFamily(ctx, auth.Family{ID: "f", Created: now, Expires: now}),
-		"RevokeUser without user":   s.RevokeUser(ctx, "", now),
-		"Claim without user":        s.Claim(ctx, doc, "", now),
-		"Claim of an empty id":      s.Claim(ctx, "", "u", now),
-		"Share without user":        s.Share(ctx, doc, "", hub.RoleEditor),
-	} {
-		if err == nil {
-			t.Errorf("%s: no error", name)
-		}
-	}
-	for _, ttl := range []time.Duration{0, -time.Second} {
-		if _, err := s.ConsumeOnce(ctx, "k", ttl); err == nil {
-			t.Errorf("ConsumeOnce with ttl %v: no error", ttl)
-		}
-	}
-	if _, err := s.ConsumeOnce(ctx, "", time.Minute); err == nil {
-		t.Error("ConsumeOnce of an empty key: no error")
-	}
-	// A sub-millisecond ttl is rounded up, not refused.
-	if ok, err := s.ConsumeOnce(ctx, "short", time.Microsecond); err != nil || !ok {
+	authtest.RunInvalidArgumentTests(t, s)
+	if ok, err := s.ConsumeOnce(t.Context(), "short", time.Microsecond); err != nil || !ok {
 		t.Errorf("ConsumeOnce with a 1µs ttl = %v, %v; want true", ok, err)
-	}
-	if docs, err := s.DocsOf(ctx, ""); err != nil || len(docs) != 0 {
-		t.Errorf("DocsOf(\"\") = %v, %v; want nothing", docs, err)
-	}
-	if _, err := s.Access(ctx, doc); !errors.Is(err, auth.ErrNotFound) {
-		t.Errorf("Access after refused calls: %v, want ErrNotFound", err)
 	}
 }
