@@ -154,6 +154,16 @@ func (n *Node) watchEvents() {
 	})
 }
 
+// recheckRevoked closes l if its token was revoked while l was being
+// registered.
+func (n *Node) recheckRevoked(l *liveConn) {
+	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+	defer cancel()
+	if _, err := n.auth.tokens.VerifyAccess(ctx, l.token); errors.Is(err, auth.ErrRevoked) {
+		closeWithError(l.conn, protocol.CloseRevoked, "your access was revoked: log in again")
+	}
+}
+
 // publish tells every node (this one too) of ev.
 func (n *Node) publish(ctx context.Context, ev auth.Event) error {
 	if ev.At.IsZero() {
@@ -171,6 +181,7 @@ type liveConn struct {
 	user, family string
 	issued       time.Time // the login: a user revocation after it closes the socket
 	expires      time.Time
+	token        string // checked once more after registration
 	conn         interface {
 		Send([]byte) error
 		Close(protocol.CloseCode, string)

@@ -161,9 +161,12 @@ func TestLoginRefusalsOnNode(t *testing.T) {
 	for name, mutate := range map[string]func(jwt.MapClaims){
 		"WrongAudience": func(c jwt.MapClaims) { c["aud"] = "some-other-app" },
 		"WrongIssuer":   func(c jwt.MapClaims) { c["iss"] = "https://evil.example" },
-		"Expired":       func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix(); c["iat"] = time.Now().Add(-2 * time.Hour).Unix() },
-		"NoExp":         func(c jwt.MapClaims) { delete(c, "exp") },
-		"OtherNonce":    func(c jwt.MapClaims) { c["nonce"] = "not-the-one-we-sent" },
+		"Expired": func(c jwt.MapClaims) {
+			c["exp"] = time.Now().Add(-time.Hour).Unix()
+			c["iat"] = time.Now().Add(-2 * time.Hour).Unix()
+		},
+		"NoExp":      func(c jwt.MapClaims) { delete(c, "exp") },
+		"OtherNonce": func(c jwt.MapClaims) { c["nonce"] = "not-the-one-we-sent" },
 	} {
 		t.Run(name, func(t *testing.T) {
 			c, cb := callbackURL(t, p.oidcEnv, n, "tom")

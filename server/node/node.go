@@ -213,7 +213,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			req.RequestURI = req.URL.RequestURI()
 		}
 		info.Identity = hub.Identity{User: a.User}
-		live = &liveConn{user: a.User, family: a.Family, issued: a.LoginAt, expires: a.Expires}
+		live = &liveConn{user: a.User, family: a.Family, issued: a.LoginAt, expires: a.Expires, token: credential(c)}
 		if !n.auth.users.acquire(a.User) {
 			n.m.LimitHits.WithLabelValues(limitConnsPerUser).Inc()
 			n.audit.record(auditEvent{Event: "limit", RequestID: requestID(c), Remote: req.RemoteAddr, User: a.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-user"})
@@ -276,6 +276,10 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 				n.audit.record(auditEvent{Event: "token_expired", Remote: info.RemoteAddr, RequestID: info.RequestID, User: live.user, Code: int(protocol.CloseTokenExpired)})
 				closeWithError(conn, protocol.CloseTokenExpired, "access token expired: refresh it and reconnect")
 			})
+			// A revocation that landed between the token check above and
+			// the socket's registration found nothing to close: check again,
+			// now that any later revocation will find it.
+			go n.recheckRevoked(live)
 		}
 		go func() {
 			_ = n.hub.Serve(n.ctx, conn, info)
