@@ -400,9 +400,13 @@ func (d *document) reauthorize() {
 	}
 }
 
-// deny counts and reports a refused peer, and remembers it for Reauthorize.
+// deny counts a refused peer, reports it (once), and remembers it for
+// Reauthorize.
 func (d *document) deny(s *session) {
 	d.h.m.Denials.Inc()
+	if _, again := d.denied[s]; again {
+		return // reported once per peer and document, not per message
+	}
 	d.denied[s] = struct{}{}
 	s.report(SecurityEvent{Kind: EventDenied, Doc: d.id, Err: errDenied})
 }
