@@ -293,7 +293,7 @@ func credential(c *fiber.Ctx) string {
 func (n *Node) authenticate(c *fiber.Ctx) (auth.Access, error) {
 	tok := credential(c)
 	if tok == "" {
-		n.audit.record(auditEvent{Event: "token_missing", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusUnauthorized, Reason: c.Method() + " " + c.Path(), Offense: true})
+		n.audit.record(auditEvent{Event: "token_missing", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusUnauthorized, Reason: c.Method() + " " + c.Path()})
 		return auth.Access{}, fiber.NewError(fiber.StatusUnauthorized, "authentication required: log in at /auth/<provider>/login, then send the access token (cookie plait_access, Authorization: Bearer, or ?access_token=)")
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
