@@ -218,6 +218,19 @@ func waitClosed(t *testing.T, ws *websocket.Conn, d time.Duration) (websocket.St
 	}
 }
 
+// waitAudit waits (5 s at most) until the audit log has want: an event
+// may be written just after what it caused is seen.
+func waitAudit(t *testing.T, n *testNode, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(auditLog(t, n), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the audit log lacks %s:\n%s", want, auditLog(t, n))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func auditLog(t *testing.T, n *testNode) string {
 	t.Helper()
 	b, err := os.ReadFile(n.cfg.AuditLog)
@@ -561,11 +574,9 @@ func TestRepeatOffenderBlocked(t *testing.T) {
 	if _, code := httpGet(t, n.HTTP+"/healthz", nil); code != 200 {
 		t.Fatalf("health checks from a blocked address: %d", code)
 	}
+	waitAudit(t, n, `"event":"blocked"`) // written just after the block takes effect
 	if v := metricValue(t, n, `plait_blocked_sources_total`); v != 1 {
 		t.Fatalf("plait_blocked_sources_total %v, want 1", v)
-	}
-	if !strings.Contains(auditLog(t, n), `"event":"blocked"`) {
-		t.Error("the audit log lacks the block")
 	}
 }
 
@@ -594,8 +605,9 @@ func TestMalformedFramesGetAddressBlocked(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	log := auditLog(t, n)
-	if !strings.Contains(log, `"event":"malformed"`) || !strings.Contains(log, `"event":"blocked"`) || !strings.Contains(log, `"conn":`) {
+	// The block takes effect before its line is written.
+	waitAudit(t, n, `"event":"blocked"`)
+	if log := auditLog(t, n); !strings.Contains(log, `"event":"malformed"`) || !strings.Contains(log, `"conn":`) {
 		t.Fatalf("audit log:\n%s", log)
 	}
 }
