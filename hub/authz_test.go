@@ -10,6 +10,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/memstore"
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -267,5 +268,65 @@ func TestGrantReachesDeniedPeer(t *testing.T) {
 			t.Fatalf("the granted creator's document was not stored: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestViewerChangeWithMissingDependencyRefused: a viewer's change whose
+// dependency the hub lacks would be queued (not applied, so not seen by
+// the accept check): it is refused on arrival all the same, and nobody is
+// asked for the missing dependency.
+func TestViewerChangeWithMissingDependencyRefused(t *testing.T) {
+	h := newHub(t, memstore.New(), func(o *hub.Options) {
+		o.Authorizer = roles{"ed": hub.RoleEditor, "vi": hub.RoleViewer}
+	})
+	id := protocol.NewDocumentID()
+	ed := connectAs(t, h, "editor", "ed")
+	docE := automerge.New()
+	edit(t, docE, "k", "v0")
+	ssE := automerge.NewSyncState(docE)
+	ed.syncUntilQuiet(id, ssE)
+
+	vi := connectAs(t, h, "viewer", "vi")
+	docV := automerge.New()
+	ssV := automerge.NewSyncState(docV)
+	vi.sync(id, ssV, protocol.TypeRequest)
+	vi.syncUntilQuiet(id, ssV)
+	edit(t, docV, "k", "v1") // A: its dependency is the editor's change
+	mid := docV.Heads()
+	edit(t, docV, "k", "v2") // B: depends on A
+	chs, err := docV.Changes(mid...)
+	if err != nil || len(chs) != 1 {
+		t.Fatalf("changes after A: %d, %v", len(chs), err)
+	}
+	msg := &amsync.Message{Type: amsync.MessageTypeSync, Changes: [][]byte{chs[0].Save()}}
+	for _, hd := range docV.Heads() {
+		msg.Heads = append(msg.Heads, amsync.Hash(hd))
+	}
+	vi.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "viewer", TargetID: vi.hub, DocumentID: id, Data: msg.Encode()})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if code, closed := vi.c.closeCode(); closed {
+			if code != protocol.CloseReadOnly {
+				t.Fatalf("closed with %v, want %d", code, protocol.CloseReadOnly)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a viewer's change with a missing dependency was not refused")
+		}
+		vi.recv(100 * time.Millisecond)
+	}
+	// The editor is not asked for the viewer's missing change.
+	for m := ed.recv(300 * time.Millisecond); m != nil; m = ed.recv(300 * time.Millisecond) {
+		if m.Type != protocol.TypeSync {
+			continue
+		}
+		pm, err := amsync.ParseMessage(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pm.Need) > 0 {
+			t.Fatalf("the editor was asked for %d changes after the viewer's refused one", len(pm.Need))
+		}
 	}
 }

@@ -336,6 +336,9 @@ func (d *document) handle(m docMsg) {
 			}
 		}
 	case kindRemoteHeads:
+		if _, ok := d.peers[m.s]; !ok {
+			return // gossip only from peers that were let in
+		}
 		for sid, ha := range m.msg.NewHeads {
 			if sid == d.h.storageID {
 				continue // we are the authority on our own heads
@@ -411,6 +414,30 @@ func (d *document) deny(s *session) {
 	s.report(SecurityEvent{Kind: EventDenied, Doc: d.id, Err: errDenied})
 }
 
+// nothingNew reports whether a sync message carries no change this
+// document lacks (a viewer may send changes the document already has, for
+// example after losing its sync state); an unreadable message counts as
+// new.
+func (d *document) nothingNew(data []byte) bool {
+	m, err := amsync.ParseMessage(data)
+	if err != nil {
+		return false
+	}
+	for _, entry := range m.Changes {
+		chunks, err := amsync.SplitChunks(entry)
+		if err != nil {
+			return false
+		}
+		for _, chunk := range chunks {
+			c, err := amsync.ParseChange(chunk)
+			if err != nil || !d.eng.Has(c.Hash) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 // role asks the Authorizer what s may do here (editor without one).
 func (d *document) role(s *session) Role {
 	a := d.h.opts.Authorizer
@@ -432,6 +459,10 @@ func (d *document) role(s *session) Role {
 func (d *document) peer(s *session) *peerState {
 	if ps, ok := d.peers[s]; ok {
 		return ps
+	}
+	if _, denied := d.denied[s]; denied {
+		d.h.m.Denials.Inc()
+		return nil // asked again only on Reauthorize: a refused peer cannot make us ask the Authorizer per message
 	}
 	role := d.role(s)
 	if role == RoleNone {
@@ -474,6 +505,15 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if ps == nil {
 		// Exactly what a document that does not exist gets.
 		d.sendUnavailable(s)
+		return
+	}
+	if ps.role < RoleEditor && !d.nothingNew(msg.Data) {
+		// Refused here, not only by accept: a change whose dependencies
+		// are missing would be queued before accept ever saw it.
+		delete(d.peers, s)
+		d.eng.Forget(s)
+		d.h.m.Denials.Inc()
+		s.fail(protocol.CloseReadOnly, fmt.Errorf("%w (document %s)", ErrReadOnly, d.id))
 		return
 	}
 	applied, err := d.eng.ReceiveMessage(ps.st, msg.Data, s)
