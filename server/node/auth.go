@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -70,7 +71,7 @@ func (n *Node) openAuth(ctx context.Context) (*authState, error) {
 		return nil, fmt.Errorf("auth-key-file %s: %w", cfg.AuthKeyFile, err)
 	}
 	a := &authState{live: newLiveConns(), users: newConnLimiter[string](cfg.MaxConnsPerUser),
-		secure: strings.HasPrefix(cfg.PublicURL, "https://"), admins: cfg.AdminUsers}
+		secure: strings.EqualFold(publicScheme(cfg.PublicURL), "https"), admins: cfg.AdminUsers}
 	var st storeBackend
 	if n.be.redis == nil {
 		bs, err := boltauth.Open(filepath.Join(cfg.DataDir, "auth.db"))
@@ -117,6 +118,14 @@ func (n *Node) openAuth(ctx context.Context) (*authState, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+func publicScheme(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return ""
+	}
+	return p.Scheme
 }
 
 // authorizer is the hub's Authorizer over the node's ACL: a document
@@ -279,7 +288,9 @@ func closeWithError(c interface {
 // Authorization: Bearer header (programs), or the access cookie (a
 // browser on the node's own site).
 func credential(c *fiber.Ctx) string {
-	if t := c.Query("access_token"); t != "" {
+	// Only the WebSocket takes a token in the URL (browsers cannot set its
+	// headers): anywhere else it would end up in proxies' access logs.
+	if t := c.Query("access_token"); t != "" && c.Path() == "/ws" {
 		return t
 	}
 	if h := c.Get(fiber.HeaderAuthorization); len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
@@ -355,7 +366,7 @@ type tokenJSON struct {
 	User           string    `json:"user"`
 	AccessToken    string    `json:"access_token"`
 	AccessExpires  time.Time `json:"access_expires_at"`
-	RefreshToken   string    `json:"refresh_token"`
+	RefreshToken   string    `json:"refresh_token,omitempty"`
 	RefreshExpires time.Time `json:"refresh_expires_at"`
 }
 
@@ -412,7 +423,13 @@ func (n *Node) handleRefresh(c *fiber.Ctx) error {
 		n.setTokenCookies(c, p)
 	}
 	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.JSON(tokenJSON{User: p.User, AccessToken: p.Access, AccessExpires: p.AccessExpires, RefreshToken: p.Refresh, RefreshExpires: p.RefreshExpires})
+	out := tokenJSON{User: p.User, AccessToken: p.Access, AccessExpires: p.AccessExpires, RefreshToken: p.Refresh, RefreshExpires: p.RefreshExpires}
+	if fromCookie {
+		// The refresh token stays in its HttpOnly cookie: a script on the
+		// page must not be able to read a 30-day credential.
+		out.RefreshToken = ""
+	}
+	return c.JSON(out)
 }
 
 // handleLogout revokes the login session of the refresh token (or of the

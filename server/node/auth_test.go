@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
@@ -609,5 +610,62 @@ func TestMalformedFramesGetAddressBlocked(t *testing.T) {
 	waitAudit(t, n, `"event":"blocked"`)
 	if log := auditLog(t, n); !strings.Contains(log, `"event":"malformed"`) || !strings.Contains(log, `"conn":`) {
 		t.Fatalf("audit log:\n%s", log)
+	}
+}
+
+// TestAnonymousNodeRefusesRebinding: an anonymous loopback node refuses an
+// upgrade whose Host is not a loopback name (a page re-pointing its own
+// name at 127.0.0.1 would pass the same-origin check), and accepts
+// localhost.
+func TestAnonymousNodeRefusesRebinding(t *testing.T) {
+	n := startNode(t, t.TempDir())
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(n.HTTP, "http://"))
+	dial := func(host string) int {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ws, resp, err := websocket.Dial(ctx, n.URL, &websocket.DialOptions{Host: host, HTTPHeader: http.Header{"Origin": {"http://" + host}}})
+		if err == nil {
+			ws.CloseNow()
+			return 101
+		}
+		if resp == nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
+	}
+	if code := dial("evil.example:" + port); code != 403 {
+		t.Fatalf("a rebinding page: %d, want 403", code)
+	}
+	if code := dial("localhost:" + port); code != 101 {
+		t.Fatalf("localhost: %d, want 101", code)
+	}
+}
+
+// TestCookieRefreshKeepsRefreshTokenInCookie: a browser refreshing with its
+// cookie gets new cookies, and the JSON answer carries no refresh token a
+// script could read.
+func TestCookieRefreshKeepsRefreshTokenInCookie(t *testing.T) {
+	e := startOIDC(t)
+	n := startNode(t, t.TempDir(), e.configure(""))
+	br, _, _ := login(t, e, n, n, "cookie")
+	req, _ := http.NewRequest("POST", n.HTTP+"/auth/refresh", nil)
+	resp, err := br.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("refresh by cookie: %d %v", resp.StatusCode, err)
+	}
+	if out["refresh_token"] != nil || out["access_token"] == nil {
+		t.Fatalf("refresh by cookie answered %v: want an access token and no refresh token", out)
+	}
+	set := false
+	for _, ck := range resp.Cookies() {
+		set = set || (ck.Name == refreshCookie && ck.Value != "")
+	}
+	if !set {
+		t.Fatal("refresh by cookie set no new refresh cookie")
 	}
 }

@@ -296,6 +296,19 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 // checkOrigin applies coder/websocket's rule (same host, or a listed
 // pattern) before the hijack, so that a refused handshake is a normal 403.
 func (n *Node) checkOrigin(r *http.Request) error {
+	// A node that is anonymous because it listens on loopback only must be
+	// reached by a loopback name: a page whose own host name an attacker
+	// re-points at 127.0.0.1 (DNS rebinding) would otherwise pass the
+	// same-host check below.
+	if n.auth == nil && !n.cfg.AllowAnonymous {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if !isLoopback(strings.Trim(host, "[]")) {
+			return fmt.Errorf("host %q is not a loopback name: this anonymous node serves loopback only", r.Host)
+		}
+	}
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return nil // not a browser: no cross-site risk
