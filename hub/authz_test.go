@@ -38,6 +38,28 @@ func connectAs(t *testing.T, h *hub.Hub, id, user string) *client {
 	return cl
 }
 
+// peer is a test client with its document and sync state.
+type peer struct {
+	c   *client
+	doc *automerge.Doc
+	ss  *automerge.SyncState
+}
+
+// writeThenRead connects a writer (as user wUser) that stores key=value in
+// id, then a reader (as rUser) that fetches the document.
+func writeThenRead(t *testing.T, h *hub.Hub, id protocol.DocumentID, wID, wUser, rID, rUser, key, value string) (w, r peer) {
+	t.Helper()
+	w = peer{c: connectAs(t, h, wID, wUser), doc: automerge.New()}
+	edit(t, w.doc, key, value)
+	w.ss = automerge.NewSyncState(w.doc)
+	w.c.syncUntilQuiet(id, w.ss)
+	r = peer{c: connectAs(t, h, rID, rUser), doc: automerge.New()}
+	r.ss = automerge.NewSyncState(r.doc)
+	r.c.sync(id, r.ss, protocol.TypeRequest)
+	r.c.syncUntilQuiet(id, r.ss)
+	return w, r
+}
+
 // TestViewerChangesAreRefused: a viewer reads; its change reaches nobody,
 // is not stored, and it is told once (an error, then close 4403); an
 // editor's changes sync; a peer without a role gets doc-unavailable,
@@ -50,17 +72,9 @@ func TestViewerChangesAreRefused(t *testing.T) {
 		o.Metrics = m
 	})
 	id := protocol.NewDocumentID()
-	ed := connectAs(t, h, "editor", "ed")
-	docE := automerge.New()
-	edit(t, docE, "title", "by the editor")
-	ssE := automerge.NewSyncState(docE)
-	ed.syncUntilQuiet(id, ssE)
-
-	vi := connectAs(t, h, "viewer", "vi")
-	docV := automerge.New()
-	ssV := automerge.NewSyncState(docV)
-	vi.sync(id, ssV, protocol.TypeRequest)
-	vi.syncUntilQuiet(id, ssV)
+	e, v := writeThenRead(t, h, id, "editor", "ed", "viewer", "vi", "title", "by the editor")
+	ed, docE, ssE := e.c, e.doc, e.ss
+	vi, docV, ssV := v.c, v.doc, v.ss
 	if v, err := docV.RootMap().Get("title"); err != nil || v.Str() != "by the editor" {
 		t.Fatalf("the viewer reads %v, %v", v, err)
 	}
@@ -138,16 +152,9 @@ func TestPermissionChangeOnOpenSession(t *testing.T) {
 	auth := &mutableRoles{r: map[string]hub.Role{"a": hub.RoleEditor, "b": hub.RoleEditor}}
 	h := newHub(t, memstore.New(), func(o *hub.Options) { o.Authorizer = auth })
 	id := protocol.NewDocumentID()
-	a := connectAs(t, h, "pa", "a")
-	docA := automerge.New()
-	edit(t, docA, "k", "v0")
-	ssA := automerge.NewSyncState(docA)
-	a.syncUntilQuiet(id, ssA)
-	b := connectAs(t, h, "pb", "b")
-	docB := automerge.New()
-	ssB := automerge.NewSyncState(docB)
-	b.sync(id, ssB, protocol.TypeRequest)
-	b.syncUntilQuiet(id, ssB)
+	pa, pb := writeThenRead(t, h, id, "pa", "a", "pb", "b", "k", "v0")
+	a, docA, ssA := pa.c, pa.doc, pa.ss
+	b := pb.c
 
 	// b loses its role: told once, then nothing more of the document.
 	auth.set("b", hub.RoleNone)
@@ -280,17 +287,8 @@ func TestViewerChangeWithMissingDependencyRefused(t *testing.T) {
 		o.Authorizer = roles{"ed": hub.RoleEditor, "vi": hub.RoleViewer}
 	})
 	id := protocol.NewDocumentID()
-	ed := connectAs(t, h, "editor", "ed")
-	docE := automerge.New()
-	edit(t, docE, "k", "v0")
-	ssE := automerge.NewSyncState(docE)
-	ed.syncUntilQuiet(id, ssE)
-
-	vi := connectAs(t, h, "viewer", "vi")
-	docV := automerge.New()
-	ssV := automerge.NewSyncState(docV)
-	vi.sync(id, ssV, protocol.TypeRequest)
-	vi.syncUntilQuiet(id, ssV)
+	e, v := writeThenRead(t, h, id, "editor", "ed", "viewer", "vi", "k", "v0")
+	ed, vi, docV := e.c, v.c, v.doc
 	edit(t, docV, "k", "v1") // A: its dependency is the editor's change
 	mid := docV.Heads()
 	edit(t, docV, "k", "v2") // B: depends on A

@@ -89,7 +89,7 @@ func (n *Node) createDoc(c *fiber.Ctx, a auth.Access) error {
 		}
 		return errUnavailable
 	}
-	n.audit.record(auditEvent{Event: "access_change", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: a.User, Doc: string(id), Reason: "created"})
+	n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: "created"})
 	_ = n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id})
 	return c.Status(fiber.StatusCreated).JSON(docJSON{DocumentID: string(id), URL: id.URL(), Role: hub.RoleOwner.String()})
 }
@@ -173,7 +173,7 @@ func (n *Node) changeAccess(c *fiber.Ctx, a auth.Access, id protocol.DocumentID,
 		}
 		return errUnavailable
 	}
-	n.audit.record(auditEvent{Event: "access_change", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: a.User, Doc: string(id), Reason: what})
+	n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: what})
 	if err := n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id}); err != nil {
 		return fiber.NewError(fiber.StatusServiceUnavailable, "saved, but open sessions may keep their old role until they reconnect: "+err.Error())
 	}

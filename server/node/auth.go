@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -109,7 +110,7 @@ func (n *Node) openAuth(ctx context.Context) (*authState, error) {
 		Store:     st,
 		OnLogin:   n.onLogin,
 		OnFailure: func(c *fiber.Ctx, provider string, err error) {
-			n.audit.record(auditEvent{Event: "login_failed", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(),
+			n.auditRequest(c, auditEvent{Event: "login_failed",
 				Reason: provider + ": " + err.Error(), Code: c.Response().StatusCode(), Offense: true})
 		},
 	})
@@ -163,9 +164,13 @@ func (n *Node) watchEvents() {
 	})
 }
 
-// recheckRevoked closes l if its token was revoked while l was being
-// registered.
+// recheckRevoked closes l if a revocation was applied between its token
+// check and its registration and it revoked l's token (a revocation after
+// the registration finds l itself; one before the check was in the store).
 func (n *Node) recheckRevoked(l *liveConn) {
+	if n.auth.live.revocations.Load() == l.revocations {
+		return
+	}
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
 	defer cancel()
 	if _, err := n.auth.tokens.VerifyAccess(ctx, l.token); errors.Is(err, auth.ErrRevoked) {
@@ -190,7 +195,8 @@ type liveConn struct {
 	user, family string
 	issued       time.Time // the login: a user revocation after it closes the socket
 	expires      time.Time
-	token        string // checked once more after registration
+	token        string // checked again if a revocation came during registration
+	revocations  uint64 // liveConns.revocations when the token was checked
 	conn         interface {
 		Send([]byte) error
 		Close(protocol.CloseCode, string)
@@ -200,6 +206,11 @@ type liveConn struct {
 
 // liveConns are this node's authenticated sockets, for revocation.
 type liveConns struct {
+	// revocations counts the revocations applied here: a socket whose
+	// token was checked before one and registered after it is checked
+	// again.
+	revocations atomic.Uint64
+
 	mu    sync.Mutex
 	conns map[*liveConn]struct{}
 	rates map[string]*userRate
@@ -258,6 +269,7 @@ func (lc *liveConns) dropUserLimit(user string) {
 
 // revoke closes every socket match selects with CloseRevoked.
 func (lc *liveConns) revoke(match func(*liveConn) bool, reason string) int {
+	lc.revocations.Add(1)
 	lc.mu.Lock()
 	var hit []*liveConn
 	for l := range lc.conns {
@@ -304,7 +316,7 @@ func credential(c *fiber.Ctx) string {
 func (n *Node) authenticate(c *fiber.Ctx) (auth.Access, error) {
 	tok := credential(c)
 	if tok == "" {
-		n.audit.record(auditEvent{Event: "token_missing", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusUnauthorized, Reason: c.Method() + " " + c.Path()})
+		n.auditRequest(c, auditEvent{Event: "token_missing", Code: fiber.StatusUnauthorized, Reason: c.Method() + " " + c.Path()})
 		return auth.Access{}, fiber.NewError(fiber.StatusUnauthorized, "authentication required: log in at /auth/<provider>/login, then send the access token (cookie plait_access, Authorization: Bearer, or ?access_token=)")
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
@@ -313,7 +325,7 @@ func (n *Node) authenticate(c *fiber.Ctx) (auth.Access, error) {
 	if err == nil {
 		return a, nil
 	}
-	ev := auditEvent{Event: "token_invalid", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: a.User, Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
+	ev := auditEvent{Event: "token_invalid", User: a.User, Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
 	switch {
 	case errors.Is(err, auth.ErrAccessExpired):
 		ev.Event, ev.Offense = "token_expired", false
@@ -328,7 +340,7 @@ func (n *Node) authenticate(c *fiber.Ctx) (auth.Access, error) {
 		n.log.Error("failed to verify a token", "err", err)
 		err = fiber.NewError(fiber.StatusServiceUnavailable, "cannot check tokens right now; retry")
 	}
-	n.audit.record(ev)
+	n.auditRequest(c, ev)
 	return auth.Access{}, err
 }
 
@@ -342,7 +354,7 @@ func (n *Node) onLogin(c *fiber.Ctx, u auth.User, returnTo string) error {
 		n.log.Error("failed to start a login session", "err", err)
 		return fiber.NewError(fiber.StatusServiceUnavailable, "failed to start a login session; retry")
 	}
-	n.audit.record(auditEvent{Event: "login", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: u.ID, Reason: "provider " + u.Provider})
+	n.auditRequest(c, auditEvent{Event: "login", User: u.ID, Reason: "provider " + u.Provider})
 	n.setTokenCookies(c, p)
 	return c.Redirect(returnTo, fiber.StatusFound)
 }
@@ -395,7 +407,7 @@ func (n *Node) handleRefresh(c *fiber.Ctx) error {
 	defer cancel()
 	p, err := n.auth.tokens.Refresh(ctx, tok)
 	if err != nil {
-		ev := auditEvent{Event: "refresh_failed", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
+		ev := auditEvent{Event: "refresh_failed", Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
 		if errors.Is(err, auth.ErrTokenReused) {
 			ev.Event = "token_reuse"
 			if fam, ferr := n.auth.tokens.Family(tok); ferr == nil {
@@ -405,7 +417,7 @@ func (n *Node) handleRefresh(c *fiber.Ctx) error {
 				_ = n.publish(ctx, auth.Event{Kind: auth.EventRevokeFamily, Family: fam})
 			}
 		}
-		n.audit.record(ev)
+		n.auditRequest(c, ev)
 		if fromCookie {
 			n.clearTokenCookies(c)
 		}
@@ -418,7 +430,7 @@ func (n *Node) handleRefresh(c *fiber.Ctx) error {
 		n.log.Error("failed to refresh a token", "err", err)
 		return fiber.NewError(fiber.StatusServiceUnavailable, "cannot refresh right now; retry")
 	}
-	n.audit.record(auditEvent{Event: "token_refresh", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: p.User})
+	n.auditRequest(c, auditEvent{Event: "token_refresh", User: p.User})
 	if fromCookie {
 		n.setTokenCookies(c, p)
 	}
@@ -467,7 +479,7 @@ func (n *Node) handleLogout(c *fiber.Ctx) error {
 		if err := n.publish(ctx, auth.Event{Kind: auth.EventRevokeFamily, Family: fam, User: f.User}); err != nil {
 			return fiber.NewError(fiber.StatusServiceUnavailable, err.Error())
 		}
-		n.audit.record(auditEvent{Event: "logout", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: f.User})
+		n.auditRequest(c, auditEvent{Event: "logout", User: f.User})
 	}
 	n.clearTokenCookies(c)
 	return c.SendStatus(fiber.StatusNoContent)
@@ -484,7 +496,7 @@ func (n *Node) handleRevokeUser(c *fiber.Ctx) error {
 		return err
 	}
 	if !slices.Contains(n.auth.admins, a.User) {
-		n.audit.record(auditEvent{Event: "denied", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: a.User, Code: fiber.StatusForbidden, Reason: "revoke a user: not an admin"})
+		n.auditRequest(c, auditEvent{Event: "denied", User: a.User, Code: fiber.StatusForbidden, Reason: "revoke a user: not an admin"})
 		return fiber.NewError(fiber.StatusForbidden, "only the admin users (--admin-users) may revoke users")
 	}
 	var body struct {
@@ -502,7 +514,7 @@ func (n *Node) handleRevokeUser(c *fiber.Ctx) error {
 	if err := n.publish(ctx, auth.Event{Kind: auth.EventRevokeUser, User: body.User, At: now}); err != nil {
 		return fiber.NewError(fiber.StatusServiceUnavailable, err.Error())
 	}
-	n.audit.record(auditEvent{Event: "revoked", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), User: body.User, Reason: "by " + a.User})
+	n.auditRequest(c, auditEvent{Event: "revoked", User: body.User, Reason: "by " + a.User})
 	return c.SendStatus(fiber.StatusNoContent)
 }
 
@@ -518,10 +530,17 @@ func (n *Node) checkSameSite(c *fiber.Ctx) error {
 		return nil
 	}
 	if err := n.originAllowed(origin, string(c.Request().Host())); err != nil {
-		n.audit.record(auditEvent{Event: "origin_rejected", RequestID: requestID(c), Remote: c.Context().RemoteAddr().String(), Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
+		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
 		return fiber.NewError(fiber.StatusForbidden, err.Error())
 	}
 	return nil
+}
+
+// auditRequest records ev for the HTTP request c: its request id and
+// client address filled in.
+func (n *Node) auditRequest(c *fiber.Ctx, ev auditEvent) {
+	ev.RequestID, ev.Remote = requestID(c), c.Context().RemoteAddr().String()
+	n.audit.record(ev)
 }
 
 func requestID(c *fiber.Ctx) string {

@@ -33,23 +33,27 @@ const maxTrackedIPs = 1 << 16
 
 // validateLimits checks the limit settings; Validate calls it.
 func (c *Config) validateLimits() error {
+	for _, r := range []struct {
+		rate, burstName string
+		perSec          float64
+		burst           int
+	}{
+		{"message-rate", "message-burst", c.MessageRate, c.MessageBurst},
+		{"http-rate-per-ip", "http-burst-per-ip", c.HTTPRatePerIP, c.HTTPBurstPerIP},
+		{"user-message-rate", "user-message-burst", c.UserMessageRate, c.UserMessageBurst},
+	} {
+		if r.perSec < 0 || math.IsNaN(r.perSec) || math.IsInf(r.perSec, 0) {
+			return fmt.Errorf("%s %v must be a number >= 0 (0 = no limit)", r.rate, r.perSec)
+		}
+		if r.perSec > 0 && r.burst < 1 {
+			return fmt.Errorf("%s %d must be at least 1", r.burstName, r.burst)
+		}
+	}
 	switch {
-	case c.MessageRate < 0 || math.IsNaN(c.MessageRate) || math.IsInf(c.MessageRate, 0):
-		return fmt.Errorf("message-rate %v must be a number >= 0 (0 = no limit)", c.MessageRate)
-	case c.MessageRate > 0 && c.MessageBurst < 1:
-		return fmt.Errorf("message-burst %d must be at least 1", c.MessageBurst)
 	case c.MaxConnsPerIP < 0:
 		return fmt.Errorf("max-conns-per-ip %d must be >= 0 (0 = no limit)", c.MaxConnsPerIP)
-	case c.HTTPRatePerIP < 0 || math.IsNaN(c.HTTPRatePerIP) || math.IsInf(c.HTTPRatePerIP, 0):
-		return fmt.Errorf("http-rate-per-ip %v must be a number >= 0 (0 = no limit)", c.HTTPRatePerIP)
-	case c.HTTPRatePerIP > 0 && c.HTTPBurstPerIP < 1:
-		return fmt.Errorf("http-burst-per-ip %d must be at least 1", c.HTTPBurstPerIP)
 	case c.MaxConnsPerUser < 0:
 		return fmt.Errorf("max-conns-per-user %d must be >= 0 (0 = no limit)", c.MaxConnsPerUser)
-	case c.UserMessageRate < 0 || math.IsNaN(c.UserMessageRate) || math.IsInf(c.UserMessageRate, 0):
-		return fmt.Errorf("user-message-rate %v must be a number >= 0 (0 = no limit)", c.UserMessageRate)
-	case c.UserMessageRate > 0 && c.UserMessageBurst < 1:
-		return fmt.Errorf("user-message-burst %d must be at least 1", c.UserMessageBurst)
 	case c.BlockThreshold < 0:
 		return fmt.Errorf("block-threshold %d must be >= 0 (0 = never block)", c.BlockThreshold)
 	case c.BlockThreshold > 0 && (c.BlockWindow <= 0 || c.BlockDuration <= 0):

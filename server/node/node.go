@@ -195,12 +195,13 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 	req.Host = string(c.Request().Host())
 	req.RemoteAddr = c.Context().RemoteAddr().String()
 	if err := n.checkOrigin(req); err != nil {
-		n.audit.record(auditEvent{Event: "origin_rejected", RequestID: requestID(c), Remote: req.RemoteAddr, Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
+		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
 		return fiber.NewError(fiber.StatusForbidden, err.Error())
 	}
 	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c)}
 	var live *liveConn
 	if n.auth != nil {
+		revocations := n.auth.live.revocations.Load() // before the token check
 		a, err := n.authenticate(c)
 		if err != nil {
 			return err
@@ -213,10 +214,10 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			req.RequestURI = req.URL.RequestURI()
 		}
 		info.Identity = hub.Identity{User: a.User}
-		live = &liveConn{user: a.User, family: a.Family, issued: a.LoginAt, expires: a.Expires, token: credential(c)}
+		live = &liveConn{user: a.User, family: a.Family, issued: a.LoginAt, expires: a.Expires, token: credential(c), revocations: revocations}
 		if !n.auth.users.acquire(a.User) {
 			n.m.LimitHits.WithLabelValues(limitConnsPerUser).Inc()
-			n.audit.record(auditEvent{Event: "limit", RequestID: requestID(c), Remote: req.RemoteAddr, User: a.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-user"})
+			n.auditRequest(c, auditEvent{Event: "limit", User: a.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-user"})
 			return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections for this user (at most %d: --max-conns-per-user)", n.cfg.MaxConnsPerUser))
 		}
 		info.UserLimit = n.auth.live.userLimit(a.User, n.cfg.UserMessageRate, n.cfg.UserMessageBurst)
@@ -232,7 +233,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 	if !n.conns.acquire(key) {
 		release()
 		n.m.LimitHits.WithLabelValues(limitConnsPerIP).Inc()
-		n.audit.record(auditEvent{Event: "limit", RequestID: requestID(c), Remote: req.RemoteAddr, User: info.Identity.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-ip"})
+		n.auditRequest(c, auditEvent{Event: "limit", User: info.Identity.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-ip"})
 		return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections from this address (at most %d: --max-conns-per-ip)", n.cfg.MaxConnsPerIP))
 	}
 	c.Context().HijackSetNoResponse(true)
@@ -277,8 +278,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 				closeWithError(conn, protocol.CloseTokenExpired, "access token expired: refresh it and reconnect")
 			})
 			// A revocation that landed between the token check above and
-			// the socket's registration found nothing to close: check again,
-			// now that any later revocation will find it.
+			// the socket's registration found nothing to close.
 			go n.recheckRevoked(live)
 		}
 		go func() {
