@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/automerge/automerge-go"
+	"golang.org/x/time/rate"
 
 	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
@@ -55,15 +56,24 @@ type docMsg struct {
 	msg        *protocol.Message
 	storageIDs []string
 	pub        *Publication
+	cost       int // bytes of s's and the hub's in-flight budgets it holds
+}
+
+// done returns the budget bytes m holds, once it is handled (or dropped).
+func (m docMsg) done() {
+	if m.cost > 0 {
+		m.s.budget.release(m.cost)
+		m.s.h.inflight.release(m.cost)
+	}
 }
 
 // peerState is what a document knows of one connected peer.
 type peerState struct {
-	role        Role
-	st          *syncengine.State
-	dirty       bool     // a message may be due to this peer
-	out         [][]byte // generated sync messages, sent once the store has their changes
-	unavailable bool     // we told it doc-unavailable; it waits for the document
+	role       Role
+	st         *syncengine.State
+	dirty      bool     // a message may be due to this peer
+	out        [][]byte // generated sync messages, sent once the store has their changes
+	stateBytes int      // st.RetainedBytes(), as counted in the session's stateBytes
 }
 
 // knownHeads are the heads of one storage for this document, as last heard.
@@ -110,8 +120,11 @@ type document struct {
 	settle      *time.Timer   // checks the stream position after activity
 	settling    bool
 
-	compactAfter time.Time     // no compaction before (after a failure)
-	compactDelay time.Duration // grows while compactions fail
+	compactAfter   time.Time     // no compaction before (after a failure)
+	compactDelay   time.Duration // grows while compactions fail
+	compactSkipped bool          // too large to compact (MaxCompactBytes): reported once
+
+	ephBudget *rate.Limiter // bytes of ephemeral relays per second
 }
 
 func newDocument(h *Hub, id protocol.DocumentID) *document {
@@ -126,6 +139,7 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		compacted: make(chan compactResult, 1),
 		retry:     stoppedTimer(),
 		settle:    stoppedTimer(),
+		ephBudget: rate.NewLimiter(rate.Limit(h.opts.EphemeralRelayBytes), h.opts.EphemeralRelayBytes),
 	}
 }
 
@@ -162,6 +176,7 @@ func (d *document) run() {
 		select {
 		case m := <-d.inbox:
 			d.handle(m)
+			m.done()
 			local := m.kind.local()
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
@@ -170,6 +185,7 @@ func (d *document) run() {
 				select {
 				case m := <-d.inbox:
 					d.handle(m)
+					m.done()
 					local = local || m.kind.local()
 				default:
 					drained = true
@@ -185,9 +201,17 @@ func (d *document) run() {
 				return
 			}
 			d.maybeCompact()
-			// Only this node's peers keep a document in memory: other
-			// nodes' changes alone do not.
-			if local && len(d.peers) == 0 {
+			// A document nobody has, asked for by peers that were told so,
+			// leaves at once: requests for random ids cost nothing lasting.
+			if !d.exists && len(d.peers) == 0 && len(d.denied) == 0 {
+				if d.h.tryRemove(d) {
+					d.evict()
+					return
+				}
+				idle.Reset(10 * time.Millisecond) // a sender still holds it: soon
+			} else if local && len(d.peers) == 0 {
+				// Only this node's peers keep a document in memory: other
+				// nodes' changes alone do not.
 				idle.Reset(d.h.opts.IdleDocTimeout)
 			}
 		case r := <-d.compacted:
@@ -243,7 +267,12 @@ func (d *document) storeCtx() (context.Context, context.CancelFunc) {
 // is delivered (or its loss detected), and every change up to it was
 // stored before it was published, so the store has it.
 func (d *document) load() error {
-	d.eng = syncengine.New(syncengine.Options{Accept: d.accept})
+	d.eng = syncengine.New(syncengine.Options{
+		Accept:           d.accept,
+		MaxBytes:         max(d.h.opts.MaxDocBytes, 0),
+		MaxInflatedBytes: d.h.opts.MaxInflatedBytes,
+		MaxSendBytes:     d.h.opts.MaxSendBytes,
+	})
 	if b := d.h.opts.Broker; b != nil {
 		ctx, cancel := d.brokerCtx()
 		pos, err := b.Subscribe(ctx, d.id)
@@ -303,12 +332,11 @@ func (d *document) handle(m docMsg) {
 	case kindSync:
 		d.receiveSync(m.s, m.msg)
 	case kindEphemeral:
-		if _, ok := d.peers[m.s]; !ok && d.h.opts.Authorizer != nil {
+		if _, ok := d.peers[m.s]; !ok {
 			d.h.m.Dropped.WithLabelValues("ephemeral_not_a_peer").Inc()
 			return // only peers that were let in may speak to the others
 		}
 		d.relayEphemeral(m.s, m.msg)
-		d.publishEphemeral(m.msg)
 	case kindRemote:
 		d.receivePub(*m.pub)
 	case kindCatchUp:
@@ -319,9 +347,8 @@ func (d *document) handle(m docMsg) {
 		delete(d.denied, m.s)
 		if ps, ok := d.peers[m.s]; ok {
 			d.saveSyncState(m.s, ps)
-			delete(d.peers, m.s)
 		}
-		d.eng.Forget(m.s)
+		d.removePeer(m.s)
 	case kindSubscribed:
 		if _, ok := d.peers[m.s]; !ok {
 			return
@@ -373,8 +400,7 @@ func (d *document) reauthorize() {
 			continue
 		}
 		d.deny(s)
-		delete(d.peers, s)
-		d.eng.Forget(s)
+		d.removePeer(s)
 		d.sendUnavailable(s)
 	}
 	for s := range d.denied {
@@ -423,16 +449,18 @@ func (d *document) nothingNew(data []byte) bool {
 	if err != nil {
 		return false
 	}
+	budget := d.h.opts.MaxInflatedBytes // as for any sync message: a viewer cannot inflate more
 	for _, entry := range m.Changes {
 		chunks, err := amsync.SplitChunks(entry)
 		if err != nil {
 			return false
 		}
 		for _, chunk := range chunks {
-			c, err := amsync.ParseChange(chunk)
+			c, err := amsync.ParseChangeLimit(chunk, budget)
 			if err != nil || !d.eng.Has(c.Hash) {
 				return false
 			}
+			budget -= c.InflatedLen()
 		}
 	}
 	return true
@@ -510,25 +538,33 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	if ps.role < RoleEditor && !d.nothingNew(msg.Data) {
 		// Refused here, not only by accept: a change whose dependencies
 		// are missing would be queued before accept ever saw it.
-		delete(d.peers, s)
-		d.eng.Forget(s)
+		d.removePeer(s)
 		d.h.m.Denials.Inc()
 		s.fail(protocol.CloseReadOnly, fmt.Errorf("%w (document %s)", ErrReadOnly, d.id))
 		return
 	}
 	applied, err := d.eng.ReceiveMessage(ps.st, msg.Data, s)
 	if err != nil {
-		delete(d.peers, s)
-		d.eng.Forget(s)
-		if errors.Is(err, ErrReadOnly) {
+		d.removePeer(s)
+		switch {
+		case errors.Is(err, ErrReadOnly):
 			s.fail(protocol.CloseReadOnly, fmt.Errorf("%w (document %s)", ErrReadOnly, d.id))
-			return
+		case errors.Is(err, syncengine.ErrLimitExceeded):
+			d.h.m.LimitHits.WithLabelValues(limitOf(err)).Inc()
+			s.fail(protocol.CloseLimitExceeded, fmt.Errorf("sync message for %s refused: %w", d.id, err))
+		default:
+			s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
 		}
-		s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
+		return
+	}
+	if n := d.trackState(s, ps); n > int64(d.h.opts.MaxConnBytes) {
+		d.removePeer(s)
+		d.h.m.LimitHits.WithLabelValues(LimitConnBytes).Inc()
+		s.fail(protocol.CloseLimitExceeded, fmt.Errorf("%w: this connection's sync state holds %d bytes (at most %d)", ErrLimitExceeded, n, d.h.opts.MaxConnBytes))
 		return
 	}
 	for _, c := range applied {
-		d.unsaved = append(d.unsaved, c.Raw)
+		d.unsaved = append(d.unsaved, c.Stored)
 	}
 	d.h.m.ChangesAccepted.Add(float64(len(applied)))
 	ps.dirty = true
@@ -536,7 +572,10 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		d.exists = true // a peer that syncs a document we lack creates it
 	}
 	if !d.exists {
-		ps.unavailable = true
+		// Nobody has it. The peer is told so and not kept: a document
+		// only requesters wait for leaves memory at once (see run).
+		d.removePeer(s)
+		s.dropDoc(d.id)
 		d.sendUnavailable(s)
 		return
 	}
@@ -548,6 +587,30 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	// heads and skip the acknowledgement the peer waits for. The answer is
 	// sent in flush, after the store write.
 	d.generate(ps)
+}
+
+// removePeer drops s from the document's peers (if it is one), with the
+// changes it left queued and its share of the connection's state budget.
+func (d *document) removePeer(s *session) {
+	if ps, ok := d.peers[s]; ok {
+		s.stateBytes.Add(-int64(ps.stateBytes))
+		delete(d.peers, s)
+	}
+	d.eng.Forget(s)
+}
+
+// trackState updates the session's count of sync state bytes after ps's
+// state took a message, and returns the session's new total.
+func (d *document) trackState(s *session, ps *peerState) int64 {
+	n := ps.st.RetainedBytes()
+	total := s.stateBytes.Add(int64(n - ps.stateBytes))
+	ps.stateBytes = n
+	return total
+}
+
+// limitOf names the bound an engine error hit, for plait_limit_hits_total.
+func limitOf(err error) string {
+	return LimitSyncBounds // XXX classify
 }
 
 // flush stores the changes applied since the last flush, then (and only
@@ -643,15 +706,42 @@ func (d *document) scheduleRetry() {
 	d.retry.Reset(d.retryDelay/2 + time.Duration(mrand.Int64N(int64(d.retryDelay/2)+1)))
 }
 
-// relayEphemeral sends an ephemeral message to every peer but from.
+// relayEphemeral sends an ephemeral message to every peer but from and,
+// if it came from a peer of this node, to the other nodes. The message is
+// encoded once; each peer's frame differs only in its targetId. Relays
+// spend the document's budget (bytes times receivers per second): past
+// it they are dropped and counted, as ephemeral messages may be.
 func (d *document) relayEphemeral(from *session, msg *protocol.Message) {
-	for s := range d.peers {
-		if s == from {
-			continue
+	receivers := len(d.peers)
+	if from != nil {
+		receivers-- // not back to the sender
+		if d.h.opts.Broker != nil {
+			receivers++ // one publication for the other nodes
 		}
-		relay := *msg
-		relay.TargetID = s.peerID
-		s.send(&relay)
+	}
+	if receivers <= 0 {
+		d.h.m.Dropped.WithLabelValues("ephemeral_no_peers").Inc()
+		return
+	}
+	if cost := len(msg.Data) * receivers; cost > 0 && !d.ephBudget.AllowN(time.Now(), cost) {
+		d.h.m.LimitHits.WithLabelValues(LimitEphemeralRelay).Inc()
+		d.h.m.Dropped.WithLabelValues("ephemeral_budget").Inc()
+		return
+	}
+	relay := *msg
+	relay.TargetID = "-" // replaced per peer
+	frames, err := protocol.EncodeTargeted(&relay)
+	if err != nil {
+		d.h.m.Dropped.WithLabelValues("ephemeral_invalid").Inc()
+		return
+	}
+	for s := range d.peers {
+		if s != from {
+			s.sendFrame(msg.Type, frames.For(s.peerID))
+		}
+	}
+	if from != nil {
+		d.publishEphemeral(msg)
 	}
 }
 
@@ -873,11 +963,7 @@ func (d *document) catchUpFailed(trigger, op string, err error) {
 // messages go out in flush, after the store has confirmed every change
 // whose heads they carry.
 func (d *document) generate(ps *peerState) {
-	if ps.unavailable && len(d.eng.Heads()) == 0 {
-		return
-	}
 	if data := d.eng.GenerateMessage(ps.st); data != nil {
-		ps.unavailable = false
 		ps.out = append(ps.out, data)
 	}
 }
@@ -936,8 +1022,16 @@ type compactResult struct {
 // and saves it: O(history)) runs on its own goroutine, off the hot path;
 // compactDone takes its result.
 func (d *document) maybeCompact() {
-	if d.compacting || !d.created || d.incBytes < d.h.opts.MinCompactBytes || d.incBytes < d.snapshotBytes ||
+	if d.compacting || d.compactSkipped || !d.created || d.incBytes < d.h.opts.MinCompactBytes || d.incBytes < d.snapshotBytes ||
 		time.Now().Before(d.compactAfter) {
+		return
+	}
+	if n := d.eng.Bytes(); n > d.h.opts.MaxCompactBytes {
+		// automerge-go would hold a multiple of it: leave the changes as
+		// they are (they load and sync as they are), and say so once.
+		d.compactSkipped = true
+		d.h.m.LimitHits.WithLabelValues(LimitCompactBytes).Inc()
+		d.log.Warn("document too large to compact; its changes are kept as they are", "bytes", n, "max_compact_bytes", d.h.opts.MaxCompactBytes)
 		return
 	}
 	d.compacting = true

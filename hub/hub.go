@@ -15,6 +15,14 @@ import (
 // ErrHubClosed is returned by Serve once Shutdown has begun.
 var ErrHubClosed = errors.New("hub is shutting down")
 
+// ErrLimitExceeded is wrapped by the errors a peer is told about when it
+// hits a resource bound of Options (a document's size, documents open,
+// ephemeral size, sync state); the error message says which.
+var ErrLimitExceeded = errors.New("limit exceeded")
+
+// errTooManyDocs refuses opening a document past Options.MaxOpenDocs.
+var errTooManyDocs = fmt.Errorf("%w: too many documents open on this node", ErrLimitExceeded)
+
 // Options configures a Hub. The zero value of every field is a documented
 // default, filled in by New.
 type Options struct {
@@ -81,6 +89,66 @@ type Options struct {
 	// without a MessageRate limit.
 	MessageBurst int
 
+	// MaxDocBytes bounds a document's size: the uncompressed bytes of its
+	// changes. A sync message whose changes would take a document past it
+	// is refused whole (an error message, close protocol.CloseLimitExceeded),
+	// never stored or relayed. A document already larger (stored before the
+	// limit) opens read-only: it is served, and refuses every new change.
+	// Default: 128 MiB; negative: no limit.
+	MaxDocBytes int
+
+	// MaxInflatedBytes bounds what the compressed changes of one sync
+	// message may inflate to; more: close protocol.CloseLimitExceeded.
+	// Default: 64 MiB.
+	MaxInflatedBytes int
+
+	// MaxSendBytes bounds the bytes of changes the hub puts into one sync
+	// message it sends; a longer history goes out as several messages, one
+	// per round trip. Default: 8 MiB.
+	MaxSendBytes int
+
+	// MaxDocsPerConn bounds the documents one connection may have open;
+	// the next one gets doc-unavailable and an error message (the
+	// connection stays). Documents it asked for that do not exist do not
+	// count once answered. Default: 4096; negative: no limit.
+	MaxDocsPerConn int
+
+	// MaxOpenDocs bounds the documents open on this node (each has an
+	// owner goroutine); beyond it a sync or request for a document not
+	// open gets doc-unavailable and an error message. Default: 50,000;
+	// negative: no limit.
+	MaxOpenDocs int
+
+	// MaxConnBytes bounds the bytes one connection has in flight: received
+	// messages not yet handled by their documents, plus the sync state its
+	// peers keep (their Bloom filters and hash lists). Past it, reading
+	// from the connection waits for its documents (backpressure); sync
+	// state past it closes the connection with protocol.CloseLimitExceeded.
+	// Default: 64 MiB.
+	MaxConnBytes int
+
+	// MaxInflightBytes bounds the bytes of received messages not yet
+	// handled, over all connections of the node: past it, every read loop
+	// waits until documents catch up. Default: 512 MiB.
+	MaxInflightBytes int
+
+	// MaxEphemeralBytes bounds the data of one ephemeral message; a larger
+	// one is dropped, counted, and its sender told with an error message.
+	// Default: 64 KiB.
+	MaxEphemeralBytes int
+
+	// EphemeralRelayBytes is each document's relay budget for ephemeral
+	// messages, in bytes per second (payload times receivers); relays
+	// past it are dropped and counted. Default: 16 MiB.
+	EphemeralRelayBytes int
+
+	// MaxCompactBytes is the largest document (as MaxDocBytes counts it)
+	// that is compacted: building a snapshot loads the whole history into
+	// automerge-go, whose memory is a multiple of it. A larger document
+	// keeps its changes as they are, and is reported once per opening.
+	// Default: 64 MiB.
+	MaxCompactBytes int
+
 	// OnSecurityEvent, if set, is told of each denial, refused change,
 	// rate limit and malformed input, for an audit log. The hub calls it
 	// synchronously from session and document goroutines: it must be
@@ -123,6 +191,23 @@ func (o *Options) fill() error {
 	if o.BrokerTimeout <= 0 {
 		o.BrokerTimeout = 5 * time.Second
 	}
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{
+		{&o.MaxDocBytes, 128 << 20}, {&o.MaxInflatedBytes, 64 << 20}, {&o.MaxSendBytes, 8 << 20},
+		{&o.MaxDocsPerConn, 4096}, {&o.MaxOpenDocs, 50_000}, {&o.MaxConnBytes, 64 << 20},
+		{&o.MaxInflightBytes, 512 << 20}, {&o.MaxEphemeralBytes, 64 << 10},
+		{&o.EphemeralRelayBytes, 16 << 20}, {&o.MaxCompactBytes, 64 << 20},
+	} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if o.MaxInflatedBytes < 0 || o.MaxSendBytes < 0 || o.MaxConnBytes < 0 || o.MaxInflightBytes < 0 ||
+		o.MaxEphemeralBytes < 0 || o.EphemeralRelayBytes < 0 || o.MaxCompactBytes < 0 {
+		return errors.New("hub: MaxInflatedBytes, MaxSendBytes, MaxConnBytes, MaxInflightBytes, MaxEphemeralBytes, EphemeralRelayBytes and MaxCompactBytes must not be negative")
+	}
 	if o.MessageRate == 0 {
 		o.MessageRate = 500
 	}
@@ -145,12 +230,13 @@ type Hub struct {
 
 	mu       sync.Mutex
 	closing  bool
-	sessions map[string]*session // by peer id
+	sessions map[clientKey]*session // logged-in sessions, by peer id and user
 	conns    map[*session]struct{}
 	docs     map[protocol.DocumentID]*document
 
 	sessWG    sync.WaitGroup // running Serve calls
 	docWG     sync.WaitGroup // running document owners
+	inflight  *byteBudget    // bytes of received messages not yet handled, all connections
 	nextID    atomic.Uint64
 	gcPending atomic.Bool
 }
@@ -172,9 +258,10 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 		storageID: sid,
 		ctx:       hctx,
 		cancel:    cancel,
-		sessions:  make(map[string]*session),
+		sessions:  make(map[clientKey]*session),
 		conns:     make(map[*session]struct{}),
 		docs:      make(map[protocol.DocumentID]*document),
+		inflight:  newByteBudget(opts.MaxInflightBytes),
 	}
 	if opts.Broker != nil {
 		if err := opts.Broker.Start(h); err != nil {
@@ -283,31 +370,76 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 }
 
-// register makes s the session of its peer id, closing an older session
-// with the same id (a reconnect that raced the old socket's close).
+// register records s; a logged-in session replaces (closes) an older one
+// of the same user with the same peer id.
 func (h *Hub) register(s *session) error {
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
 		return ErrHubClosed
 	}
-	old := h.sessions[s.peerID]
-	h.sessions[s.peerID] = s
+	// Peer ids are public (every peer of a document sees them), so a join
+	// with a known id proves nothing by itself: only a session of the same
+	// logged-in user is replaced (a reconnect that raced the old socket's
+	// close). Otherwise both sessions live, and the older one ends by
+	// itself (its client leaves, or its pings time out).
+	if s.identity.User == "" {
+		h.mu.Unlock()
+		return nil
+	}
+	key := clientKey{peer: s.peerID, user: s.identity.User}
+	old := h.sessions[key]
+	h.sessions[key] = s
 	h.mu.Unlock()
 	if old != nil {
-		old.log.Info("replaced by a newer connection with the same peer id")
+		old.log.Info("replaced by a newer connection of the same user with the same peer id")
 		old.conn.Close(protocol.CloseReplaced, "replaced by a newer connection with the same peer id")
 	}
 	return nil
 }
 
+// clientKey identifies a client that the hub can recognise on a new
+// connection: its peer id and its user.
+type clientKey struct{ peer, user string }
+
 func (h *Hub) unregister(s *session) {
 	h.mu.Lock()
-	if h.sessions[s.peerID] == s {
-		delete(h.sessions, s.peerID)
+	if key := (clientKey{peer: s.peerID, user: s.identity.User}); h.sessions[key] == s {
+		delete(h.sessions, key)
 	}
 	delete(h.conns, s)
 	h.mu.Unlock()
+}
+
+// openDocument returns the owner of id, starting it if needed, unless the
+// node has Options.MaxOpenDocs documents open (errTooManyDocs) or is
+// shutting down (ErrHubClosed). The caller must hand it a message (post or
+// deliver), which ends the hold it takes.
+func (h *Hub) openDocument(id protocol.DocumentID) (*document, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	d := h.docs[id]
+	if d == nil {
+		if h.closing {
+			return nil, ErrHubClosed
+		}
+		if h.opts.MaxOpenDocs > 0 && len(h.docs) >= h.opts.MaxOpenDocs {
+			return nil, errTooManyDocs
+		}
+		d = h.startLocked(id)
+	}
+	d.pending.Add(1)
+	return d, nil
+}
+
+// startLocked starts the owner of id; h.mu is held.
+func (h *Hub) startLocked(id protocol.DocumentID) *document {
+	d := newDocument(h, id)
+	h.docs[id] = d
+	h.m.OpenDocuments.Inc()
+	h.docWG.Add(1)
+	go d.run()
+	return d
 }
 
 // document returns the owner of id, starting it if needed. If open is false
@@ -321,11 +453,7 @@ func (h *Hub) document(id protocol.DocumentID, open bool) *document {
 		if !open || h.closing {
 			return nil
 		}
-		d = newDocument(h, id)
-		h.docs[id] = d
-		h.m.OpenDocuments.Inc()
-		h.docWG.Add(1)
-		go d.run()
+		d = h.startLocked(id)
 	}
 	d.pending.Add(1)
 	return d

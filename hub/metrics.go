@@ -60,9 +60,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		ChangesRemote: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_remote_total", Help: "Changes applied from other nodes (through the broker or the store)."}),
 		Denials:       prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_denials_total", Help: "Peers refused a document by the authorizer (told it is unavailable)."}),
 		LimitHits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_limit_hits_total",
-			Help: "Connections closed, upgrades and HTTP requests refused because a limit was hit, by limit (messages, user_messages, connections_per_ip, connections_per_user, http_rate)."}, []string{"limit"}),
+			Help: "Connections closed, upgrades and HTTP requests refused because a limit was hit, by limit (messages, user_messages, connections_per_ip, connections_per_user, http_rate, doc_bytes, inflated_bytes, sync_bounds, docs_per_conn, open_docs, conn_bytes, ephemeral_bytes, ephemeral_relay, compact_bytes, and the node's connection caps)."}, []string{"limit"}),
 	}
-	m.LimitHits.WithLabelValues(LimitMessages) // shown at 0 before the first hit
+	for _, l := range []string{LimitMessages, LimitDocBytes, LimitInflatedBytes, LimitSyncBounds, LimitDocsPerConn,
+		LimitOpenDocs, LimitConnBytes, LimitEphemeralBytes, LimitEphemeralRelay, LimitCompactBytes} {
+		m.LimitHits.WithLabelValues(l) // shown at 0 before the first hit
+	}
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
 			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
@@ -75,6 +78,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // LimitMessages is the plait_limit_hits_total label of the per-connection
 // message rate limit.
 const LimitMessages = "messages"
+
+// Labels of plait_limit_hits_total for the resource bounds of Options.
+const (
+	LimitDocBytes       = "doc_bytes"       // a change would take a document past MaxDocBytes
+	LimitInflatedBytes  = "inflated_bytes"  // a message's compressed changes inflate past MaxInflatedBytes
+	LimitSyncBounds     = "sync_bounds"     // a sync message's hash lists, haves or Bloom filters too large
+	LimitDocsPerConn    = "docs_per_conn"   // a connection opened more than MaxDocsPerConn documents
+	LimitOpenDocs       = "open_docs"       // the node has MaxOpenDocs documents open
+	LimitConnBytes      = "conn_bytes"      // a connection's sync state past MaxConnBytes
+	LimitEphemeralBytes = "ephemeral_bytes" // an ephemeral message larger than MaxEphemeralBytes
+	LimitEphemeralRelay = "ephemeral_relay" // a document's ephemeral relays past EphemeralRelayBytes per second
+	LimitCompactBytes   = "compact_bytes"   // a document too large to compact (MaxCompactBytes), left as it is
+)
 
 // LimitUserMessages is the plait_limit_hits_total label of the per-user
 // message rate limit (ConnInfo.UserLimit).

@@ -28,6 +28,13 @@ const (
 	EventJoinTimeout SecurityEventKind = "join_timeout"
 	// EventUnsupportedVersion: a join offered no protocol version we speak.
 	EventUnsupportedVersion SecurityEventKind = "unsupported_version"
+	// EventLimitExceeded: a peer hit a resource bound of its own (a
+	// document's size, a sync message's size, its documents open, its
+	// ephemeral messages); see Err for which.
+	EventLimitExceeded SecurityEventKind = "limit_exceeded"
+	// EventCapacity: the node refused a peer because it is full (open
+	// documents); not the peer's fault.
+	EventCapacity SecurityEventKind = "capacity"
 )
 
 // SecurityEvent is something an operator's audit log records about one
@@ -60,6 +67,8 @@ func kindOfClose(code protocol.CloseCode) SecurityEventKind {
 		return EventJoinTimeout
 	case protocol.CloseUnsupportedVersion:
 		return EventUnsupportedVersion
+	case protocol.CloseLimitExceeded:
+		return EventLimitExceeded
 	}
 	return ""
 }

@@ -52,15 +52,17 @@ type session struct {
 	info      ConnInfo
 	id        uint64 // the "conn" of logs
 
-	docs    map[protocol.DocumentID]struct{} // documents this peer has touched
-	ephSeen map[string]uint64                // ephemeral sessionId -> highest count
+	ephSeen map[string]uint64 // ephemeral sessionId -> highest count
 	ephLRU  []string
 	limit   *rate.Limiter // messages per second; nil: no limit
+	budget  *byteBudget   // bytes of this connection's messages not yet handled
 
-	closed atomic.Bool // set once the connection is failed or its read loop ended
+	closed     atomic.Bool  // set once the connection is failed or its read loop ended
+	stateBytes atomic.Int64 // bytes of peer-supplied sync state its documents keep
 
 	mu   sync.Mutex
-	subs map[string]struct{} // storage ids whose heads this peer wants
+	subs map[string]struct{}              // storage ids whose heads this peer wants
+	docs map[protocol.DocumentID]struct{} // documents this peer has open: added by the read loop, removed by a document that does not keep it
 }
 
 // Serve runs one connection: it waits for the join message, answers with
@@ -145,6 +147,7 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger, info ConnIn
 		docs:     make(map[protocol.DocumentID]struct{}),
 		ephSeen:  make(map[string]uint64),
 		subs:     make(map[string]struct{}),
+		budget:   newByteBudget(h.opts.MaxConnBytes),
 	}
 	if h.opts.MessageRate > 0 {
 		s.limit = rate.NewLimiter(rate.Limit(h.opts.MessageRate), h.opts.MessageBurst)
@@ -245,23 +248,42 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 	}
 	switch msg.Type {
 	case protocol.TypeSync, protocol.TypeRequest:
-		d := s.h.document(msg.DocumentID, true)
-		if d == nil {
-			return ErrHubClosed
+		if max := s.h.opts.MaxDocsPerConn; max > 0 && !s.hasDoc(msg.DocumentID) && s.docCount() >= max {
+			s.refuseDoc(msg.DocumentID, LimitDocsPerConn, fmt.Errorf("%w: this connection has %d documents open (at most %d); document %s refused", ErrLimitExceeded, max, max, msg.DocumentID))
+			return nil
 		}
-		s.docs[msg.DocumentID] = struct{}{}
-		return d.post(ctx, docMsg{kind: kindSync, s: s, msg: msg})
+		d, err := s.h.openDocument(msg.DocumentID)
+		if errors.Is(err, errTooManyDocs) {
+			s.refuseDoc(msg.DocumentID, LimitOpenDocs, fmt.Errorf("%w: document %s refused", err, msg.DocumentID))
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		s.addDoc(msg.DocumentID)
+		return s.deliver(ctx, d, docMsg{kind: kindSync, s: s, msg: msg})
 	case protocol.TypeEphemeral:
+		if max := s.h.opts.MaxEphemeralBytes; len(msg.Data) > max {
+			s.h.m.LimitHits.WithLabelValues(LimitEphemeralBytes).Inc()
+			err := fmt.Errorf("%w: ephemeral message of %d bytes dropped (at most %d)", ErrLimitExceeded, len(msg.Data), max)
+			s.report(SecurityEvent{Kind: EventLimitExceeded, Doc: msg.DocumentID, Err: err})
+			s.sendError(err)
+			return nil
+		}
 		if !s.freshEphemeral(msg.SessionID, msg.Count) {
 			s.h.m.Dropped.WithLabelValues("ephemeral_duplicate").Inc()
 			return nil
+		}
+		if !s.hasDoc(msg.DocumentID) {
+			s.h.m.Dropped.WithLabelValues("ephemeral_not_a_peer").Inc()
+			return nil // only peers of a document may speak to its other peers
 		}
 		d := s.h.document(msg.DocumentID, false)
 		if d == nil {
 			s.h.m.Dropped.WithLabelValues("ephemeral_no_peers").Inc()
 			return nil
 		}
-		return d.post(ctx, docMsg{kind: kindEphemeral, s: s, msg: msg})
+		return s.deliver(ctx, d, docMsg{kind: kindEphemeral, s: s, msg: msg})
 	case protocol.TypeRemoteSubscriptionChange:
 		s.mu.Lock()
 		for _, id := range msg.Remove {
@@ -282,20 +304,20 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		}
 		// Tell the peer what is known of the newly subscribed storages for
 		// the documents it has open.
-		for id := range s.docs {
+		for _, id := range s.openDocs() {
 			if d := s.h.document(id, false); d != nil {
-				if err := d.post(ctx, docMsg{kind: kindSubscribed, s: s, storageIDs: msg.Add}); err != nil {
+				if err := s.deliver(ctx, d, docMsg{kind: kindSubscribed, s: s, storageIDs: msg.Add}); err != nil {
 					return err
 				}
 			}
 		}
 		return nil
 	case protocol.TypeRemoteHeadsChanged:
-		if _, ok := s.docs[msg.DocumentID]; !ok {
+		if !s.hasDoc(msg.DocumentID) {
 			return nil // gossip about a document this peer does not sync with us
 		}
 		if d := s.h.document(msg.DocumentID, false); d != nil {
-			return d.post(ctx, docMsg{kind: kindRemoteHeads, s: s, msg: msg})
+			return s.deliver(ctx, d, docMsg{kind: kindRemoteHeads, s: s, msg: msg})
 		}
 		return nil
 	case protocol.TypeDocUnavailable:
@@ -349,17 +371,26 @@ func (s *session) send(m *protocol.Message) {
 		s.log.Error("failed to encode message", "type", m.Type, "err", err)
 		return
 	}
+	if !s.sendFrame(m.Type, frame) {
+		return
+	}
+	if s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("sent", "type", m.Type, "doc", string(m.DocumentID), "bytes", len(frame), "sync", syncSummary(m))
+	}
+}
+
+// sendFrame queues an encoded message of type typ; it reports whether the
+// transport took it.
+func (s *session) sendFrame(typ string, frame []byte) bool {
 	if err := s.conn.Send(frame); err != nil {
 		if errors.Is(err, ErrSlowConsumer) {
 			s.h.m.Disconnects.WithLabelValues(protocol.CloseSlowConsumer.String()).Inc()
 			s.log.Warn("closed slow consumer")
 		}
-		return
+		return false
 	}
-	s.h.m.countOut(m.Type, len(frame))
-	if s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("sent", "type", m.Type, "doc", string(m.DocumentID), "bytes", len(frame), "sync", syncSummary(m))
-	}
+	s.h.m.countOut(typ, len(frame))
+	return true
 }
 
 // fail tells the peer what went wrong and closes its connection.
@@ -379,11 +410,96 @@ func (s *session) fail(code protocol.CloseCode, err error) {
 func (s *session) leaveAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.h.opts.StoreTimeout)
 	defer cancel()
-	for id := range s.docs {
+	for _, id := range s.openDocs() {
 		if d := s.h.document(id, false); d != nil {
 			_ = d.post(ctx, docMsg{kind: kindLeave, s: s})
 		}
 	}
+}
+
+// deliver hands m to d once the connection's and the node's budgets of
+// messages in flight have room for it: a connection that sends faster
+// than its documents handle waits (its socket stops being read). It ends
+// the hold that Hub.document took, like post.
+func (s *session) deliver(ctx context.Context, d *document, m docMsg) error {
+	cost := 0
+	if m.msg != nil {
+		cost = len(m.msg.Data)
+	}
+	if cost > 0 {
+		if err := s.budget.acquire(ctx, cost); err != nil {
+			d.pending.Add(-1)
+			return err
+		}
+		if err := s.h.inflight.acquire(ctx, cost); err != nil {
+			s.budget.release(cost)
+			d.pending.Add(-1)
+			return err
+		}
+		m.cost = cost
+	}
+	if err := d.post(ctx, m); err != nil {
+		m.done()
+		return err
+	}
+	return nil
+}
+
+// hasDoc reports whether the peer has document id open.
+func (s *session) hasDoc(id protocol.DocumentID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.docs[id]
+	return ok
+}
+
+func (s *session) docCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.docs)
+}
+
+func (s *session) addDoc(id protocol.DocumentID) {
+	s.mu.Lock()
+	s.docs[id] = struct{}{}
+	s.mu.Unlock()
+}
+
+// dropDoc forgets document id: a document that does not exist does not
+// keep the peer that asked for it, nor count against its bound.
+func (s *session) dropDoc(id protocol.DocumentID) {
+	s.mu.Lock()
+	delete(s.docs, id)
+	s.mu.Unlock()
+}
+
+func (s *session) openDocs() []protocol.DocumentID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]protocol.DocumentID, 0, len(s.docs))
+	for id := range s.docs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// refuseDoc answers a sync or request that a bound refuses: doc-unavailable
+// (what the automerge-repo client understands) and an error message that
+// says which bound. The connection stays open.
+func (s *session) refuseDoc(id protocol.DocumentID, limit string, err error) {
+	s.h.m.LimitHits.WithLabelValues(limit).Inc()
+	kind := EventLimitExceeded
+	if limit == LimitOpenDocs {
+		kind = EventCapacity // the node is full: not this peer's fault
+	}
+	s.report(SecurityEvent{Kind: kind, Doc: id, Err: err})
+	s.send(&protocol.Message{Type: protocol.TypeDocUnavailable, SenderID: s.h.opts.PeerID, TargetID: s.peerID, DocumentID: id})
+	s.sendError(err)
+}
+
+// sendError tells the peer about a refused message without closing.
+func (s *session) sendError(err error) {
+	s.send(&protocol.Message{Type: protocol.TypeError, SenderID: s.h.opts.PeerID, TargetID: s.peerID, ErrorMessage: err.Error()})
 }
 
 // syncSummary describes a sync message for debug logs.
@@ -404,7 +520,7 @@ func syncSummary(m *protocol.Message) string {
 	}
 	var deps strings.Builder
 	for _, c := range sm.Changes {
-		if ch, err := amsync.ParseChange(c); err == nil {
+		if ch, err := amsync.ParseChangeLimit(c, 1<<20); err == nil { // no inflating bombs for a debug line
 			fmt.Fprintf(&deps, "%s<-[%s] ", ch.Hash.String()[:6], short(ch.Deps))
 		}
 	}

@@ -40,6 +40,14 @@ const (
 	CloseJoinTimeout CloseCode = 4408
 	// CloseReplaced means a newer connection joined with the same peer id.
 	CloseReplaced CloseCode = 4409
+	// CloseLimitExceeded means a message or a change exceeded a resource
+	// bound of the node: a sync message's lists or Bloom filters too large,
+	// its compressed changes inflating past the per-message budget, a
+	// document that would grow past its maximum size, or sync state past
+	// the connection's budget. An error message naming the bound precedes
+	// the close; nothing of the refused message was applied, stored or
+	// relayed. Reconnecting and sending the same thing again fails again.
+	CloseLimitExceeded CloseCode = 4413
 	// CloseInvalidSyncData means the data of a sync or request message is
 	// not a valid Automerge sync message.
 	CloseInvalidSyncData CloseCode = 4422
@@ -75,6 +83,7 @@ var closeCodeNames = map[CloseCode]string{
 	CloseJoinTimeout:        "join timeout",
 	CloseReplaced:           "replaced by a newer connection",
 	CloseInvalidSyncData:    "invalid sync data",
+	CloseLimitExceeded:      "limit exceeded",
 	CloseUnsupportedVersion: "unsupported protocol version",
 	CloseSlowConsumer:       "slow consumer",
 	CloseRateLimited:        "rate limited",

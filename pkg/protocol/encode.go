@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -149,4 +150,50 @@ func (e *encoder) number(v uint64) {
 		return
 	}
 	e.b = binary.BigEndian.AppendUint64(append(e.b, 0xfb), math.Float64bits(float64(v)))
+}
+
+// Targeted is a message encoded once for many receivers: the frames differ
+// only in their targetId. Make it with EncodeTargeted.
+type Targeted struct {
+	prefix, suffix []byte // the frame before and after targetId's value
+}
+
+// EncodeTargeted encodes m (whose type carries a targetId, such as
+// ephemeral or sync) once, so that the frame for each receiver costs a
+// copy instead of an encoding. m.TargetID must be set (to anything); it is
+// replaced by each For call.
+func EncodeTargeted(m *Message) (*Targeted, error) {
+	has, _, _ := lookupType(m.Type)
+	if has&fTarget == 0 || m.TargetID == "" {
+		return nil, fmt.Errorf("failed to encode message: a %q message with a targetId is required", m.Type)
+	}
+	b, err := Encode(m)
+	if err != nil {
+		return nil, err
+	}
+	// Encode writes type, senderId, then targetId: find targetId's value.
+	e := encoder{b: []byte{b[0]}}
+	e.str("type")
+	e.str(m.Type)
+	if has&fSender != 0 && m.SenderID != "" {
+		e.str("senderId")
+		e.str(m.SenderID)
+	}
+	e.str("targetId")
+	start := len(e.b)
+	e.str(m.TargetID)
+	end := len(e.b)
+	if end > len(b) || string(b[:end]) != string(e.b) {
+		return nil, errors.New("failed to encode message: unexpected key order") // Encode changed; see its order
+	}
+	return &Targeted{prefix: b[:start], suffix: b[end:]}, nil
+}
+
+// For returns the frame for the receiver target: a new slice each call.
+func (t *Targeted) For(target string) []byte {
+	e := encoder{b: make([]byte, 0, len(t.prefix)+len(target)+9+len(t.suffix))}
+	e.b = append(e.b, t.prefix...)
+	e.str(target)
+	e.b = append(e.b, t.suffix...)
+	return e.b
 }

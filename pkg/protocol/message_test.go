@@ -385,3 +385,32 @@ func TestCloseCodeString(t *testing.T) {
 		}
 	}
 }
+
+// TestEncodeTargeted: a frame made for a receiver decodes to the message
+// with that receiver as targetId, byte for byte what Encode makes.
+func TestEncodeTargeted(t *testing.T) {
+	m := &Message{Type: TypeEphemeral, SenderID: "sender", TargetID: "-", DocumentID: NewDocumentID(), SessionID: "s", Count: 7, Data: []byte{1, 2, 3}}
+	tg, err := EncodeTargeted(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []string{"a", "peer-" + strings.Repeat("x", 200)} {
+		want := *m
+		want.TargetID = target
+		wantB, err := Encode(&want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := tg.For(target)
+		if !bytes.Equal(got, wantB) {
+			t.Fatalf("frame for %q differs from Encode's", target[:min(len(target), 10)])
+		}
+		dm, err := Decode(got)
+		if err != nil || dm.TargetID != target || !bytes.Equal(dm.Data, m.Data) {
+			t.Fatalf("decoded %+v, %v", dm, err)
+		}
+	}
+	if _, err := EncodeTargeted(&Message{Type: TypeEphemeral, SenderID: "s", DocumentID: m.DocumentID, SessionID: "s", Data: []byte{1}}); err == nil {
+		t.Fatal("a message without targetId was encoded")
+	}
+}

@@ -1,0 +1,182 @@
+package hub_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/automerge/automerge-go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/memstore"
+	"github.com/plaithub/plait/pkg/protocol"
+)
+
+func closedWith(t *testing.T, cl *client, want protocol.CloseCode) {
+	t.Helper()
+	select {
+	case <-cl.errc:
+	case <-time.After(2 * time.Second):
+		t.Fatalf("connection not closed, want %v", want)
+	}
+	if code, _ := cl.c.closeCode(); code != want {
+		t.Fatalf("closed with %v, want %v", code, want)
+	}
+}
+
+// TestJoinReplacesOnlyTheSameUser: with logins, a second join with a known
+// peer id replaces the first only if both are the same user.
+func TestJoinReplacesOnlyTheSameUser(t *testing.T) {
+	h := newHub(t, memstore.New())
+	alice, mallory := "oidc:alice", "oidc:mallory"
+	a1 := connectAs(t, h, "p", alice)
+	connectAs(t, h, "p", mallory)
+	select {
+	case err := <-a1.errc:
+		t.Fatalf("another user's join closed the first connection: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	a1.alive()
+	connectAs(t, h, "p", alice)
+	closedWith(t, a1, protocol.CloseReplaced)
+}
+
+// TestRequestsForUnknownDocumentsDoNotStayOpen: a connection that asks for
+// many ids nobody has gets doc-unavailable for each, and the documents
+// leave memory at once although it stays connected.
+func TestRequestsForUnknownDocumentsDoNotStayOpen(t *testing.T) {
+	m := hub.NewMetrics(nil)
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.IdleDocTimeout, o.Metrics, o.MaxDocsPerConn = time.Hour, m, 50 })
+	cl := connect(t, h, "asker", "")
+	const n = 300 // more than MaxDocsPerConn: answered documents do not count
+	for i := range n {
+		cl.send(&protocol.Message{Type: protocol.TypeRequest, SenderID: "asker", TargetID: cl.hub, DocumentID: protocol.NewDocumentID(), Data: emptySyncMessage()})
+		if got := cl.recv(2 * time.Second); got == nil || got.Type != protocol.TypeDocUnavailable {
+			t.Fatalf("request %d: got %+v, want doc-unavailable", i, got)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.OpenDocuments(); got != 0 {
+		t.Fatalf("%d documents open after %d requests for unknown ids, want 0", got, n)
+	}
+	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitDocsPerConn)); got != 0 {
+		t.Fatalf("docs_per_conn hits = %v, want 0", got)
+	}
+}
+
+// createDoc syncs a new document with one change from cl.
+func createDoc(t *testing.T, cl *client) protocol.DocumentID {
+	t.Helper()
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	id := protocol.NewDocumentID()
+	cl.syncUntilQuiet(id, automerge.NewSyncState(doc))
+	return id
+}
+
+// TestDocsPerConnBound: past MaxDocsPerConn, a new document gets
+// doc-unavailable and an error message naming the bound; the connection
+// stays and its open documents keep syncing.
+func TestDocsPerConnBound(t *testing.T) {
+	m := hub.NewMetrics(nil)
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.Metrics, o.MaxDocsPerConn = m, 3 })
+	cl := connect(t, h, "c", "")
+	for range 3 {
+		createDoc(t, cl)
+	}
+	id := protocol.NewDocumentID()
+	cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "c", TargetID: cl.hub, DocumentID: id, Data: emptySyncMessage()})
+	var unavailable, errMsg bool
+	for got := cl.recv(time.Second); got != nil; got = cl.recv(300 * time.Millisecond) {
+		switch got.Type {
+		case protocol.TypeDocUnavailable:
+			unavailable = got.DocumentID == id
+		case protocol.TypeError:
+			errMsg = strings.Contains(got.ErrorMessage, "at most 3")
+		}
+	}
+	if !unavailable || !errMsg {
+		t.Fatalf("doc-unavailable %v, error naming the bound %v; want both", unavailable, errMsg)
+	}
+	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitDocsPerConn)); got != 1 {
+		t.Fatalf("docs_per_conn hits = %v, want 1", got)
+	}
+	cl.alive()
+}
+
+// TestMaxOpenDocs: a node with MaxOpenDocs documents open refuses to open
+// another (doc-unavailable and an error), and opens it again once one left.
+func TestMaxOpenDocs(t *testing.T) {
+	m := hub.NewMetrics(nil)
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.Metrics, o.MaxOpenDocs = m, 2 })
+	a := connect(t, h, "a", "")
+	createDoc(t, a)
+	createDoc(t, a)
+	b := connect(t, h, "b", "")
+	id := protocol.NewDocumentID()
+	b.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "b", TargetID: b.hub, DocumentID: id, Data: emptySyncMessage()})
+	if got := b.recv(time.Second); got == nil || got.Type != protocol.TypeDocUnavailable {
+		t.Fatalf("got %+v, want doc-unavailable", got)
+	}
+	if got := b.recv(time.Second); got == nil || got.Type != protocol.TypeError || !strings.Contains(got.ErrorMessage, "too many documents open") {
+		t.Fatalf("got %+v, want an error naming the bound", got)
+	}
+	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitOpenDocs)); got != 1 {
+		t.Fatalf("open_docs hits = %v, want 1", got)
+	}
+	a.c.Close(protocol.CloseNormal, "") // its documents go idle and leave
+	deadline := time.Now().Add(5 * time.Second)
+	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	createDoc(t, b)
+}
+
+// TestEphemeralBounds: an ephemeral message over MaxEphemeralBytes is
+// dropped and its sender told; one from a connection that is not a peer
+// of the document reaches nobody; relays past the document's budget are
+// dropped and counted.
+func TestEphemeralBounds(t *testing.T) {
+	m := hub.NewMetrics(nil)
+	h := newHub(t, memstore.New(), func(o *hub.Options) {
+		o.Metrics, o.MaxEphemeralBytes, o.EphemeralRelayBytes = m, 1000, 5000
+	})
+	a := connect(t, h, "a", "")
+	id := createDoc(t, a)
+	b := connect(t, h, "b", "")
+	b.syncUntilQuiet(id, automerge.NewSyncState(automerge.New()))
+	stranger := connect(t, h, "stranger", "")
+	eph := func(cl *client, count uint64, size int) {
+		cl.send(&protocol.Message{Type: protocol.TypeEphemeral, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, SessionID: cl.id, Count: count, Data: make([]byte, size)})
+	}
+	eph(a, 1, 1001)
+	if got := a.recv(time.Second); got == nil || got.Type != protocol.TypeError || !strings.Contains(got.ErrorMessage, "at most 1000") {
+		t.Fatalf("sender got %+v, want an error naming the bound", got)
+	}
+	eph(stranger, 1, 10)
+	for i := range 10 { // 10 x 900 bytes x 1 receiver: the 5000-byte budget lets 5 through
+		eph(a, uint64(2+i), 900)
+	}
+	relayed := 0
+	for got := b.recv(time.Second); got != nil; got = b.recv(300 * time.Millisecond) {
+		if got.Type == protocol.TypeEphemeral {
+			if got.SenderID != "a" {
+				t.Fatalf("relayed an ephemeral message from %q, not a peer of the document", got.SenderID)
+			}
+			relayed++
+		}
+	}
+	if relayed < 5 || relayed > 6 {
+		t.Fatalf("%d of 10 relayed, want the 5 (or 6, refilled) the budget allows", relayed)
+	}
+	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitEphemeralBytes)); got != 1 {
+		t.Fatalf("ephemeral_bytes hits = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitEphemeralRelay)); got < 4 {
+		t.Fatalf("ephemeral_relay hits = %v, want >= 4", got)
+	}
+}
