@@ -17,31 +17,47 @@ import (
 // environment variable (flag name upper-cased, dashes as underscores); a
 // flag given on the command line wins over the environment.
 type Config struct {
-	Addr            string        // listen address
-	DataDir         string        // embedded store directory
-	AllowAnonymous  bool          // serve without auth on a non-loopback address
-	AllowedOrigins  []string      // extra browser origins allowed to open /ws
-	MaxMessageBytes int64         // largest frame from a client
-	MaxQueueBytes   int           // write queue bound per connection
-	MessageRate     float64       // messages/s one connection may send (0 = no limit)
-	MessageBurst    int           // messages one connection may send at once
-	MaxConnsPerIP   int           // concurrent WebSockets per client address (0 = no limit)
-	HTTPRatePerIP   float64       // HTTP requests/s per client address (0 = no limit)
-	HTTPBurstPerIP  int           // HTTP requests one address may make at once
-	WriteTimeout    time.Duration // per frame write
-	PingInterval    time.Duration // keepalive ping period
-	PongTimeout     time.Duration // pong wait before a connection counts as dead
-	JoinTimeout     time.Duration // time a new connection has to send join
-	IdleDocTimeout  time.Duration // unused documents stay in memory this long
-	ShutdownTimeout time.Duration // graceful drain on SIGTERM
-	LogLevel        slog.Level
-	LogFormat       string // text or json
-	RedisURL        string // a cluster of nodes: Redis broker and store
-	RedisCluster    bool   // RedisURL names a Redis Cluster
-	RedisPrefix     string // prefix of every Redis key and channel
-	RedisCAFile     string // CA certificates for rediss://
-	DebugAddr       string // loopback address of the pprof endpoints ("" = off)
-	EncryptionKeys  string // key file: encrypt everything the store writes
+	Addr                 string        // listen address
+	DataDir              string        // embedded store directory
+	AllowAnonymous       bool          // serve without auth on a non-loopback address
+	AllowedOrigins       []string      // extra browser origins allowed to open /ws
+	MaxMessageBytes      int64         // largest frame from a client
+	MaxQueueBytes        int           // write queue bound per connection
+	MessageRate          float64       // messages/s one connection may send (0 = no limit)
+	MessageBurst         int           // messages one connection may send at once
+	MaxConnsPerIP        int           // concurrent WebSockets per client address (0 = no limit)
+	MaxPendingConnsPerIP int           // connections per client address that are not WebSockets (0 = no limit)
+	MaxPendingConns      int           // connections on the node that are not WebSockets (0 = automatic, -1 = no limit)
+	MaxConns             int           // WebSockets on the node (0 = automatic, -1 = no limit)
+	ReadHeaderTimeout    time.Duration // time a client has to send a request's headers
+	HTTPRatePerIP        float64       // HTTP requests/s per client address (0 = no limit)
+	HTTPBurstPerIP       int           // HTTP requests one address may make at once
+	WriteTimeout         time.Duration // per frame write
+	PingInterval         time.Duration // keepalive ping period
+	PongTimeout          time.Duration // pong wait before a connection counts as dead
+	JoinTimeout          time.Duration // time a new connection has to send join
+	IdleDocTimeout       time.Duration // unused documents stay in memory this long
+
+	// Resource bounds (see docs/security.md, "Resource bounds").
+	MaxDocBytes         int           // largest document, uncompressed (0 = no limit)
+	MaxInflatedBytes    int           // what one sync message's compressed changes may inflate to
+	MaxSendBytes        int           // bytes of changes in one sync message the node sends
+	MaxDocsPerConn      int           // documents one connection may have open (0 = no limit)
+	MaxOpenDocs         int           // documents open on the node (0 = no limit)
+	MaxConnBytes        int           // one connection's messages in flight and sync state
+	MaxInflightBytes    int           // all connections' messages in flight
+	MaxEphemeralBytes   int           // largest ephemeral message
+	EphemeralRelayBytes int           // ephemeral bytes relayed per document per second
+	MaxCompactBytes     int           // largest document compacted
+	ShutdownTimeout     time.Duration // graceful drain on SIGTERM
+	LogLevel            slog.Level
+	LogFormat           string // text or json
+	RedisURL            string // a cluster of nodes: Redis broker and store
+	RedisCluster        bool   // RedisURL names a Redis Cluster
+	RedisPrefix         string // prefix of every Redis key and channel
+	RedisCAFile         string // CA certificates for rediss://
+	DebugAddr           string // loopback address of the pprof endpoints ("" = off)
+	EncryptionKeys      string // key file: encrypt everything the store writes
 
 	// Login and tokens (auth is on when a provider is configured).
 	PublicURL          string // external base URL: login callbacks, cookie security
@@ -91,6 +107,10 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.Float64Var(&c.MessageRate, "message-rate", 500, "messages per second one connection may send, sustained; faster: an error message and close 4430 (0 = no limit)")
 	fs.IntVar(&c.MessageBurst, "message-burst", 10000, "messages one connection may send at once above message-rate: a client that (re)opens N documents sends about 2N")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", 2048, "concurrent WebSocket connections per client IP address (IPv6: per /64); more: HTTP 429 (0 = no limit). There is no user identity yet, so the address stands in for the user: clients behind one NAT or proxy share it")
+	fs.IntVar(&c.MaxPendingConnsPerIP, "max-pending-conns-per-ip", 64, "connections from one client IP address (IPv6: per /64) that are not WebSockets (yet): HTTP requests, idle keep-alive connections, connections still sending their request headers or their WebSocket upgrade; more are closed as they are accepted, before anything is read (HTTP 429 without TLS) (0 = no limit). Behind a proxy every client shares the proxy's address: raise it or set 0")
+	fs.IntVar(&c.MaxPendingConns, "max-pending-conns", 0, "connections on the node that are not WebSockets (yet); at the cap a new connection closes the one that has waited longest for its request headers (slow senders, idle keep-alive), or is refused (HTTP 503) if every one is busy with a request (0 = automatic: open-file limit / 8, between 32 and 2048; -1 = no limit)")
+	fs.IntVar(&c.MaxConns, "max-conns", 0, "WebSocket connections on the node; more: HTTP 503 with Retry-After (0 = automatic: the open-file limit minus max-pending-conns minus a reserve of min(512, limit/8) for the store, Redis and logs, at least 64; -1 = no limit)")
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers, from its first byte (on a new connection from accept, TLS handshake included); the body then has 30s more")
 	fs.Float64Var(&c.HTTPRatePerIP, "http-rate-per-ip", 100, "HTTP requests per second per client IP address (IPv6: per /64), sustained, WebSocket upgrades included and /metrics excluded; more: HTTP 429 with Retry-After (0 = no limit)")
 	fs.IntVar(&c.HTTPBurstPerIP, "http-burst-per-ip", 2048, "HTTP requests one client IP address may make at once above http-rate-per-ip (as many as max-conns-per-ip, so an address can reopen all its connections at once)")
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", 10*time.Second, "deadline of each write to a client")
@@ -98,6 +118,16 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", 15*time.Second, "time to wait for a pong before closing a connection")
 	fs.DurationVar(&c.JoinTimeout, "join-timeout", 10*time.Second, "time a new connection has to send its join message")
 	fs.DurationVar(&c.IdleDocTimeout, "idle-doc-timeout", 30*time.Second, "how long a document nobody is syncing stays in memory")
+	fs.IntVar(&c.MaxDocBytes, "max-doc-bytes", 128<<20, "largest document (its changes, uncompressed); a sync message that would pass it is refused (close 4413); a larger stored document opens read-only (0 = no limit)")
+	fs.IntVar(&c.MaxInflatedBytes, "max-inflated-bytes", 64<<20, "bytes the compressed changes of one sync message may inflate to; more: close 4413")
+	fs.IntVar(&c.MaxSendBytes, "max-send-message-bytes", 8<<20, "bytes of changes the node puts into one sync message it sends; a longer history goes out as several messages")
+	fs.IntVar(&c.MaxDocsPerConn, "max-docs-per-conn", 4096, "documents one connection may have open; more: doc-unavailable and an error message (0 = no limit)")
+	fs.IntVar(&c.MaxOpenDocs, "max-open-docs", 50000, "documents open on the node (each holds its changes and a goroutine); more: doc-unavailable and an error message (0 = no limit)")
+	fs.IntVar(&c.MaxConnBytes, "max-conn-bytes", 64<<20, "bytes one connection may have in flight (messages not yet handled: reading waits) and in sync state (more: close 4413)")
+	fs.IntVar(&c.MaxInflightBytes, "max-inflight-bytes", 512<<20, "bytes of received messages not yet handled, all connections together; past it reading waits")
+	fs.IntVar(&c.MaxEphemeralBytes, "max-ephemeral-bytes", 64<<10, "largest ephemeral message (presence, cursors); larger: dropped, the sender gets an error message")
+	fs.IntVar(&c.EphemeralRelayBytes, "ephemeral-relay-bytes", 16<<20, "ephemeral bytes relayed per document per second (size times receivers); more: dropped and counted")
+	fs.IntVar(&c.MaxCompactBytes, "max-compact-bytes", 64<<20, "largest document compacted into a snapshot (compaction holds a multiple of it in memory); larger ones keep their changes as they are")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "graceful shutdown deadline")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "run as one node of a cluster: Redis (redis://[user:password@]host:port[/db], rediss:// for TLS) carries changes between nodes and stores documents instead of data-dir; prefer PLAIT_REDIS_URL for a password")
 	fs.BoolVar(&c.RedisCluster, "redis-cluster", false, "redis-url names a Redis Cluster: redis://host1:port?addr=host2:port&addr=host3:port")

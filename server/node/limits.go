@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -23,6 +24,10 @@ const (
 	limitConnsPerIP   = "connections_per_ip"
 	limitConnsPerUser = "connections_per_user"
 	limitHTTPRate     = "http_rate"
+	limitPendingPerIP = "pending_conns_per_ip" // --max-pending-conns-per-ip
+	limitPending      = "pending_conns"        // --max-pending-conns
+	limitConns        = "connections"          // --max-conns
+	limitOpenFiles    = "open_files"           // accept found no file descriptor
 )
 
 // maxTrackedIPs bounds the per-IP HTTP rate limiter's memory (about 150
@@ -49,6 +54,40 @@ func (c *Config) validateLimits() error {
 			return fmt.Errorf("%s %d must be at least 1", r.burstName, r.burst)
 		}
 	}
+	for _, b := range []struct {
+		name    string
+		v       int
+		zeroOff bool // 0 means no limit
+		atLeast int
+	}{
+		{"max-doc-bytes", c.MaxDocBytes, true, 1 << 10},
+		{"max-inflated-bytes", c.MaxInflatedBytes, false, 1 << 10},
+		{"max-send-message-bytes", c.MaxSendBytes, false, 1 << 10},
+		{"max-docs-per-conn", c.MaxDocsPerConn, true, 1},
+		{"max-open-docs", c.MaxOpenDocs, true, 1},
+		{"max-conn-bytes", c.MaxConnBytes, false, 1 << 10},
+		{"max-inflight-bytes", c.MaxInflightBytes, false, 1 << 10},
+		{"max-ephemeral-bytes", c.MaxEphemeralBytes, false, 1},
+		{"ephemeral-relay-bytes", c.EphemeralRelayBytes, false, 1},
+		{"max-compact-bytes", c.MaxCompactBytes, false, 1},
+	} {
+		if b.zeroOff && b.v == 0 {
+			continue
+		}
+		if b.v < b.atLeast {
+			off := ""
+			if b.zeroOff {
+				off = " (or 0 = no limit)"
+			}
+			return fmt.Errorf("%s %d must be at least %d%s", b.name, b.v, b.atLeast, off)
+		}
+	}
+	if c.MaxSendBytes > c.MaxQueueBytes {
+		return fmt.Errorf("max-send-message-bytes %d must not exceed max-queue-bytes %d (a message that does not fit the queue would close every slow reader)", c.MaxSendBytes, c.MaxQueueBytes)
+	}
+	if err := c.validateConnCaps(); err != nil {
+		return err
+	}
 	switch {
 	case c.MaxConnsPerIP < 0:
 		return fmt.Errorf("max-conns-per-ip %d must be >= 0 (0 = no limit)", c.MaxConnsPerIP)
@@ -60,6 +99,15 @@ func (c *Config) validateLimits() error {
 		return errors.New("block-window and block-duration must be positive")
 	}
 	return nil
+}
+
+// offAsNegative maps a node setting whose 0 means "no limit" to the hub's
+// convention (0 = the default, negative = no limit).
+func offAsNegative(v int) int {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 // hubMessageRate maps the message-rate setting (0 = off) to
@@ -241,4 +289,86 @@ func registerLimitMetrics(m *hub.Metrics) {
 	m.LimitHits.WithLabelValues(limitConnsPerUser)
 	m.LimitHits.WithLabelValues(hub.LimitUserMessages)
 	m.LimitHits.WithLabelValues(limitHTTPRate)
+	m.LimitHits.WithLabelValues(limitPendingPerIP)
+	m.LimitHits.WithLabelValues(limitPending)
+	m.LimitHits.WithLabelValues(limitConns)
+	m.LimitHits.WithLabelValues(limitOpenFiles)
+}
+
+// validateConnCaps checks the connection caps (validateLimits calls it).
+func (c *Config) validateConnCaps() error {
+	switch {
+	case c.MaxConns < -1:
+		return fmt.Errorf("max-conns %d must be >= -1 (0 = automatic from the open-file limit, -1 = no limit)", c.MaxConns)
+	case c.MaxPendingConns < -1:
+		return fmt.Errorf("max-pending-conns %d must be >= -1 (0 = automatic from the open-file limit, -1 = no limit)", c.MaxPendingConns)
+	case c.MaxPendingConnsPerIP < 0:
+		return fmt.Errorf("max-pending-conns-per-ip %d must be >= 0 (0 = no limit)", c.MaxPendingConnsPerIP)
+	case c.ReadHeaderTimeout <= 0:
+		return fmt.Errorf("read-header-timeout %v must be positive", c.ReadHeaderTimeout)
+	}
+	return nil
+}
+
+// The automatic connection caps split the process's open-file limit L
+// (the soft RLIMIT_NOFILE, which Go raises to the hard limit at start):
+//
+//	reserve           = min(512, L/8)             store, Redis pool, logs, listener
+//	max-pending-conns = clamp(L/8, 32, 2048)      HTTP, not yet upgraded connections
+//	max-conns         = max(64, L - reserve - max-pending-conns)
+//
+// With L = 20,000: 2,048 pending and 17,440 WebSockets. An explicit
+// max-pending-conns (> 0) takes the place of the automatic one in the
+// max-conns rule.
+const (
+	fdReserveMax   = 512
+	autoPendMin    = 32
+	autoPendMax    = 2048
+	autoConnsMin   = 64
+	maxFileLimit   = 1 << 24 // RLIM_INFINITY and the like count as this
+	unknownFiles   = 0
+	retryAfterFull = "5" // seconds, on a 503 of --max-conns
+)
+
+// connCaps are a node's effective connection caps; 0 = no limit.
+type connCaps struct {
+	nofile          int // the open-file limit they were derived from; 0: unknown
+	maxConns        int // WebSockets on the node
+	maxPending      int // connections not (yet) upgraded, on the node
+	maxPendingPerIP int // the same per client address
+}
+
+// connCaps resolves the connection settings against the open-file limit
+// nofile (0: unknown; then automatic max-conns is no limit and automatic
+// max-pending-conns is 2048).
+func (c *Config) connCaps(nofile int) connCaps {
+	nofile = min(nofile, maxFileLimit)
+	autoPending := autoPendMax
+	if nofile > 0 {
+		autoPending = min(max(nofile/8, autoPendMin), autoPendMax)
+	}
+	caps := connCaps{nofile: nofile, maxPendingPerIP: c.MaxPendingConnsPerIP}
+	budgetPending := autoPending
+	switch {
+	case c.MaxPendingConns > 0:
+		caps.maxPending, budgetPending = c.MaxPendingConns, c.MaxPendingConns
+	case c.MaxPendingConns == 0:
+		caps.maxPending = autoPending
+	}
+	switch {
+	case c.MaxConns > 0:
+		caps.maxConns = c.MaxConns
+	case c.MaxConns == 0 && nofile > 0:
+		caps.maxConns = max(autoConnsMin, nofile-min(fdReserveMax, nofile/8)-budgetPending)
+	}
+	return caps
+}
+
+// openFileLimit returns the process's soft open-file limit; 0 if unknown.
+func openFileLimit() int {
+	var r syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r); err != nil {
+		return unknownFiles
+	}
+	return int(min(r.Cur, maxFileLimit))
 }

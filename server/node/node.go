@@ -12,6 +12,7 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,9 @@ type Node struct {
 
 	conns   *connLimiter[netip.Addr] // WebSockets per client address
 	httpLim *httpLimiter             // HTTP requests per client address
+	caps    connCaps                 // effective connection caps
+	guard   *connGuard               // connections not (yet) WebSockets
+	wsCap   *connLimiter[struct{}]   // WebSockets on the node (--max-conns)
 	audit   *auditor                 // the audit log; blocks repeat offenders
 	auth    *authState               // nil: anonymous node
 
@@ -94,17 +98,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		authz = authorizer{acl: n.auth.acl}
 	}
 	n.hub, err = hub.New(ctx, hub.Options{
-		Store:           be.store,
-		Broker:          be.broker,
-		Authorizer:      authz,
-		Logger:          log,
-		Metrics:         m,
-		JoinTimeout:     cfg.JoinTimeout,
-		IdleDocTimeout:  cfg.IdleDocTimeout,
-		MessageRate:     cfg.hubMessageRate(),
-		MessageBurst:    cfg.MessageBurst,
-		OnSecurityEvent: n.audit.hubEvent,
-		AfterGC:         releaseFreedMemory,
+		Store:          be.store,
+		Broker:         be.broker,
+		Authorizer:     authz,
+		Logger:         log,
+		Metrics:        m,
+		JoinTimeout:    cfg.JoinTimeout,
+		IdleDocTimeout: cfg.IdleDocTimeout,
+
+		MaxDocBytes:         offAsNegative(cfg.MaxDocBytes),
+		MaxInflatedBytes:    cfg.MaxInflatedBytes,
+		MaxSendBytes:        cfg.MaxSendBytes,
+		MaxDocsPerConn:      offAsNegative(cfg.MaxDocsPerConn),
+		MaxOpenDocs:         offAsNegative(cfg.MaxOpenDocs),
+		MaxConnBytes:        cfg.MaxConnBytes,
+		MaxInflightBytes:    cfg.MaxInflightBytes,
+		MaxEphemeralBytes:   cfg.MaxEphemeralBytes,
+		EphemeralRelayBytes: cfg.EphemeralRelayBytes,
+		MaxCompactBytes:     cfg.MaxCompactBytes,
+		MessageRate:         cfg.hubMessageRate(),
+		MessageBurst:        cfg.MessageBurst,
+		OnSecurityEvent:     n.audit.hubEvent,
+		AfterGC:             releaseFreedMemory,
 	})
 	if err != nil {
 		return fail(err)
@@ -114,8 +129,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if n.auth != nil {
 		go n.watchEvents()
 	}
+	n.initConnCaps()
 	n.app = n.newApp()
-	n.app.Server().KeepHijackedConns = true // see handleWS
+	n.app.Server().KeepHijackedConns = true        // see handleWS
+	n.app.Server().ConnState = connStateHook       // see connGuard
+	n.app.Server().HeaderReceived = headerReceived // the body's own timeout
 	return n, nil
 }
 
@@ -125,7 +143,7 @@ func (n *Node) Hub() *hub.Hub { return n.hub }
 func (n *Node) newApp() *fiber.App {
 	app := fiber.New(fiber.Config{
 		DisableStartupMessage: true,
-		ReadTimeout:           30 * time.Second,
+		ReadTimeout:           n.cfg.ReadHeaderTimeout, // the headers; headerReceived then gives the body its own
 		WriteTimeout:          30 * time.Second,
 		IdleTimeout:           120 * time.Second,
 		ErrorHandler: func(c *fiber.Ctx, err error) error {
@@ -236,6 +254,27 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 		n.auditRequest(c, auditEvent{Event: "limit", User: info.Identity.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-ip"})
 		return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections from this address (at most %d: --max-conns-per-ip)", n.cfg.MaxConnsPerIP))
 	}
+	if !n.wsCap.acquire(struct{}{}) {
+		n.conns.release(key)
+		release()
+		n.m.LimitHits.WithLabelValues(limitConns).Inc()
+		c.Set(fiber.HeaderRetryAfter, retryAfterFull)
+		return fiber.NewError(fiber.StatusServiceUnavailable, fmt.Sprintf("this node is full: it serves at most %d WebSocket connections (--max-conns); retry later", n.caps.maxConns))
+	}
+	// The slots are freed once: when the socket is done, or when fasthttp
+	// closes the connection without calling the hijack handler.
+	var freeOnce sync.Once
+	free := func() {
+		freeOnce.Do(func() {
+			n.wsCap.release(struct{}{})
+			n.conns.release(key)
+			release()
+		})
+	}
+	gc := guardedOf(c.Context().Conn())
+	if gc != nil {
+		gc.setOnClose(free)
+	}
 	c.Context().HijackSetNoResponse(true)
 	// fasthttp calls the hijack handler once this handler returns (it skips
 	// it only if the socket already failed); the slot is released when the
@@ -251,6 +290,9 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 		if u, ok := hc.(interface{ UnsafeConn() net.Conn }); ok {
 			nc = u.UnsafeConn()
 		}
+		if gc != nil {
+			gc.upgraded() // no longer pending: the slots above count it
+		}
 		_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
 		ws, err := websocket.Accept(newHijackWriter(nc, wsBufferBytes), req, &websocket.AcceptOptions{
 			OriginPatterns:  n.cfg.AllowedOrigins,
@@ -259,8 +301,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 		if err != nil {
 			n.log.Info("WebSocket handshake failed", "remote", info.RemoteAddr, "err", err)
 			_ = nc.Close()
-			n.conns.release(key)
-			release()
+			free()
 			return
 		}
 		conn := wstransport.New(ws, wstransport.Options{
@@ -286,8 +327,7 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 			conn.Close(protocol.CloseNormal, "")
 			<-conn.Done()
 			_ = nc.Close()
-			n.conns.release(key)
-			release()
+			free()
 		}()
 	})
 	return nil
@@ -344,7 +384,8 @@ func (n *Node) Serve(ln net.Listener) error {
 			return err
 		}
 	}
-	return n.app.Listener(ln)
+	n.logConnCaps()
+	return n.app.Listener(n.guard.wrap(ln))
 }
 
 // Shutdown drains the node: /readyz turns 503, every session is closed with
