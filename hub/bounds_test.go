@@ -46,10 +46,9 @@ func TestJoinReplacesOnlyTheSameUser(t *testing.T) {
 // many ids nobody has gets doc-unavailable for each, and the documents
 // leave memory at once although it stays connected.
 func TestRequestsForUnknownDocumentsDoNotStayOpen(t *testing.T) {
-	m := hub.NewMetrics(nil)
-	h := newHub(t, memstore.New(), func(o *hub.Options) { o.IdleDocTimeout, o.Metrics, o.MaxDocsPerConn = time.Hour, m, 50 })
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.IdleDocTimeout = time.Hour })
 	cl := connect(t, h, "asker", "")
-	const n = 300 // more than MaxDocsPerConn: answered documents do not count
+	const n = 300
 	for i := range n {
 		cl.send(&protocol.Message{Type: protocol.TypeRequest, SenderID: "asker", TargetID: cl.hub, DocumentID: protocol.NewDocumentID(), Data: emptySyncMessage()})
 		if got := cl.recv(2 * time.Second); got == nil || got.Type != protocol.TypeDocUnavailable {
@@ -63,8 +62,55 @@ func TestRequestsForUnknownDocumentsDoNotStayOpen(t *testing.T) {
 	if got := h.OpenDocuments(); got != 0 {
 		t.Fatalf("%d documents open after %d requests for unknown ids, want 0", got, n)
 	}
-	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitDocsPerConn)); got != 0 {
-		t.Fatalf("docs_per_conn hits = %v, want 0", got)
+}
+
+// TestRequesterGetsDocumentCreatedLater: a peer told a document does not
+// exist still gets it if another peer creates it while it is connected
+// (as from automerge-repo's own server), though the document left memory
+// in between; the waiting counts against its connection's documents.
+func TestRequesterGetsDocumentCreatedLater(t *testing.T) {
+	m := hub.NewMetrics(nil)
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.Metrics, o.MaxDocsPerConn = m, 1 })
+	b := connect(t, h, "b", "")
+	id := protocol.NewDocumentID()
+	bss := automerge.NewSyncState(automerge.New())
+	b.sync(id, bss, protocol.TypeRequest)
+	if got := b.recv(time.Second); got == nil || got.Type != protocol.TypeDocUnavailable {
+		t.Fatalf("got %+v, want doc-unavailable", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.OpenDocuments(); got != 0 {
+		t.Fatalf("%d documents open, want 0", got)
+	}
+	// Waiting for one document, b may open no other (MaxDocsPerConn 1).
+	other := protocol.NewDocumentID()
+	b.send(&protocol.Message{Type: protocol.TypeRequest, SenderID: "b", TargetID: b.hub, DocumentID: other, Data: emptySyncMessage()})
+	if got := b.recv(time.Second); got == nil || got.Type != protocol.TypeDocUnavailable || got.DocumentID != other {
+		t.Fatalf("got %+v, want doc-unavailable for the second document", got)
+	}
+	if got := b.recv(time.Second); got == nil || got.Type != protocol.TypeError {
+		t.Fatalf("got %+v, want an error naming the bound", got)
+	}
+	a := connect(t, h, "a", "")
+	doc := automerge.New()
+	edit(t, doc, "k", "v")
+	a.syncUntilQuiet(id, automerge.NewSyncState(doc))
+	bdoc := automerge.New()
+	bss = automerge.NewSyncState(bdoc)
+	for got := b.recv(2 * time.Second); got != nil; got = b.recv(500 * time.Millisecond) {
+		if got.Type != protocol.TypeSync || got.DocumentID != id {
+			continue
+		}
+		if _, err := bss.ReceiveMessage(got.Data); err != nil {
+			t.Fatal(err)
+		}
+		b.sync(id, bss, protocol.TypeSync)
+	}
+	if v, err := bdoc.RootMap().Get("k"); err != nil || v.Str() != "v" {
+		t.Fatalf("the waiting requester has k = %v (%v), want the created document", v, err)
 	}
 }
 

@@ -194,6 +194,9 @@ func (d *document) run() {
 			if d.lagged.Swap(false) {
 				d.catchUp("lagged")
 			}
+			if d.exists {
+				d.admitWaiters()
+			}
 			if err := d.flush(); err != nil {
 				d.log.Error("failed to store changes", "err", err)
 				d.h.m.StoreErrors.WithLabelValues("append").Inc()
@@ -572,10 +575,15 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		d.exists = true // a peer that syncs a document we lack creates it
 	}
 	if !d.exists {
-		// Nobody has it. The peer is told so and not kept: a document
-		// only requesters wait for leaves memory at once (see run).
+		// Nobody has it. The peer is told so and not kept as a peer: a
+		// document only requesters wait for leaves memory at once (see
+		// run). It waits as a cheap entry in the hub instead, counted
+		// against its connection's documents, and is let in if the
+		// document appears while it is connected (admitWaiters).
 		d.removePeer(s)
-		s.dropDoc(d.id)
+		if !d.h.addWaiter(d.id, s) {
+			s.dropDoc(d.id)
+		}
 		d.sendUnavailable(s)
 		return
 	}
@@ -587,6 +595,20 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	// heads and skip the acknowledgement the peer waits for. The answer is
 	// sent in flush, after the store write.
 	d.generate(ps)
+}
+
+// admitWaiters lets in the peers that were told the document did not
+// exist and still wait for it: they get it in flush, once it is stored,
+// as automerge-repo's own server pushes a document to its requesters.
+func (d *document) admitWaiters() {
+	for _, s := range d.h.takeWaiters(d.id) {
+		if s.closed.Load() {
+			continue
+		}
+		if ps := d.peer(s); ps != nil {
+			ps.dirty = true
+		}
+	}
 }
 
 // removePeer drops s from the document's peers (if it is one), with the

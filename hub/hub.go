@@ -233,6 +233,11 @@ type Hub struct {
 	sessions map[clientKey]*session // logged-in sessions, by peer id and user
 	conns    map[*session]struct{}
 	docs     map[protocol.DocumentID]*document
+	// waiters are peers told a document does not exist, by document: if
+	// it appears while they are connected, its owner lets them in. They
+	// cost a map entry, not an open document (see document.receiveSync).
+	waiters  map[protocol.DocumentID]map[*session]struct{}
+	nWaiters atomic.Int64
 
 	sessWG    sync.WaitGroup // running Serve calls
 	docWG     sync.WaitGroup // running document owners
@@ -261,6 +266,7 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 		sessions:  make(map[clientKey]*session),
 		conns:     make(map[*session]struct{}),
 		docs:      make(map[protocol.DocumentID]*document),
+		waiters:   make(map[protocol.DocumentID]map[*session]struct{}),
 		inflight:  newByteBudget(opts.MaxInflightBytes),
 	}
 	if opts.Broker != nil {
@@ -430,6 +436,62 @@ func (h *Hub) openDocument(id protocol.DocumentID) (*document, error) {
 	}
 	d.pending.Add(1)
 	return d, nil
+}
+
+// maxWaiters bounds the waiters of all documents together (about 100
+// bytes each); each connection's are bounded by MaxDocsPerConn too.
+const maxWaiters = 1 << 20
+
+// addWaiter records that s waits for document id to appear. It reports
+// false if s is gone or the node has maxWaiters already.
+func (h *Hub) addWaiter(id protocol.DocumentID, s *session) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.closed.Load() || h.nWaiters.Load() >= maxWaiters {
+		return false // a closed session's leaveAll may have run already
+	}
+	w := h.waiters[id]
+	if w == nil {
+		w = make(map[*session]struct{})
+		h.waiters[id] = w
+	}
+	if _, ok := w[s]; !ok {
+		w[s] = struct{}{}
+		h.nWaiters.Add(1)
+	}
+	return true
+}
+
+// dropWaiter forgets that s waits for id.
+func (h *Hub) dropWaiter(id protocol.DocumentID, s *session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if w := h.waiters[id]; w != nil {
+		if _, ok := w[s]; ok {
+			delete(w, s)
+			h.nWaiters.Add(-1)
+		}
+		if len(w) == 0 {
+			delete(h.waiters, id)
+		}
+	}
+}
+
+// takeWaiters returns and forgets the peers waiting for id.
+func (h *Hub) takeWaiters(id protocol.DocumentID) []*session {
+	if h.nWaiters.Load() == 0 {
+		return nil // the usual case, without the lock
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w := h.waiters[id]
+	delete(h.waiters, id)
+	h.nWaiters.Add(-int64(len(w)))
+	out := make([]*session, 0, len(w))
+	for s := range w {
+		out = append(out, s)
+	}
+	return out
 }
 
 // startLocked starts the owner of id; h.mu is held.

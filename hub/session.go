@@ -411,6 +411,7 @@ func (s *session) leaveAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.h.opts.StoreTimeout)
 	defer cancel()
 	for _, id := range s.openDocs() {
+		s.h.dropWaiter(id, s)
 		if d := s.h.document(id, false); d != nil {
 			_ = d.post(ctx, docMsg{kind: kindLeave, s: s})
 		}
