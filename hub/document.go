@@ -448,7 +448,7 @@ func (d *document) deny(s *session) {
 // example after losing its sync state); an unreadable message counts as
 // new.
 func (d *document) nothingNew(data []byte) bool {
-	m, err := amsync.ParseMessage(data)
+	m, err := amsync.ParseMessageLimits(data, syncBounds)
 	if err != nil {
 		return false
 	}
@@ -467,6 +467,14 @@ func (d *document) nothingNew(data []byte) bool {
 		}
 	}
 	return true
+}
+
+// syncBounds are the engine's default bounds of a sync message, for the
+// hub's own looks into messages before the engine sees them.
+var syncBounds = amsync.MessageLimits{
+	MaxHashes:     syncengine.DefaultMaxHashes,
+	MaxHaves:      syncengine.DefaultMaxHaves,
+	MaxBloomBytes: syncengine.DefaultMaxBloomBytes,
 }
 
 // role asks the Authorizer what s may do here (editor without one).
@@ -632,7 +640,13 @@ func (d *document) trackState(s *session, ps *peerState) int64 {
 
 // limitOf names the bound an engine error hit, for plait_limit_hits_total.
 func limitOf(err error) string {
-	return LimitSyncBounds // XXX classify
+	switch {
+	case errors.Is(err, syncengine.ErrDocTooLarge):
+		return LimitDocBytes
+	case errors.Is(err, syncengine.ErrInflateBudget):
+		return LimitInflatedBytes
+	}
+	return LimitSyncBounds
 }
 
 // flush stores the changes applied since the last flush, then (and only

@@ -508,7 +508,7 @@ func syncSummary(m *protocol.Message) string {
 	if m.Type != protocol.TypeSync && m.Type != protocol.TypeRequest {
 		return ""
 	}
-	sm, err := amsync.ParseMessage(m.Data)
+	sm, err := amsync.ParseMessageLimits(m.Data, syncBounds)
 	if err != nil {
 		return "unparsable: " + err.Error()
 	}

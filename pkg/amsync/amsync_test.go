@@ -2,6 +2,7 @@ package amsync
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -190,22 +191,38 @@ func TestParseRejects(t *testing.T) {
 	}
 }
 
+// FuzzParseMessage: what ParseMessage accepts re-encodes to its input;
+// ParseMessageLimits (bounds from the fuzzer, 0 for none) accepts it too
+// unless a list or filter exceeds a bound, and then says so with
+// ErrTooLarge; it accepts nothing ParseMessage refuses.
 func FuzzParseMessage(f *testing.F) {
 	docs := randomDocs(f, 3, 2, 10)
 	sm, _ := automerge.NewSyncState(docs[0]).GenerateMessage()
-	f.Add(sm.Bytes())
-	f.Add(append(sm.Bytes(), 2, 2, 0x84))
+	f.Add(sm.Bytes(), uint8(0), uint8(0), uint16(0))
+	f.Add(append(sm.Bytes(), 2, 2, 0x84), uint8(1), uint8(1), uint16(8))
 	m := &Message{Type: MessageTypeSync}
 	chs, _ := docs[0].Changes()
 	for _, c := range chs[:3] {
 		m.Changes = append(m.Changes, c.Save())
 	}
-	f.Add(m.Encode())
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Add(m.Encode(), uint8(2), uint8(1), uint16(0))
+	h := sha256.Sum256(nil)
+	full := &Message{Type: MessageTypeSync, Heads: []Hash{h, h}, Need: []Hash{h}, Have: []Have{{LastSync: []Hash{h}, Bloom: NewBloom([]Hash{h, h}).Encode()}, {}}}
+	f.Add(full.Encode(), uint8(2), uint8(2), uint16(6))
+	f.Add(full.Encode(), uint8(1), uint8(1), uint16(5))
+	f.Fuzz(func(t *testing.T, b []byte, maxHashes, maxHaves uint8, maxBloom uint16) {
+		lim := MessageLimits{MaxHashes: int(maxHashes), MaxHaves: int(maxHaves), MaxBloomBytes: int(maxBloom)}
+		ml, lerr := ParseMessageLimits(b, lim)
+		if lerr != nil && !errors.Is(lerr, ErrMalformed) {
+			t.Fatalf("error does not wrap ErrMalformed: %v", lerr)
+		}
 		m, err := ParseMessage(b)
 		if err != nil {
-			if !errors.Is(err, ErrMalformed) {
-				t.Fatalf("error does not wrap ErrMalformed: %v", err)
+			if !errors.Is(err, ErrMalformed) || errors.Is(err, ErrTooLarge) {
+				t.Fatalf("error does not wrap ErrMalformed (alone): %v", err)
+			}
+			if lerr == nil {
+				t.Fatalf("ParseMessageLimits accepts what ParseMessage refuses (%v)", err)
 			}
 			return
 		}
@@ -213,28 +230,73 @@ func FuzzParseMessage(f *testing.F) {
 			// Only a non-minimal but accepted encoding could differ; we reject those.
 			t.Fatalf("re-encoding differs")
 		}
+		over := func(n, limit int) bool { return limit > 0 && n > limit }
+		exceeds := over(len(m.Heads), lim.MaxHashes) || over(len(m.Need), lim.MaxHashes) || over(len(m.Have), lim.MaxHaves)
+		for _, h := range m.Have {
+			exceeds = exceeds || over(len(h.LastSync), lim.MaxHashes) || over(len(h.Bloom), lim.MaxBloomBytes)
+		}
+		switch {
+		case exceeds && !errors.Is(lerr, ErrTooLarge):
+			t.Fatalf("a message over %+v: %v, want ErrTooLarge", lim, lerr)
+		case !exceeds && lerr != nil:
+			t.Fatalf("a message within %+v refused: %v", lim, lerr)
+		case !exceeds && !bytes.Equal(ml.Encode(), b):
+			t.Fatal("ParseMessageLimits parsed differently")
+		}
 		for _, c := range m.Changes {
 			_, _ = ParseChange(c)
 		}
 	})
 }
 
+// FuzzParseChange: what ParseChange accepts has an actor and a seq; with
+// an inflate limit (from the fuzzer) a compressed chunk parses the same
+// if it inflates to at most the limit, else fails with ErrTooLarge; its
+// uncompressed form parses as the same change.
 func FuzzParseChange(f *testing.F) {
 	docs := randomDocs(f, 4, 2, 20)
 	chs, _ := docs[0].Changes()
-	for _, c := range chs {
-		f.Add(c.Save())
+	for i, c := range chs {
+		f.Add(c.Save(), uint32(i*100))
+		f.Add(compressChunk(f, c.Save()), uint32(i*100))
 	}
-	f.Fuzz(func(t *testing.T, b []byte) {
+	bomb, body := bombChunk(f, []byte("actor"), 100_000)
+	f.Add(bomb, uint32(body))
+	f.Add(bomb, uint32(body-1))
+	f.Fuzz(func(t *testing.T, b []byte, limit uint32) {
 		c, err := ParseChange(b)
+		lim := int(limit % (1 << 20))
+		cl, lerr := ParseChangeLimit(b, lim)
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error does not wrap ErrMalformed: %v", err)
+			}
+			if lerr == nil {
+				t.Fatalf("ParseChangeLimit accepts what ParseChange refuses (%v)", err)
 			}
 			return
 		}
 		if len(c.Actor) == 0 || c.Seq == 0 {
 			t.Fatal("accepted a change without actor or seq")
+		}
+		compressed := b[8] == chunkCompressedChange
+		switch {
+		case compressed && c.InflatedLen() > lim:
+			if !errors.Is(lerr, ErrTooLarge) || !errors.Is(lerr, ErrMalformed) {
+				t.Fatalf("inflates to %d, limit %d: %v", c.InflatedLen(), lim, lerr)
+			}
+		case lerr != nil:
+			t.Fatalf("inflates to %d, limit %d: %v", c.InflatedLen(), lim, lerr)
+		case cl.Hash != c.Hash || !sameFields(cl, c):
+			t.Fatal("ParseChangeLimit parsed differently")
+		}
+		u := c.Uncompressed()
+		if !compressed && !bytes.Equal(u, b) || compressed && c.InflatedLen() == 0 {
+			t.Fatal("Uncompressed or InflatedLen wrong")
+		}
+		again, err := ParseChange(u)
+		if err != nil || again.Hash != c.Hash || u[8] != chunkChange || !sameFields(again, c) || len(u) != headerLen(u)+c.InflatedLen() && compressed {
+			t.Fatalf("the uncompressed form does not parse as the change: %v", err)
 		}
 	})
 }

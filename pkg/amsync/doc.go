@@ -7,7 +7,11 @@
 // of ObjIndex, which holds one document's objects and belongs to that
 // document's owner goroutine. Every parser takes untrusted bytes: it
 // returns an error for anything malformed, never panics, and allocates in
-// proportion to its input (op decoding within a fixed bound, MaxOps).
+// proportion to its input (op decoding within a fixed bound, MaxOps;
+// inflating a compressed change within MaxInflatedChangeBytes, or the
+// tighter limit of ParseChangeLimit). Input that exceeds a size bound
+// rather than the format (ParseChangeLimit, ParseMessageLimits) is refused
+// with an error wrapping ErrTooLarge as well as ErrMalformed.
 //
 // The hub validates each client's sync data before any of it reaches the
 // Automerge core (automerge-go), because a panic there aborts the process:

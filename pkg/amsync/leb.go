@@ -5,11 +5,32 @@ import (
 	"fmt"
 )
 
-// ErrMalformed is wrapped by every parse error of this package.
+// ErrMalformed is wrapped by every parse error of this package, those
+// wrapping ErrTooLarge included.
 var ErrMalformed = errors.New("malformed automerge data")
+
+// ErrTooLarge is wrapped, along with ErrMalformed, by every error about
+// input that exceeds a size bound rather than the format: a compressed
+// change that inflates past its limit (ParseChangeLimit), a sync message
+// whose lists or Bloom filters exceed MessageLimits. Such input may be
+// valid Automerge data; a caller that bounds resources tells it apart
+// from malformed input with errors.Is. The error's text names the bound
+// and its value.
+var ErrTooLarge = errors.New("automerge data exceeds a size bound")
 
 func malformed(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+}
+
+// tooLargeError is an error wrapping ErrTooLarge and ErrMalformed whose
+// text is only what exceeded which bound.
+type tooLargeError struct{ msg string }
+
+func (e *tooLargeError) Error() string   { return e.msg }
+func (e *tooLargeError) Unwrap() []error { return []error{ErrTooLarge, ErrMalformed} }
+
+func tooLarge(format string, args ...any) error {
+	return &tooLargeError{msg: fmt.Sprintf(format, args...)}
 }
 
 // reader is a cursor over untrusted bytes.
@@ -34,23 +55,52 @@ func (r *reader) byte(what string) (byte, error) {
 // uleb reads an unsigned LEB128 of at most 64 bits, rejecting overlong
 // encodings (as the Rust core does).
 func (r *reader) uleb(what string) (uint64, error) {
+	v, bad := r.ulebRaw()
+	if bad != ulebOK {
+		return 0, ulebError(bad, what, "")
+	}
+	return v, nil
+}
+
+// Outcomes of ulebRaw.
+const (
+	ulebOK = iota
+	ulebTruncated
+	ulebOverflow
+	ulebOverlong
+)
+
+// ulebRaw is uleb without an error value, so that callers name what they
+// read only when it fails (building the name costs an allocation).
+func (r *reader) ulebRaw() (uint64, int) {
 	var v uint64
 	for i := 0; ; i++ {
 		if r.off >= len(r.b) {
-			return 0, malformed("truncated %s", what)
+			return 0, ulebTruncated
 		}
 		c := r.b[r.off]
 		r.off++
 		if i == 9 && c > 1 {
-			return 0, malformed("%s overflows 64 bits", what)
+			return 0, ulebOverflow
 		}
 		v |= uint64(c&0x7f) << (7 * i)
 		if c&0x80 == 0 {
 			if c == 0 && i > 0 {
-				return 0, malformed("overlong LEB128 in %s", what)
+				return 0, ulebOverlong
 			}
-			return v, nil
+			return v, ulebOK
 		}
+	}
+}
+
+func ulebError(bad int, what, suffix string) error {
+	switch bad {
+	case ulebTruncated:
+		return malformed("truncated %s%s", what, suffix)
+	case ulebOverflow:
+		return malformed("%s%s overflows 64 bits", what, suffix)
+	default:
+		return malformed("overlong LEB128 in %s%s", what, suffix)
 	}
 }
 
@@ -81,15 +131,20 @@ func (r *reader) sleb(what string) (int64, error) {
 // count reads a uLEB count of items that each take at least minSize bytes,
 // rejecting counts the remaining input cannot hold.
 func (r *reader) count(what string, minSize int) (int, error) {
-	n, err := r.uleb(what)
-	if err != nil {
-		return 0, err
+	return r.countOf(what, "", minSize)
+}
+
+// countOf is count of what named what+suffix, a name built only for an error.
+func (r *reader) countOf(what, suffix string, minSize int) (int, error) {
+	n, bad := r.ulebRaw()
+	if bad != ulebOK {
+		return 0, ulebError(bad, what, suffix)
 	}
 	if minSize < 1 {
 		minSize = 1
 	}
 	if n > uint64(len(r.b)-r.off)/uint64(minSize) {
-		return 0, malformed("%s %d exceeds the remaining %d bytes", what, n, len(r.b)-r.off)
+		return 0, malformed("%s%s %d exceeds the remaining %d bytes", what, suffix, n, len(r.b)-r.off)
 	}
 	return int(n), nil
 }
@@ -105,7 +160,7 @@ func (r *reader) bytes(n int, what string) ([]byte, error) {
 
 // prefixed reads a uLEB length and that many bytes.
 func (r *reader) prefixed(what string) ([]byte, error) {
-	n, err := r.count(what+" length", 1)
+	n, err := r.countOf(what, " length", 1)
 	if err != nil {
 		return nil, err
 	}

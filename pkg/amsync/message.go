@@ -39,10 +39,40 @@ type Message struct {
 	Trailer []byte
 }
 
+// MessageLimits bound what ParseMessageLimits accepts from a peer, so
+// that a message with oversized lists or Bloom filters is refused before
+// anything is allocated for them. A zero (or negative) field means no bound.
+type MessageLimits struct {
+	// MaxHashes bounds the hashes of the heads, of the need, and of each
+	// have's last sync heads (each list on its own).
+	MaxHashes int
+	// MaxHaves bounds the entries of the have list.
+	MaxHaves int
+	// MaxBloomBytes bounds the encoded size of each have's Bloom filter.
+	MaxBloomBytes int
+}
+
+// minChangeEntry is the fewest bytes a change entry of a sync message
+// takes if its chunk is to parse: a length byte, a chunk header (magic
+// bytes, checksum, type, length) and a byte of body. Counting entries at
+// that size keeps the slice of entries within about twice the input.
+const minChangeEntry = 1 + 10 + 1
+
 // ParseMessage decodes the envelope of a sync message. It checks the
 // structure (type byte, counts that fit the input, hash lengths, Bloom
-// filters) but not the change chunks: see ParseChange.
+// filters) but not the change chunks: see ParseChange. It bounds no list
+// beyond what the input holds; a receiver of untrusted messages calls
+// ParseMessageLimits.
 func ParseMessage(b []byte) (*Message, error) {
+	return ParseMessageLimits(b, MessageLimits{})
+}
+
+// ParseMessageLimits is ParseMessage with bounds on the lists and Bloom
+// filters of the message: one that exceeds them is refused, with an
+// error wrapping ErrTooLarge and naming the bound, before its list is
+// allocated. The hashes and haves are new slices; the changes, Bloom
+// filters and trailer alias b.
+func ParseMessageLimits(b []byte, lim MessageLimits) (*Message, error) {
 	r := &reader{b: b}
 	t, err := r.byte("message type")
 	if err != nil {
@@ -52,29 +82,38 @@ func ParseMessage(b []byte) (*Message, error) {
 		return nil, malformed("unknown sync message type 0x%02x", t)
 	}
 	m := &Message{Type: t}
-	if m.Heads, err = r.hashes("heads"); err != nil {
+	if m.Heads, err = r.limitedHashes("heads", lim.MaxHashes); err != nil {
 		return nil, err
 	}
-	if m.Need, err = r.hashes("need"); err != nil {
+	if m.Need, err = r.limitedHashes("need", lim.MaxHashes); err != nil {
 		return nil, err
 	}
 	nHave, err := r.count("have count", 2)
 	if err != nil {
 		return nil, err
 	}
+	if lim.MaxHaves > 0 && nHave > lim.MaxHaves {
+		return nil, tooLarge("sync message have list has %d entries (at most %d)", nHave, lim.MaxHaves)
+	}
 	m.Have = make([]Have, nHave)
 	for i := range m.Have {
-		if m.Have[i].LastSync, err = r.hashes("have last sync"); err != nil {
+		if m.Have[i].LastSync, err = r.limitedHashes("have last sync", lim.MaxHashes); err != nil {
 			return nil, err
 		}
-		if m.Have[i].Bloom, err = r.prefixed("bloom filter"); err != nil {
+		n, err := r.countOf("bloom filter", " length", 1)
+		if err != nil {
 			return nil, err
 		}
-		if _, err := ParseBloom(m.Have[i].Bloom); err != nil {
+		if lim.MaxBloomBytes > 0 && n > lim.MaxBloomBytes {
+			return nil, tooLarge("sync message have %d Bloom filter is %d bytes (at most %d)", i, n, lim.MaxBloomBytes)
+		}
+		m.Have[i].Bloom, _ = r.bytes(n, "bloom filter")
+		var f Bloom
+		if err := parseBloom(m.Have[i].Bloom, &f); err != nil {
 			return nil, err
 		}
 	}
-	nChanges, err := r.count("change count", 1)
+	nChanges, err := r.count("change count", minChangeEntry)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +127,24 @@ func ParseMessage(b []byte) (*Message, error) {
 	return m, nil
 }
 
+// limitedHashes reads a list of hashes of at most limit entries (if limit > 0).
+func (r *reader) limitedHashes(what string, limit int) ([]Hash, error) {
+	if limit > 0 {
+		save := r.off
+		n, err := r.countOf(what, " count", HashLen)
+		if err != nil {
+			return nil, err
+		}
+		if n > limit {
+			return nil, tooLarge("sync message %s list has %d hashes (at most %d)", what, n, limit)
+		}
+		r.off = save
+	}
+	return r.hashes(what)
+}
+
 func (r *reader) hashes(what string) ([]Hash, error) {
-	n, err := r.count(what+" count", HashLen)
+	n, err := r.countOf(what, " count", HashLen)
 	if err != nil {
 		return nil, err
 	}

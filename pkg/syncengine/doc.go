@@ -22,7 +22,8 @@
 //
 // Messages are the core's, byte for byte (the differential tests compare
 // them with automerge-go's), except in three places where the core 0.5
-// does needless or harmful things. None of them changes what a peer can
+// does needless or harmful things, and when a message would exceed
+// Options.MaxSendBytes (see Bounds). None of them changes what a peer can
 // tell apart from an ordinary peer:
 //
 //   - "Changes since these heads" is exact. The core computes it from a
@@ -63,6 +64,57 @@
 // A change whose dependencies are missing is queued, as the core queues
 // it, and applied once they arrive; the missing hashes go into the need of
 // every message generated meanwhile. The queue is bounded.
+//
+// # Bounds
+//
+// Peers are not trusted to be reasonable either. ReceiveMessage refuses,
+// whole (nothing applied, the State unchanged), a message that exceeds a
+// bound of Options, with an error wrapping ErrLimitExceeded that names
+// the bound and its value (the hub closes such a peer with code 4413):
+//
+//   - MaxHashes (default 4096) hashes in its heads, its need, or one
+//     have's last sync heads; MaxHaves (16) entries in its have list;
+//     MaxBloomBytes (2 MiB) in one Bloom filter. These are checked as the
+//     message is parsed (amsync.ParseMessageLimits), before anything is
+//     allocated for the list.
+//   - MaxInflatedBytes (64 MiB): what its compressed change chunks
+//     inflate to, in all. Each chunk is inflated with what is left of the
+//     budget as its limit (amsync.ParseChangeLimit), so a message of
+//     deflate bombs stops at the budget, not at the sum of what its chunks
+//     would inflate to. A chunk is inflated once, into a buffer with room
+//     for the uncompressed chunk's header: the change's fields alias it.
+//   - MaxBytes (default none): the size of the document, Doc.Bytes (the
+//     uncompressed chunks of its applied and queued changes). A message
+//     whose new changes would take the document past it is refused.
+//
+// AddChanges takes changes the node already trusts (its store, other
+// nodes, a client's own changes checked by the hub) and is bound only by
+// the per-change inflate cap (amsync.MaxInflatedChangeBytes) and the
+// queue's bounds: a document stored before MaxBytes existed, or grown past
+// it through other nodes, still loads. It is then read-only for peers: it
+// refuses their new changes and still serves its history.
+//
+// What a State keeps of the peer's messages (its heads, need, have and
+// Bloom filters) is bounded by the above; State.RetainedBytes reports it,
+// so that the hub can budget what one connection holds over all its
+// documents.
+//
+// GenerateMessage puts at most MaxSendBytes (8 MiB) of change chunks into
+// one message, but always at least one change, so that a long history
+// does not become one huge frame. When more is due it sends a prefix, in
+// the order of changesToSend (dependencies first), leaving out changes the
+// peer's known heads show it has, and sends the next part as soon as the
+// peer answers, even while the first is in flight; the rest of the
+// protocol (sent hashes, in flight, need) is unchanged, so a long history
+// converges in several round trips with automerge-go and
+// @automerge/automerge as with another engine. A message that needs no
+// cut is the core's, byte for byte.
+//
+// Changes keep the form they arrived in for storage: Change.Stored is the
+// chunk as it arrived (compressed if it was, a copy of its own), Raw the
+// uncompressed chunk the index keeps and sends to peers (the Rust core 0.5
+// misreads compressed chunks in sync messages). Neither aliases the
+// message or batch the change came in.
 //
 // # Concurrency
 //

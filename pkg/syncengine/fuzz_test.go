@@ -292,12 +292,25 @@ const (
 	fzChecksum             // fix the checksums of the message's change chunks
 	fzRefuseB              // Options.Accept refuses B's changes from the peer
 	fzBody                 // the input is the body of one change (header and checksum made for it), sent in a message
+	fzCompress             // compress the message's uncompressed change chunks (type 2 chunks, as stored ones may be)
+	fzTight                // tight bounds (fzTightOpts): lists, Bloom filters, inflating, document size, sending
 	fzModes    = 1<<iota - 1
 )
+
+// fzTightOpts are the bounds of mode fzTight, small enough for fuzzed
+// messages to reach them. MaxBytes is set in fzSetup, above the base.
+var fzTightOpts = Options{MaxHashes: 4, MaxHaves: 2, MaxBloomBytes: 64, MaxInflatedBytes: 2048, MaxSendBytes: 256}
+
+// fzTightRoom is how many bytes mode fzTight lets the document grow.
+const fzTightRoom = 2048
 
 // fzSetup builds the Doc and State a fuzzed message is received with.
 func fzSetup(t *testing.T, fb *fzBase, mode uint8) (*Doc, *State) {
 	var opts Options
+	if mode&fzTight != 0 {
+		opts = fzTightOpts
+		opts.MaxBytes = len(slices.Concat(fb.base...)) + fzTightRoom
+	}
 	if mode&fzRefuseB != 0 {
 		opts.Accept = func(c *amsync.Change, origin any) error {
 			if origin == "peer" && bytes.Equal(c.Actor, fb.actorB) {
@@ -360,6 +373,26 @@ func fzFixChecksums(data []byte) []byte {
 	return out
 }
 
+// fzCompress compresses the uncompressed change chunks of a sync message
+// (as compressChunk does), keeping the rest of it.
+func fzCompressChunks(t testing.TB, data []byte) []byte {
+	m, err := amsync.ParseMessage(data)
+	if err != nil {
+		return data
+	}
+	for i, c := range m.Changes {
+		if len(c) < 11 || !bytes.Equal(c[:4], []byte{0x85, 0x6f, 0x4a, 0x83}) || c[8] != 1 {
+			continue
+		}
+		n, k := binary.Uvarint(c[9:])
+		if k <= 0 || n != uint64(len(c)-9-k) {
+			continue
+		}
+		m.Changes[i] = compressChunk(t, c)
+	}
+	return m.Encode()
+}
+
 // fzChunkBody returns the body of an uncompressed change chunk.
 func fzChunkBody(raw []byte) []byte {
 	i := 9
@@ -400,7 +433,18 @@ func FuzzReceiveMessage(f *testing.F) {
 	for _, raw := range slices.Concat(fb.held, fb.base[len(fb.base)-3:]) {
 		f.Add(uint8(fzBody), fzChunkBody(raw))
 		f.Add(uint8(fzBody|fzQueued|fzMidSync), fzChunkBody(raw))
+		f.Add(uint8(fzBody|fzCompress), fzChunkBody(raw))
 	}
+	for i, m := range fb.seeds {
+		f.Add(uint8(fzCompress|i%4), m)
+		f.Add(uint8(fzTight|i%8), m)
+	}
+	// Inflating past the budget, and a message at the bounds of mode fzTight.
+	bomb, _ := bombChunk(f, 0xbb, 4096)
+	f.Add(uint8(fzTight), syncMsg(amsync.Message{Changes: [][]byte{bomb}}))
+	f.Add(uint8(0), syncMsg(amsync.Message{Changes: [][]byte{bomb, bomb}}))
+	small, _ := encodedBloom(f, 64)
+	f.Add(uint8(fzTight), syncMsg(amsync.Message{Heads: testHashes(4), Need: testHashes(4), Have: []amsync.Have{{LastSync: testHashes(4), Bloom: small}, {}}}))
 	f.Fuzz(func(t *testing.T, mode uint8, msg []byte) {
 		if fb.execs++; fb.execs%200 == 0 {
 			runtime.GC() // automerge-go frees C memory in finalizers only
@@ -412,11 +456,17 @@ func FuzzReceiveMessage(f *testing.F) {
 		if mode&fzChecksum != 0 {
 			msg = fzFixChecksums(msg)
 		}
+		if mode&fzCompress != 0 {
+			msg = fzCompressChunks(t, msg)
+		}
 		d, s := fzSetup(t, fb, mode)
 		before := fzSnap(d, s)
 		lenBefore := d.Len()
 		applied, err := d.ReceiveMessage(s, msg, "peer")
 		if err != nil {
+			if errors.Is(err, amsync.ErrTooLarge) && !errors.Is(err, ErrLimitExceeded) {
+				t.Fatalf("an amsync bound not reported as ErrLimitExceeded: %v", err)
+			}
 			if len(applied) != 0 {
 				t.Fatalf("error %v with %d changes applied", err, len(applied))
 			}
@@ -438,6 +488,28 @@ func FuzzReceiveMessage(f *testing.F) {
 			t.Fatalf("%d changes applied, Len went from %d to %d", len(applied), lenBefore, d.Len())
 		}
 		for _, c := range applied {
+			// Raw is the uncompressed chunk (the index's, what peers get);
+			// Stored the chunk as it arrived, which reads back as the same.
+			if len(c.Raw) < 9 || c.Raw[8] != 1 || len(c.Stored) < 9 {
+				t.Fatalf("change %s: Raw type %x, Stored of %d bytes", c.Hash, c.Raw[8], len(c.Stored))
+			}
+			if aliases(msg, c.Stored) || aliases(msg, c.Raw) {
+				t.Fatalf("change %s keeps the message alive", c.Hash)
+			}
+			if again, err := amsync.ParseChange(c.Stored); err != nil || again.Hash != c.Hash || !bytes.Equal(again.Uncompressed(), c.Raw) {
+				t.Fatalf("change %s: Stored does not read back as the change: %v", c.Hash, err)
+			}
+		}
+		if mode&fzTight != 0 {
+			if d.Bytes() > d.opts.MaxBytes {
+				t.Fatalf("the document grew to %d bytes, MaxBytes %d", d.Bytes(), d.opts.MaxBytes)
+			}
+			o := fzTightOpts
+			if most := 32*((4+o.MaxHaves)*o.MaxHashes+16) + o.MaxHaves*o.MaxBloomBytes; s.RetainedBytes() > most {
+				t.Fatalf("the state retains %d bytes, want at most %d", s.RetainedBytes(), most)
+			}
+		}
+		for _, c := range applied {
 			if !d.Has(c.Hash) {
 				t.Fatalf("applied change %s is not Has()", c.Hash)
 			}
@@ -455,8 +527,12 @@ func FuzzReceiveMessage(f *testing.F) {
 			t.Fatalf("%d queued", d.Queued())
 		}
 		if out := d.GenerateMessage(s); out != nil {
-			if _, err := amsync.ParseMessage(out); err != nil {
+			m, err := amsync.ParseMessage(out)
+			if err != nil {
 				t.Fatalf("generated an unparsable message: %v", err)
+			}
+			if n := len(slices.Concat(m.Changes...)); len(m.Changes) > 1 && n > d.opts.MaxSendBytes {
+				t.Fatalf("generated a message of %d changes, %d bytes (MaxSendBytes %d)", len(m.Changes), n, d.opts.MaxSendBytes)
 			}
 		}
 		if len(applied) == 0 {
@@ -519,7 +595,7 @@ func TestFuzzBaseLoads(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d seeds × 32 modes: %d accepted, %d refused, %d held changes applied", len(fb.seeds), ok, refused, appliedHeld)
+	t.Logf("%d seeds × 128 modes: %d accepted, %d refused, %d held changes applied", len(fb.seeds), ok, refused, appliedHeld)
 	if ok == 0 || refused == 0 || appliedHeld == 0 {
 		t.Fatalf("seeds: %d accepted, %d refused, %d held changes applied", ok, refused, appliedHeld)
 	}

@@ -14,10 +14,15 @@ type Hash = amsync.Hash
 
 // Defaults of Options.
 const (
-	DefaultMaxQueued       = 4096
-	DefaultMaxQueuedBytes  = 32 << 20
-	DefaultMaxOpsPerChange = 100_000
-	DefaultMaxOpsPerKey    = 4096
+	DefaultMaxQueued        = 4096
+	DefaultMaxQueuedBytes   = 32 << 20
+	DefaultMaxOpsPerChange  = 100_000
+	DefaultMaxOpsPerKey     = 4096
+	DefaultMaxHashes        = 4096
+	DefaultMaxHaves         = 16
+	DefaultMaxBloomBytes    = 2 << 20
+	DefaultMaxInflatedBytes = 64 << 20
+	DefaultMaxSendBytes     = 8 << 20
 )
 
 // ErrInvalidChange is wrapped by every error about a change that is
@@ -31,6 +36,23 @@ var ErrQueueFull = errors.New("too many changes waiting for their dependencies")
 // ErrInvalidMessage is wrapped by every error about a sync message that
 // is malformed (as opposed to one of its changes).
 var ErrInvalidMessage = errors.New("invalid sync message")
+
+// ErrLimitExceeded is wrapped by every error about a message or change
+// that exceeds a resource bound (Options.MaxHashes, MaxHaves,
+// MaxBloomBytes, MaxInflatedBytes, MaxBytes, and the per-change inflate
+// cap amsync.MaxInflatedChangeBytes), whatever else the error wraps. The
+// data may be valid: the node refuses to spend that much on it. The
+// error's text names the bound and its value. The hub closes such peers
+// with close code 4413 (protocol.CloseLimitExceeded).
+var ErrLimitExceeded = errors.New("resource limit exceeded")
+
+// ErrDocTooLarge is the ErrLimitExceeded of Options.MaxBytes: the changes
+// of a message would take the document past its maximum size.
+var ErrDocTooLarge = fmt.Errorf("%w: document too large", ErrLimitExceeded)
+
+// ErrInflateBudget is the ErrLimitExceeded of Options.MaxInflatedBytes
+// and amsync.MaxInflatedChangeBytes: compressed changes inflate too much.
+var ErrInflateBudget = fmt.Errorf("%w: compressed changes inflate too much", ErrLimitExceeded)
 
 // Options configure a Doc. The zero value is usable: each zero field takes
 // its documented default.
@@ -54,6 +76,42 @@ type Options struct {
 	// MaxOpsPerKey bounds the ops of one change on one key (default 4096):
 	// the core's cost grows with the square of the ops on a key.
 	MaxOpsPerKey int
+
+	// The bounds below apply to what ReceiveMessage takes from a peer; a
+	// message that exceeds one is refused whole with an error wrapping
+	// ErrLimitExceeded (nothing applied, the State unchanged).
+
+	// MaxHashes bounds the hashes of a received message's heads, of its
+	// need, and of each have's last sync heads, each list on its own
+	// (default 4096).
+	MaxHashes int
+	// MaxHaves bounds the entries of a received message's have list
+	// (default 16; Automerge sends at most one).
+	MaxHaves int
+	// MaxBloomBytes bounds the encoded size of one received Bloom filter
+	// (default 2 MiB: about 1.6 million changes at 10 bits each, so an
+	// honest peer that missed that many changes still fits).
+	MaxBloomBytes int
+	// MaxInflatedBytes bounds what the compressed change chunks of one
+	// ReceiveMessage call may inflate to, in total (default 64 MiB).
+	// Inflating stops as soon as it is exceeded. AddChanges is not
+	// subject to it, only to the per-change cap,
+	// amsync.MaxInflatedChangeBytes.
+	MaxInflatedBytes int
+	// MaxBytes bounds the size of the document (see Bytes): a
+	// ReceiveMessage whose changes would take the document past it is
+	// refused. Zero (the default) means no bound. AddChanges is not
+	// limited: a document stored before the bound existed still loads,
+	// and changes from other nodes were checked there. A document over
+	// the bound is read-only for peers: it refuses their new changes but
+	// still serves its history.
+	MaxBytes int
+	// MaxSendBytes bounds the bytes of change chunks GenerateMessage puts
+	// into one message (default 8 MiB). When more is due, a message
+	// carries a prefix of it, dependencies first, of at most MaxSendBytes
+	// but always at least one change; the rest follows in later messages
+	// as the peer answers.
+	MaxSendBytes int
 }
 
 // node is one applied change. Its position in Doc.nodes is its index: a
@@ -90,6 +148,7 @@ type Doc struct {
 	waiting     map[Hash][]Hash // a missing dependency -> queued changes waiting for it
 	queuedBytes int
 	dropped     int
+	size        int // bytes of the applied changes' uncompressed chunks
 
 	// coreStrict makes GenerateMessage stay silent while a message is in
 	// flight even when the peer needs something, as the core does (tests
@@ -116,6 +175,24 @@ func New(opts Options) *Doc {
 	}
 	if opts.MaxOpsPerKey <= 0 {
 		opts.MaxOpsPerKey = DefaultMaxOpsPerKey
+	}
+	if opts.MaxHashes <= 0 {
+		opts.MaxHashes = DefaultMaxHashes
+	}
+	if opts.MaxHaves <= 0 {
+		opts.MaxHaves = DefaultMaxHaves
+	}
+	if opts.MaxBloomBytes <= 0 {
+		opts.MaxBloomBytes = DefaultMaxBloomBytes
+	}
+	if opts.MaxInflatedBytes <= 0 {
+		opts.MaxInflatedBytes = DefaultMaxInflatedBytes
+	}
+	if opts.MaxBytes < 0 {
+		opts.MaxBytes = 0
+	}
+	if opts.MaxSendBytes <= 0 {
+		opts.MaxSendBytes = DefaultMaxSendBytes
 	}
 	return &Doc{
 		opts:    opts,
@@ -151,6 +228,11 @@ func (d *Doc) Change(h Hash) ([]byte, bool) {
 // Queued returns the number of changes waiting for dependencies.
 func (d *Doc) Queued() int { return len(d.queue) }
 
+// Bytes returns the size of the document as Options.MaxBytes counts it:
+// the bytes of the uncompressed chunks of its applied changes plus those
+// of its queued ones.
+func (d *Doc) Bytes() int { return d.size + d.queuedBytes }
+
 // Dropped returns how many queued changes were dropped because they were
 // refused once their dependencies arrived.
 func (d *Doc) Dropped() int { return d.dropped }
@@ -169,9 +251,11 @@ func (d *Doc) All(f func(raw []byte) bool) {
 // AddChanges applies change chunks that do not come in a sync message: a
 // client's own changes, or changes loaded from storage. It checks them as
 // ReceiveMessage does and returns the changes it applied, in order
-// (queued changes that they released included).
+// (queued changes that they released included). Of the bounds, only the
+// queue's and the per-change inflate cap apply: Options.MaxBytes and
+// MaxInflatedBytes do not.
 func (d *Doc) AddChanges(origin any, chunks ...[]byte) ([]*amsync.Change, error) {
-	return d.apply(chunks, origin)
+	return d.apply(chunks, origin, nil)
 }
 
 // Forget drops the queued changes that came from origin (a peer that
@@ -219,25 +303,54 @@ type staging struct {
 	last   map[string]*candidate // actor -> its latest staged change
 }
 
-func (d *Doc) apply(chunks [][]byte, origin any) ([]*amsync.Change, error) {
+// peerBounds are the bounds of one ReceiveMessage call on its changes.
+type peerBounds struct {
+	inflateLeft int // of Options.MaxInflatedBytes
+	maxBytes    int // Options.MaxBytes; 0: none
+}
+
+func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Change, error) {
 	var fresh []*candidate
 	inCall := make(map[Hash]bool, len(chunks))
+	grow := 0 // bytes the new changes add to the document
 	for i, raw := range chunks {
-		c, err := amsync.ParseChange(raw)
+		limit := amsync.MaxInflatedChangeBytes
+		if pb != nil {
+			limit = pb.inflateLeft
+		}
+		// Parsed from a copy of its own, so that neither the change nor
+		// its fields keep the message or batch it came in alive.
+		c, err := amsync.ParseChangeLimit(bytes.Clone(raw), limit)
 		if err != nil {
+			if errors.Is(err, amsync.ErrTooLarge) {
+				if pb != nil && limit < amsync.MaxInflatedChangeBytes {
+					return nil, fmt.Errorf("%w: change %d: %w (MaxInflatedBytes is %d for the whole message)", ErrInflateBudget, i, err, d.opts.MaxInflatedBytes)
+				}
+				return nil, fmt.Errorf("%w: change %d: %w", ErrInflateBudget, i, err)
+			}
 			return nil, fmt.Errorf("%w %d: %w", ErrInvalidChange, i, err)
+		}
+		if pb != nil {
+			pb.inflateLeft -= c.InflatedLen()
 		}
 		if _, ok := d.index[c.Hash]; ok || inCall[c.Hash] || d.queue[c.Hash] != nil {
 			continue // a duplicate is harmless
 		}
 		inCall[c.Hash] = true
-		if err := canonicalRaw(c); err != nil {
-			return nil, fmt.Errorf("%w %s: %w", ErrInvalidChange, c.Hash, err)
-		}
+		grow += len(c.Uncompressed())
 		fresh = append(fresh, &candidate{c: c, origin: origin, fresh: true})
 	}
 	if len(fresh) == 0 {
 		return nil, nil
+	}
+	if pb != nil && pb.maxBytes > 0 && d.Bytes()+grow > pb.maxBytes {
+		return nil, fmt.Errorf("%w: the message's %d new changes (%d bytes) would take the document from %d to %d bytes (MaxBytes is %d)",
+			ErrDocTooLarge, len(fresh), grow, d.Bytes(), d.Bytes()+grow, pb.maxBytes)
+	}
+	for _, cd := range fresh {
+		if err := ownRaw(cd.c); err != nil {
+			return nil, fmt.Errorf("%w %s: %w", ErrInvalidChange, cd.c.Hash, err)
+		}
 	}
 	st := &staging{objs: d.objs.Stage(), byHash: map[Hash]*candidate{}, last: map[string]*candidate{}}
 	blocked := make(map[Hash][]*candidate) // missing dependency -> candidates of this call
@@ -401,6 +514,7 @@ func (d *Doc) insert(cd *candidate) {
 	d.actors[ai] = actorInfo{last: idx, seq: c.Seq}
 	d.nodes = append(d.nodes, node{hash: c.Hash, raw: c.Raw, deps: cd.deps})
 	d.index[c.Hash] = idx
+	d.size += len(c.Raw)
 }
 
 func (d *Doc) updateHeads(ready []*candidate) {
@@ -427,19 +541,23 @@ func (d *Doc) updateHeads(ready []*candidate) {
 
 func cmpHash(a, b Hash) int { return bytes.Compare(a[:], b[:]) }
 
-// canonicalRaw makes c.Raw an uncompressed chunk of its own (never an
-// alias of a larger buffer such as a whole sync message).
-func canonicalRaw(c *amsync.Change) error {
-	if len(c.Raw) > 8 && c.Raw[8] == 1 {
-		c.Raw = bytes.Clone(c.Raw)
+// ownRaw makes c.Raw the uncompressed chunk and c.Stored the chunk as it
+// arrived, given a change parsed from a copy of its own. The index and
+// peers get the uncompressed chunk (the Rust core 0.5 misreads compressed
+// chunks in sync messages); storage gets what arrived.
+func ownRaw(c *amsync.Change) error {
+	c.Stored = c.Raw
+	if c.Raw[8] == 1 {
 		return nil
 	}
-	raw := c.Encode()
-	again, err := amsync.ParseChange(raw)
-	if err != nil || again.Hash != c.Hash {
-		return errors.New("a compressed change that does not re-encode to its hash")
+	// The chunk inflated while parsing, header included: check that it
+	// is an uncompressed chunk with the change's hash.
+	u := c.Uncompressed()
+	again, err := amsync.ParseChange(u)
+	if err != nil || again.Hash != c.Hash || u[8] != 1 {
+		return errors.New("a compressed change whose uncompressed form does not have its hash")
 	}
-	c.Raw = raw
+	c.Raw = u
 	return nil
 }
 

@@ -3,6 +3,7 @@ package syncengine_test
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -34,11 +35,15 @@ import (
 // changes the Doc receives are loaded into automerge-go.
 //
 // `make test` installs the JS packages (npm ci in server/testdata/js).
+// PLAIT_JS_DIR names another copy of that directory, packages installed.
+
+var (
+	jsDir        = cmp.Or(os.Getenv("PLAIT_JS_DIR"), "../../server/testdata/js")
+	jsPeerScript = jsDir + "/engine-peer.mjs"
+)
 
 const (
-	jsDir        = "../../server/testdata/js"
-	jsPeerScript = jsDir + "/engine-peer.mjs"
-	jsTimeout    = 90 * time.Second
+	jsTimeout = 90 * time.Second
 )
 
 func requireNodePeer(t *testing.T) {
@@ -100,16 +105,22 @@ type goPeer struct {
 	tag     string
 	made    int
 	creator bool // creates the structure with its first edit
+	maxSend int  // the engine's MaxSendBytes, checked on every message sent (0: default, unchecked)
 }
 
 func newGoPeer(t *testing.T, seed uint64) *goPeer {
+	return newGoPeerOpts(t, seed, syncengine.Options{})
+}
+
+func newGoPeerOpts(t *testing.T, seed uint64, opts syncengine.Options) *goPeer {
 	return &goPeer{
-		t:   t,
-		am:  automerge.New(),
-		eng: syncengine.New(syncengine.Options{}),
-		st:  syncengine.NewState(),
-		rng: rand.New(rand.NewPCG(seed, 7)),
-		tag: "G",
+		t:       t,
+		maxSend: opts.MaxSendBytes,
+		am:      automerge.New(),
+		eng:     syncengine.New(opts),
+		st:      syncengine.NewState(),
+		rng:     rand.New(rand.NewPCG(seed, 7)),
+		tag:     "G",
 	}
 }
 
@@ -233,6 +244,8 @@ type session struct {
 	out, in           int // messages
 	outBytes, inBytes int
 	changesIn         int
+	compressedIn      int // compressed change chunks received
+	cutOut            int // messages with changes sent, when maxSend is set
 	staleIn           int
 	maxMsg            int
 	firstBytesIn      map[byte]int
@@ -292,8 +305,8 @@ func startNodePeer(t *testing.T, g *goPeer, args ...string) *session {
 		case <-time.After(10 * time.Second):
 			t.Errorf("node did not exit")
 		}
-		t.Logf("node peer %v: %s; go peer sent %d messages (%d bytes, largest %d), received %d (%d bytes, %d changes, %d stale, first bytes %v, trailers %v)",
-			args, time.Since(start).Round(time.Millisecond), s.out, s.outBytes, s.maxMsg, s.in, s.inBytes, s.changesIn, s.staleIn, s.firstBytesIn, s.trailers)
+		t.Logf("node peer %v: %s; go peer sent %d messages (%d bytes, largest %d), received %d (%d bytes, %d changes, %d compressed, %d stale, first bytes %v, trailers %v)",
+			args, time.Since(start).Round(time.Millisecond), s.out, s.outBytes, s.maxMsg, s.in, s.inBytes, s.changesIn, s.compressedIn, s.staleIn, s.firstBytesIn, s.trailers)
 	})
 	// Wait for the ready line, handling the sync messages that come first.
 	for s.ready == nil {
@@ -369,8 +382,15 @@ func (s *session) handle(l jsLine) {
 		if len(msg) > 0 {
 			s.firstBytesIn[msg[0]]++
 		}
-		if m, err := amsync.ParseMessage(msg); err == nil && len(m.Trailer) > 0 {
-			s.trailers[hex.EncodeToString(m.Trailer)]++
+		if m, err := amsync.ParseMessage(msg); err == nil {
+			if len(m.Trailer) > 0 {
+				s.trailers[hex.EncodeToString(m.Trailer)]++
+			}
+			for _, c := range m.Changes {
+				if len(c) > 8 && c[8] == 2 {
+					s.compressedIn++
+				}
+			}
 		}
 		applied, err := s.g.eng.ReceiveMessage(s.g.st, msg, "js")
 		if err != nil {
@@ -409,6 +429,22 @@ func (s *session) sendDue() int {
 		}
 		if n++; n > 100 {
 			s.fatalf("the engine generated 100 messages in a row")
+		}
+		if s.g.maxSend > 0 {
+			m, err := amsync.ParseMessage(msg)
+			if err != nil {
+				s.fatalf("the engine sent an unparsable message: %v", err)
+			}
+			sum := 0
+			for _, c := range m.Changes {
+				sum += len(c)
+			}
+			if len(m.Changes) > 1 && sum > s.g.maxSend {
+				s.fatalf("a message of %d changes carries %d bytes of changes (MaxSendBytes %d)", len(m.Changes), sum, s.g.maxSend)
+			}
+			if len(m.Changes) > 0 {
+				s.cutOut++
+			}
 		}
 		s.out++
 		s.outBytes += len(msg)
@@ -728,4 +764,46 @@ func TestJSReconnect(t *testing.T) {
 	}
 	s.concurrent(20, time.Millisecond, 20, time.Millisecond)
 	s.finish()
+}
+
+// TestJSCutMessages: the engine bounds what one message carries
+// (MaxSendBytes): a long history reaches @automerge/automerge in many
+// messages, one change each at the extreme, as Node answers; divergent
+// histories converge the same way, across reconnects.
+func TestJSCutMessages(t *testing.T) {
+	for _, max := range []int{1, 2 << 10} {
+		t.Run(fmt.Sprintf("initial/%d", max), func(t *testing.T) {
+			seed := seedFor(t)
+			g := newGoPeerOpts(t, seed, syncengine.Options{MaxSendBytes: max})
+			g.creator = true
+			for i := 0; i < 150; i++ {
+				g.edit()
+			}
+			s := startNodePeer(t, g, "--seed", fmt.Sprint(seed))
+			res := s.finish()
+			// One change a message, or about 2 KiB of small changes.
+			if want := map[int]int{1: 150, 2 << 10: 5}[max]; res.Changes != 150 || s.cutOut < want {
+				t.Fatalf("node has %d changes, sent in %d messages", res.Changes, s.cutOut)
+			}
+			t.Logf("150 changes in %d messages", s.cutOut)
+		})
+		t.Run(fmt.Sprintf("divergent/%d", max), func(t *testing.T) {
+			seed := seedFor(t)
+			g := newGoPeerOpts(t, seed, syncengine.Options{MaxSendBytes: max})
+			s := startNodePeer(t, g, "--populate", "20", "--seed", fmt.Sprint(seed))
+			s.settle()
+			s.epoch++
+			s.send(map[string]any{"edit": 100})
+			for i := 0; i < 100; i++ {
+				g.edit()
+			}
+			s.reconnect("saved", "saved")
+			s.crossing(5, 3)
+			s.reconnect("fresh", "fresh")
+			s.finish()
+			if g.eng.Len() != 20+100+100+15+15 {
+				t.Fatalf("engine has %d changes", g.eng.Len())
+			}
+		})
+	}
 }

@@ -29,6 +29,10 @@ type State struct {
 	hasHave       bool
 	sentHashes    map[Hash]struct{}
 	inFlight      bool
+	// more: our last message left changes that were due out
+	// (Options.MaxSendBytes); heard: a message of the peer arrived since
+	// our last one. Together they let the next part go while in flight.
+	more, heard bool
 }
 
 // NewState returns the state for a peer we know nothing of.
@@ -61,6 +65,23 @@ func (s *State) SharedHeads() []Hash { return s.sharedHeads }
 
 // TheirHeads returns the heads of the peer's last message, if any.
 func (s *State) TheirHeads() ([]Hash, bool) { return s.theirHeads, s.hasHeads }
+
+// RetainedBytes returns the bytes of peer-supplied data s keeps from the
+// peer's last message: the bits of its Bloom filters and the hashes of
+// its heads, need and last sync heads, plus the shared heads it named.
+// Options.MaxHashes, MaxHaves and MaxBloomBytes bound it per document;
+// a caller holding many States for one connection can budget their sum.
+func (s *State) RetainedBytes() int {
+	n := len(s.theirHeads) + len(s.theirNeed) + len(s.sharedHeads)
+	bits := 0
+	for _, h := range s.theirHave {
+		n += len(h.lastSync)
+		if h.bloom != nil {
+			bits += len(h.bloom.Bits)
+		}
+	}
+	return n*amsync.HashLen + bits
+}
 
 // InFlight reports whether a message is awaiting the peer's answer.
 func (s *State) InFlight() bool { return s.inFlight }

@@ -1,6 +1,7 @@
 package syncengine
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -49,6 +50,9 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 		}
 	}
 	toSend = toSend[:n]
+	// What this message would carry: all of it, or a prefix of it when it
+	// exceeds Options.MaxSendBytes.
+	send, more := d.cutToSend(toSend, theirHeads)
 
 	if headsUnchanged {
 		if headsEqual && len(toSend) == 0 {
@@ -59,7 +63,11 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 		// it asked for may never acknowledge our last message (its heads
 		// lack the waiting change), and with both sides waiting the core
 		// stalls for good.
-		if s.inFlight && (d.coreStrict || !d.answersNeed(toSend, s.theirNeed)) {
+		// Likewise the rest of a message cut to MaxSendBytes goes as
+		// soon as the peer answers the part before (a peer that could not
+		// apply that part, for want of a dependency we left out because
+		// it seemed to have it, may never acknowledge it).
+		if s.inFlight && (d.coreStrict || !d.answersNeed(send, s.theirNeed) && !(s.more && s.heard)) {
 			return nil
 		}
 	}
@@ -68,15 +76,47 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 	if withHave {
 		m.Have = []amsync.Have{d.makeHave(s.sharedHeads)}
 	}
-	if len(toSend) > 0 {
-		m.Changes = make([][]byte, len(toSend))
-		for k, i := range toSend {
+	s.more, s.heard = more, false
+	if len(send) > 0 {
+		m.Changes = make([][]byte, len(send))
+		for k, i := range send {
 			s.sentHashes[d.nodes[i].hash] = struct{}{}
 			m.Changes[k] = d.nodes[i].raw
 		}
 	}
 	s.inFlight = true
 	return m.Encode()
+}
+
+// cutToSend bounds what one message carries to Options.MaxSendBytes of
+// change chunks (but at least one change). When more is due, it leaves
+// out the changes the peer has for sure (ancestors of its heads that we
+// know: the core sends them anyway when the peer's Bloom filter misses
+// them, harmless in one message but, in a cut one, a change the peer has
+// makes no progress, and a peer that applies nothing may not answer), and
+// keeps the longest prefix within the bound. The order of changesToSend
+// keeps dependencies first, so the peer can apply the prefix; the rest is
+// still due and goes once the peer answers. more reports whether changes
+// the peer may lack were left out.
+func (d *Doc) cutToSend(toSend []int32, theirHeads []Hash) (send []int32, more bool) {
+	total := 0
+	for _, i := range toSend {
+		total += len(d.nodes[i].raw)
+	}
+	if total <= d.opts.MaxSendBytes {
+		return toSend, false // as the core sends it
+	}
+	if has := d.ancestorsOf(theirHeads, toSend); len(has) > 0 {
+		toSend = slices.DeleteFunc(toSend, func(i int32) bool { return has[i] })
+	}
+	total = 0
+	for k, i := range toSend {
+		total += len(d.nodes[i].raw)
+		if total > d.opts.MaxSendBytes && k > 0 {
+			return toSend[:k], true
+		}
+	}
+	return toSend, false
 }
 
 // answersNeed reports whether changes to send include one the peer asked for.
@@ -170,11 +210,21 @@ func (d *Doc) changesToSend(haves []have, need []Hash) []int32 {
 // ReceiveMessage applies a sync message from the peer of s: its changes
 // (checked, then applied or queued; see AddChanges) and what it says of
 // the peer. It follows the core's receive_sync_message and returns the
-// changes it applied, in order. On error nothing is applied and s is
-// unchanged; the peer should be disconnected.
+// changes it applied, in order, each with Stored set to the chunk to
+// persist. On error nothing is applied and s is unchanged; the peer
+// should be disconnected. A message that exceeds one of the bounds of
+// Options (MaxHashes, MaxHaves, MaxBloomBytes, MaxInflatedBytes,
+// MaxBytes) is refused with an error wrapping ErrLimitExceeded.
 func (d *Doc) ReceiveMessage(s *State, msg []byte, origin any) ([]*amsync.Change, error) {
-	m, err := amsync.ParseMessage(msg)
+	m, err := amsync.ParseMessageLimits(msg, amsync.MessageLimits{
+		MaxHashes:     d.opts.MaxHashes,
+		MaxHaves:      d.opts.MaxHaves,
+		MaxBloomBytes: d.opts.MaxBloomBytes,
+	})
 	if err != nil {
+		if errors.Is(err, amsync.ErrTooLarge) {
+			return nil, fmt.Errorf("%w: %w", ErrLimitExceeded, err)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrInvalidMessage, err)
 	}
 	if m.Type != amsync.MessageTypeSync {
@@ -192,7 +242,8 @@ func (d *Doc) ReceiveMessage(s *State, msg []byte, origin any) ([]*amsync.Change
 	beforeHeads := d.heads
 	var applied []*amsync.Change
 	if len(m.Changes) > 0 {
-		if applied, err = d.apply(m.Changes, origin); err != nil {
+		pb := &peerBounds{inflateLeft: d.opts.MaxInflatedBytes, maxBytes: d.opts.MaxBytes}
+		if applied, err = d.apply(m.Changes, origin, pb); err != nil {
 			return nil, err
 		}
 		s.sharedHeads = advanceHeads(beforeHeads, d.heads, s.sharedHeads)
@@ -230,6 +281,7 @@ func (d *Doc) ReceiveMessage(s *State, msg []byte, origin any) ([]*amsync.Change
 	s.theirHave, s.hasHave = haves, true
 	s.theirHeads, s.hasHeads = m.Heads, true
 	s.theirNeed, s.hasNeed = m.Need, true
+	s.heard = true
 	return applied, nil
 }
 

@@ -1,5 +1,7 @@
 package syncengine
 
+import "slices"
+
 // The walks below visit changes from the highest index down. Indexes are
 // a topological order (a change's dependencies have smaller indexes), so
 // when a change is popped every change that depends on it and that the
@@ -175,4 +177,40 @@ func (d *Doc) removeAncestors(heads []Hash, set map[Hash]struct{}) {
 			}
 		}
 	}
+}
+
+// ancestorsOf returns which of the changes in among are ancestors of (or
+// among) heads. Unknown heads are ignored. It visits only changes with
+// indexes above the lowest of among.
+func (d *Doc) ancestorsOf(heads []Hash, among []int32) map[int32]bool {
+	if len(among) == 0 || len(heads) == 0 {
+		return nil
+	}
+	low := slices.Min(among)
+	want := make(map[int32]bool, len(among))
+	for _, i := range among {
+		want[i] = true
+	}
+	var out map[int32]bool
+	d.begin(len(d.nodes))
+	for _, h := range heads {
+		if i, ok := d.index[h]; ok && i >= low && d.seen[i] != d.epoch {
+			d.push(i)
+		}
+	}
+	for len(d.heap) > 0 && len(out) < len(want) {
+		i := d.pop()
+		if want[i] {
+			if out == nil {
+				out = make(map[int32]bool)
+			}
+			out[i] = true
+		}
+		for _, dep := range d.nodes[i].deps {
+			if dep >= low && d.seen[dep] != d.epoch {
+				d.push(dep)
+			}
+		}
+	}
+	return out
 }
