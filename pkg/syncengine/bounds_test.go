@@ -207,10 +207,10 @@ func TestInflateBudget(t *testing.T) {
 	before, snap := allocated(), snapshot(d, s)
 	_, err := d.ReceiveMessage(s, msg, "peer")
 	got := allocated() - before
-	if !errors.Is(err, ErrLimitExceeded) || !errors.Is(err, amsync.ErrTooLarge) {
-		t.Fatalf("%v, want ErrLimitExceeded", err)
+	if !errors.Is(err, ErrLimitExceeded) || !errors.Is(err, ErrInflateBudget) || !errors.Is(err, amsync.ErrTooLarge) {
+		t.Fatalf("%v, want ErrInflateBudget", err)
 	}
-	if want := fmt.Sprintf("resource limit exceeded: change 1: compressed change inflates to more than %d bytes (MaxInflatedBytes is 4194304 for the whole message)", budget-bodies[0]); err.Error() != want {
+	if want := fmt.Sprintf("resource limit exceeded: compressed changes inflate too much: change 1: compressed change inflates to more than %d bytes (MaxInflatedBytes is 4194304 for the whole message)", budget-bodies[0]); err.Error() != want {
 		t.Errorf("error %q, want %q", err, want)
 	}
 	if snapshot(d, s) != snap {
@@ -424,10 +424,10 @@ func TestMaxBytes(t *testing.T) {
 			}
 			continue
 		}
-		if !errors.Is(err, ErrLimitExceeded) {
-			t.Fatalf("MaxBytes %d: %v, want ErrLimitExceeded", tc.max, err)
+		if !errors.Is(err, ErrLimitExceeded) || !errors.Is(err, ErrDocTooLarge) {
+			t.Fatalf("MaxBytes %d: %v, want ErrDocTooLarge", tc.max, err)
 		}
-		want := fmt.Sprintf("resource limit exceeded: the message's 2 new changes (%d bytes) would take the document from %d to %d bytes (MaxBytes is %d)", size-baseSize, baseSize, size, tc.max)
+		want := fmt.Sprintf("resource limit exceeded: document too large: the message's 2 new changes (%d bytes) would take the document from %d to %d bytes (MaxBytes is %d)", size-baseSize, baseSize, size, tc.max)
 		if err.Error() != want {
 			t.Errorf("error %q, want %q", err, want)
 		}
