@@ -1380,3 +1380,48 @@ func TestBoundsPeerIDTakeover(t *testing.T) {
 	hp.finish(t)
 	bdCheckNode(t, n, "at the end")
 }
+
+// TestBoundsHistoryInPiecesToJSClient: a history larger than
+// --max-send-message-bytes reaches the stock automerge-repo client (a fresh
+// Repo with no storage, find by URL) as several sync messages, and the
+// client ends with every change: the cut is invisible to a real peer.
+func TestBoundsHistoryInPiecesToJSClient(t *testing.T) {
+	requireJS(t)
+	bin := boundsBinary(t)
+	const piece = 256 << 10
+	n := startBoundsNode(t, bin, "node", t.TempDir(), "--max-send-message-bytes", strconv.Itoa(piece))
+	id := protocol.NewDocumentID()
+	p := dialPeer(t, boundsWS(n), "writer")
+	gen := bdNewChain(7)
+	eng, st := syncengine.New(syncengine.Options{}), syncengine.NewState()
+	total := 0
+	for range 4 { // 4 messages of 8 changes of ~100 KB: ~3 MB, about 12 pieces
+		var chunks [][]byte
+		for range 8 {
+			c := gen.next(t, 100_000)
+			chunks = append(chunks, c)
+			total += len(c)
+		}
+		if _, err := eng.AddChanges(nil, chunks...); err != nil {
+			t.Fatal(err)
+		}
+		if acked, errs, code := bdPush(t, p, id, eng, st); !acked {
+			t.Fatalf("the writer's changes were refused: close %d, %q", code, errs)
+		}
+	}
+	var want []string
+	for _, h := range eng.Heads() {
+		want = append(want, protocol.EncodeHead(h))
+	}
+	out0 := bdMetric(t, n, "plait_messages_out_total{type=\"sync\"}")
+	loaded := runJS(t, "load.mjs", boundsWS(n), "automerge:"+string(id), headsJSON(t, want))
+	if got := heads(t, loaded); !slices.Equal(got, want) {
+		t.Fatalf("the JS client has heads %v, want %v", got, want)
+	}
+	sent := bdMetric(t, n, "plait_messages_out_total{type=\"sync\"}") - out0
+	t.Logf("%d bytes of changes reached the JS client in %v sync messages (at most %d bytes of changes each)", total, sent, piece)
+	if min := float64(total / piece); sent < min {
+		t.Fatalf("%v sync messages carried %d bytes: not cut at %d bytes", sent, total, piece)
+	}
+	bdCheckNode(t, n, "after the JS client loaded the history")
+}
