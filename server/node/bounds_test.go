@@ -18,6 +18,8 @@ import (
 	"io/fs"
 	"log/slog"
 	mrand "math/rand/v2"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +27,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1424,4 +1427,102 @@ func TestBoundsHistoryInPiecesToJSClient(t *testing.T) {
 		t.Fatalf("%v sync messages carried %d bytes: not cut at %d bytes", sent, total, piece)
 	}
 	bdCheckNode(t, n, "after the JS client loaded the history")
+}
+
+// bdTrickle opens n TCP connections from source address src that send the
+// start of an upgrade request and then nothing, and returns them.
+func bdTrickle(t *testing.T, addr, src string, n int) []net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	conns := make([]net.Conn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	for range n {
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			continue // a refusal may reset before the dial returns
+		}
+		conns = append(conns, c)
+		_, _ = c.Write([]byte("GET /ws HTTP/1.1\r\nHost: " + addr + "\r\nUpgrade: websocket\r\n"))
+	}
+	return conns
+}
+
+// bdStillOpen counts the connections the node has not closed: a read that
+// times out means open; EOF or a reset means closed. The reads run at once
+// (a read past its deadline fails without looking at the socket).
+func bdStillOpen(conns []net.Conn) int {
+	var open atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(100 * time.Millisecond)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.SetReadDeadline(deadline)
+			buf := make([]byte, 512)
+			for {
+				_, err := c.Read(buf)
+				if err == nil {
+					continue // a refusal's response: read on to its close
+				}
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					open.Add(1)
+				}
+				return
+			}
+		}()
+	}
+	wg.Wait()
+	return int(open.Load())
+}
+
+// TestBoundsHalfOpenUpgrades: thousands of connections that start an
+// upgrade and never finish it. From one address, at most
+// --max-pending-conns-per-ip (64) stay open; from 20 addresses, more than
+// the node-wide pending cap, the node evicts the longest waiting so that
+// /healthz and /metrics still answer, honest clients keep syncing, and the
+// node's peak RSS stays bounded.
+func TestBoundsHalfOpenUpgrades(t *testing.T) {
+	bin := boundsBinary(t)
+	n := startBoundsNode(t, bin, "node", t.TempDir(), "--max-pending-conns", "512")
+	hp := bdStartHonest(t, boundsWS(n))
+
+	one := bdTrickle(t, n.addr, "127.0.0.2", 300)
+	open := bdStillOpen(one)
+	for deadline := time.Now().Add(5 * time.Second); open > 64 && time.Now().Before(deadline); open = bdStillOpen(one) {
+		// the node accepts (and refuses) from its backlog at its own pace
+	}
+	if open > 64 {
+		t.Fatalf("%d of %d half-open connections from one address still open, want at most 64", open, len(one))
+	} else {
+		t.Logf("one address: %d of %d half-open connections still open", open, len(one))
+	}
+	var many []net.Conn
+	for i := range 20 {
+		many = append(many, bdTrickle(t, n.addr, fmt.Sprintf("127.0.1.%d", i+1), 60)...)
+	}
+	for _, path := range []string{"/healthz", "/metrics"} {
+		resp, err := fromSource("127.0.0.3").Get(n.http + path)
+		if err != nil {
+			t.Fatalf("%s with %d half-open connections on the node: %v", path, len(one)+len(many), err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d, want 200", path, resp.StatusCode)
+		}
+	}
+	open = bdStillOpen(many)
+	t.Logf("20 addresses: %d of %d half-open connections still open; pending gauge %v", open, len(many), bdMetric(t, n, "plait_pending_connections"))
+	if open > 512 {
+		t.Fatalf("%d half-open connections open, want at most the node-wide cap 512", open)
+	}
+	if hits := bdLimitHits(t, n, "pending_conns_per_ip"); hits < float64(len(one)-64) {
+		t.Errorf("pending_conns_per_ip hits %v, want >= %d", hits, len(one)-64)
+	}
+	hp.finish(t)
+	bdCheckNode(t, n, "after the half-open upgrades")
 }
