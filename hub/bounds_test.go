@@ -1,6 +1,9 @@
 package hub_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -225,4 +228,180 @@ func TestEphemeralBounds(t *testing.T) {
 	if got := testutil.ToFloat64(m.LimitHits.WithLabelValues(hub.LimitEphemeralRelay)); got < 4 {
 		t.Fatalf("ephemeral_relay hits = %v, want >= 4", got)
 	}
+}
+
+// TestDeniedUnknownDocumentsDoNotStayOpen: with logins, a user refused
+// documents that do not exist (random ids) is told they are unavailable,
+// and they leave memory at once: being refused costs the node no more
+// than asking for an unknown id.
+func TestDeniedUnknownDocumentsDoNotStayOpen(t *testing.T) {
+	auth := &mutableRoles{r: map[string]hub.Role{}}
+	h := newHub(t, memstore.New(), func(o *hub.Options) {
+		o.Authorizer = auth
+		o.IdleDocTimeout = time.Hour
+	})
+	cl := connectAs(t, h, "asker", "mallory")
+	const n = 200
+	for i := range n {
+		typ := protocol.TypeRequest
+		if i%2 == 1 {
+			typ = protocol.TypeSync
+		}
+		cl.send(&protocol.Message{Type: typ, SenderID: "asker", TargetID: cl.hub, DocumentID: protocol.NewDocumentID(), Data: emptySyncMessage()})
+		if got := cl.recv(2 * time.Second); got == nil || got.Type != protocol.TypeDocUnavailable {
+			t.Fatalf("message %d: got %+v, want doc-unavailable", i, got)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.OpenDocuments(); got != 0 {
+		t.Fatalf("%d documents open after %d refused requests for unknown ids, want 0", got, n)
+	}
+}
+
+// bigChange returns a sync message whose change carries about size bytes.
+func bigChange(t *testing.T, key string, size int) []byte {
+	t.Helper()
+	doc := automerge.New()
+	edit(t, doc, key, strings.Repeat("x", size))
+	sm, _ := automerge.NewSyncState(doc).GenerateMessage()
+	first := sm.Bytes()
+	// The first message of a sync state has no changes; answer it as an
+	// empty peer would, and take the one that carries them.
+	peer := automerge.NewSyncState(automerge.New())
+	if _, err := peer.ReceiveMessage(first); err != nil {
+		t.Fatal(err)
+	}
+	ss := automerge.NewSyncState(doc)
+	if _, err := ss.ReceiveMessage(first); err != nil {
+		t.Fatal(err)
+	}
+	reply, _ := peer.GenerateMessage()
+	if _, err := ss.ReceiveMessage(reply.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	withChanges, ok := ss.GenerateMessage()
+	if !ok || len(withChanges.Bytes()) < size {
+		t.Fatalf("no message with the change")
+	}
+	return withChanges.Bytes()
+}
+
+// TestBudgetWaitClosesTryAgainLater: a connection whose messages wait for
+// its documents longer than BudgetWait is closed with 1013 and an error
+// message, and what it had in flight is given back once handled.
+func TestBudgetWaitClosesTryAgainLater(t *testing.T) {
+	gs := newBlockingStore(false)
+	h := newHub(t, gs, func(o *hub.Options) {
+		o.MaxConnBytes = 4000
+		o.BudgetWait = 300 * time.Millisecond
+	})
+	cl := connect(t, h, "pusher", "")
+	id := protocol.NewDocumentID()
+	// The first is handled and blocks the owner in the store; the second
+	// waits in the inbox; the third does not fit beside it.
+	for i := range 3 {
+		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "pusher", TargetID: cl.hub, DocumentID: id, Data: bigChange(t, fmt.Sprint("k", i), 3000)})
+		if i == 0 {
+			gs.blocked(t)
+		}
+	}
+	var errMsg string
+	deadline := time.After(5 * time.Second)
+	for errMsg == "" {
+		select {
+		case b := <-cl.c.fromHub:
+			if m, err := protocol.Decode(b); err == nil && m.Type == protocol.TypeError {
+				errMsg = m.ErrorMessage
+			}
+		case <-deadline:
+			t.Fatal("no error message")
+		}
+	}
+	if !strings.Contains(errMsg, "waited more than 300ms") {
+		t.Errorf("error %q, want the wait named", errMsg)
+	}
+	closedWith(t, cl, protocol.CloseTryAgainLater)
+	if got := h.InflightBytes(); got == 0 {
+		t.Errorf("nothing in flight while the owner is blocked")
+	}
+	close(gs.gate)
+	waitInflightZero(t, h)
+}
+
+func waitInflightZero(t *testing.T, h *hub.Hub) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for h.InflightBytes() != 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := h.InflightBytes(); got != 0 {
+		t.Fatalf("%d bytes still in flight, want 0", got)
+	}
+}
+
+// blockingStore holds every AppendChanges until the test opens the gate,
+// then fails it if fail is set.
+type blockingStore struct {
+	hub.Store
+	called chan struct{} // gets a value when AppendChanges is called
+	gate   chan struct{}
+	fail   bool
+}
+
+func newBlockingStore(fail bool) *blockingStore {
+	return &blockingStore{Store: memstore.New(), called: make(chan struct{}, 1), gate: make(chan struct{}), fail: fail}
+}
+
+// blocked waits until an AppendChanges call is held at the gate.
+func (f *blockingStore) blocked(t *testing.T) {
+	t.Helper()
+	select {
+	case <-f.called:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the store was never written")
+	}
+}
+
+func (f *blockingStore) AppendChanges(ctx context.Context, id protocol.DocumentID, b []byte) (uint64, error) {
+	select {
+	case f.called <- struct{}{}:
+	default:
+	}
+	select {
+	case <-f.gate:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	if f.fail {
+		return 0, errors.New("disk on fire")
+	}
+	return f.Store.AppendChanges(ctx, id, b)
+}
+
+// TestStoreFailureGivesBudgetsBack: messages queued for a document whose
+// store fails are answered and their bytes given back, so the node's
+// in-flight budget does not leak away store failure by store failure.
+func TestStoreFailureGivesBudgetsBack(t *testing.T) {
+	fs := newBlockingStore(true)
+	h := newHub(t, fs)
+	id := protocol.NewDocumentID()
+	for i := range 4 {
+		cl := connect(t, h, fmt.Sprint("p", i), "")
+		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, Data: bigChange(t, cl.id, 2000)})
+		if i == 0 {
+			fs.blocked(t) // the owner is blocked in the store: the others queue
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.InflightBytes() < 3*2000 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := h.InflightBytes(); got < 3*2000 {
+		t.Fatalf("%d bytes in flight while the owner is blocked, want the 3 queued messages", got)
+	}
+	close(fs.gate)
+	waitInflightZero(t, h)
 }

@@ -251,6 +251,7 @@ func (d *document) run() {
 		case <-d.h.ctx.Done():
 			d.h.tryRemove(d)
 			d.evict()
+			d.drop()
 			return
 		}
 	}
@@ -270,6 +271,9 @@ func (d *document) storeCtx() (context.Context, context.CancelFunc) {
 // is delivered (or its loss detected), and every change up to it was
 // stored before it was published, so the store has it.
 func (d *document) load() error {
+	if f := d.h.compactFailure(d.id); f.delay > 0 {
+		d.compactAfter, d.compactDelay = f.after, f.delay
+	}
 	d.eng = syncengine.New(syncengine.Options{
 		Accept:           d.accept,
 		MaxBytes:         max(d.h.opts.MaxDocBytes, 0),
@@ -416,20 +420,41 @@ func (d *document) reauthorize() {
 			continue
 		}
 		delete(d.denied, s)
-		ps := d.admit(s, r)
-		if d.exists {
-			ps.dirty = true // flush answers, once the store has every change
+		d.letIn(s, r)
+	}
+	if d.exists {
+		return
+	}
+	// Peers refused a document that does not exist wait in the hub, not
+	// here (see receiveSync): ask again for them.
+	for _, s := range d.h.takeWaiters(d.id) {
+		if s.closed.Load() {
 			continue
 		}
-		// Nothing stored yet, so nothing to wait for: offer our (empty)
-		// state at once, and the peer answers with what it has.
-		d.generate(ps)
-		for _, data := range ps.out {
-			s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: data})
+		if r := d.role(s); r != RoleNone {
+			d.letIn(s, r)
+		} else {
+			d.wait(s)
 		}
-		clear(ps.out)
-		ps.out = ps.out[:0]
 	}
+}
+
+// letIn admits s, refused before, with role r, and offers it a sync
+// message.
+func (d *document) letIn(s *session, r Role) {
+	ps := d.admit(s, r)
+	if d.exists {
+		ps.dirty = true // flush answers, once the store has every change
+		return
+	}
+	// Nothing stored yet, so nothing to wait for: offer our (empty)
+	// state at once, and the peer answers with what it has.
+	d.generate(ps)
+	for _, data := range ps.out {
+		s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: data})
+	}
+	clear(ps.out)
+	ps.out = ps.out[:0]
 }
 
 // deny counts a refused peer, reports it (once), and remembers it for
@@ -543,6 +568,13 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	ps := d.peer(s)
 	if ps == nil {
 		// Exactly what a document that does not exist gets.
+		if !d.exists {
+			// Nor is it kept open for the refused peer: it waits as a
+			// requester does (below), and is asked again if the document
+			// appears.
+			delete(d.denied, s)
+			d.wait(s)
+		}
 		d.sendUnavailable(s)
 		return
 	}
@@ -589,9 +621,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		// against its connection's documents, and is let in if the
 		// document appears while it is connected (admitWaiters).
 		d.removePeer(s)
-		if !d.h.addWaiter(d.id, s) {
-			s.dropDoc(d.id)
-		}
+		d.wait(s)
 		d.sendUnavailable(s)
 		return
 	}
@@ -603,6 +633,14 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	// heads and skip the acknowledgement the peer waits for. The answer is
 	// sent in flush, after the store write.
 	d.generate(ps)
+}
+
+// wait makes s a waiter for the document (see receiveSync), or drops the
+// document from s's if the node has too many waiters.
+func (d *document) wait(s *session) {
+	if !d.h.addWaiter(d.id, s) {
+		s.dropDoc(d.id)
+	}
 }
 
 // admitWaiters lets in the peers that were told the document did not
@@ -1070,10 +1108,18 @@ func (d *document) maybeCompact() {
 		d.log.Warn("document too large to compact; its changes are kept as they are", "bytes", n, "max_compact_bytes", d.h.opts.MaxCompactBytes)
 		return
 	}
+	// Compactions on the node together hold at most MaxCompactBytes of
+	// documents (automerge-go holds a multiple): one that does not fit
+	// now is tried again after the next write.
+	n := max(d.eng.Bytes(), 1)
+	if !d.h.compacts.tryAcquire(n) {
+		return
+	}
 	d.compacting = true
 	inc := d.incBytes
 	go func() {
 		r := d.compact()
+		d.h.compacts.release(n)
 		if r.err != nil {
 			r.incBytes = inc // retry only after as many new changes again
 		}
@@ -1087,9 +1133,10 @@ func (d *document) maybeCompact() {
 // concurrent compaction on another node never loses a batch. It touches
 // only the store, so it may run beside the owner.
 func (d *document) compact() compactResult {
+	// A store timeout per store call: the work between them is CPU.
 	ctx, cancel := d.storeCtx()
-	defer cancel()
 	sd, err := d.h.opts.Store.LoadDoc(ctx, d.id)
+	cancel()
 	if err != nil {
 		return compactResult{err: fmt.Errorf("failed to load the document: %w", err)}
 	}
@@ -1138,6 +1185,8 @@ func (d *document) compact() compactResult {
 		}
 	}
 	start := time.Now()
+	ctx, cancel = d.storeCtx()
+	defer cancel()
 	err = d.h.opts.Store.Compact(ctx, d.id, snap, sd.Batches[len(sd.Batches)-1].Seq)
 	d.h.m.observeStore("compact", start)
 	if errors.Is(err, ErrCompactConflict) {
@@ -1159,7 +1208,11 @@ func (d *document) compactDone(r compactResult) {
 		d.incBytes = max(0, d.incBytes-r.incBytes) // retry only after as many new changes again
 		d.compactDelay = min(max(2*d.compactDelay, 10*time.Second), 10*time.Minute)
 		d.compactAfter = time.Now().Add(d.compactDelay)
+		d.h.rememberCompactFailure(d.id, d.compactAfter, d.compactDelay)
 		return
+	}
+	if d.compactDelay > 0 {
+		d.h.rememberCompactFailure(d.id, time.Time{}, 0)
 	}
 	d.compactDelay = 0
 	if r.conflict {
@@ -1226,7 +1279,21 @@ func (d *document) failAll() {
 			if m.kind == kindSync {
 				d.sendUnavailable(m.s)
 			}
+			m.done()
 		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// drop gives back the budgets of messages left in the inbox of a document
+// that stops without handling them.
+func (d *document) drop() {
+	for {
+		select {
+		case m := <-d.inbox:
+			m.done()
+		default:
+			return
 		}
 	}
 }

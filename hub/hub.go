@@ -132,6 +132,13 @@ type Options struct {
 	// waits until documents catch up. Default: 512 MiB.
 	MaxInflightBytes int
 
+	// BudgetWait bounds how long a received message waits for room in
+	// MaxConnBytes and MaxInflightBytes (in turn with other connections'
+	// messages): past it the connection is closed with
+	// protocol.CloseTryAgainLater. It stays below the transport's pong
+	// timeout, since a waiting connection is not read. Default: 10s.
+	BudgetWait time.Duration
+
 	// MaxEphemeralBytes bounds the data of one ephemeral message; a larger
 	// one is dropped, counted, and its sender told with an error message.
 	// Default: 64 KiB.
@@ -144,9 +151,11 @@ type Options struct {
 
 	// MaxCompactBytes is the largest document (as MaxDocBytes counts it)
 	// that is compacted: building a snapshot loads the whole history into
-	// automerge-go, whose memory is a multiple of it. A larger document
-	// keeps its changes as they are, and is reported once per opening.
-	// Default: 64 MiB.
+	// automerge-go, whose memory is a multiple of it (about ten times). A
+	// larger document keeps its changes as they are, and is reported once
+	// per opening. It also bounds the documents compacting at once on the
+	// node, by their bytes together: a compaction that does not fit waits
+	// for the next write. Default: 32 MiB.
 	MaxCompactBytes int
 
 	// OnSecurityEvent, if set, is told of each denial, refused change,
@@ -191,6 +200,9 @@ func (o *Options) fill() error {
 	if o.BrokerTimeout <= 0 {
 		o.BrokerTimeout = 5 * time.Second
 	}
+	if o.BudgetWait <= 0 {
+		o.BudgetWait = 10 * time.Second
+	}
 	for _, f := range []struct {
 		v   *int
 		def int
@@ -198,7 +210,7 @@ func (o *Options) fill() error {
 		{&o.MaxDocBytes, 128 << 20}, {&o.MaxInflatedBytes, 64 << 20}, {&o.MaxSendBytes, 8 << 20},
 		{&o.MaxDocsPerConn, 4096}, {&o.MaxOpenDocs, 50_000}, {&o.MaxConnBytes, 64 << 20},
 		{&o.MaxInflightBytes, 512 << 20}, {&o.MaxEphemeralBytes, 64 << 10},
-		{&o.EphemeralRelayBytes, 16 << 20}, {&o.MaxCompactBytes, 64 << 20},
+		{&o.EphemeralRelayBytes, 16 << 20}, {&o.MaxCompactBytes, 32 << 20},
 	} {
 		if *f.v == 0 {
 			*f.v = f.def
@@ -239,11 +251,16 @@ type Hub struct {
 	waiters  map[protocol.DocumentID]map[*session]struct{}
 	nWaiters atomic.Int64
 
-	sessWG    sync.WaitGroup // running Serve calls
-	docWG     sync.WaitGroup // running document owners
-	inflight  *byteBudget    // bytes of received messages not yet handled, all connections
-	nextID    atomic.Uint64
-	gcPending atomic.Bool
+	sessWG   sync.WaitGroup // running Serve calls
+	docWG    sync.WaitGroup // running document owners
+	inflight *byteBudget    // bytes of received messages not yet handled, all connections
+	compacts *byteBudget    // bytes of the documents compacting now
+	// compactFailed remembers documents whose compaction failed, across
+	// evictions, so that reopening one does not retry at once (bounded by
+	// maxCompactFailures; under mu).
+	compactFailed map[protocol.DocumentID]compactBackoff
+	nextID        atomic.Uint64
+	gcPending     atomic.Bool
 }
 
 // New returns a Hub. It reads the store's StorageID, so it takes a context.
@@ -257,17 +274,19 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 	}
 	hctx, cancel := context.WithCancel(context.Background())
 	h := &Hub{
-		opts:      opts,
-		log:       opts.Logger,
-		m:         opts.Metrics,
-		storageID: sid,
-		ctx:       hctx,
-		cancel:    cancel,
-		sessions:  make(map[clientKey]*session),
-		conns:     make(map[*session]struct{}),
-		docs:      make(map[protocol.DocumentID]*document),
-		waiters:   make(map[protocol.DocumentID]map[*session]struct{}),
-		inflight:  newByteBudget(opts.MaxInflightBytes),
+		opts:          opts,
+		log:           opts.Logger,
+		m:             opts.Metrics,
+		storageID:     sid,
+		ctx:           hctx,
+		cancel:        cancel,
+		sessions:      make(map[clientKey]*session),
+		conns:         make(map[*session]struct{}),
+		docs:          make(map[protocol.DocumentID]*document),
+		waiters:       make(map[protocol.DocumentID]map[*session]struct{}),
+		inflight:      newByteBudget(opts.MaxInflightBytes),
+		compacts:      newByteBudget(opts.MaxCompactBytes),
+		compactFailed: make(map[protocol.DocumentID]compactBackoff),
 	}
 	if opts.Broker != nil {
 		if err := opts.Broker.Start(h); err != nil {
@@ -303,6 +322,12 @@ func (h *Hub) HandleResubscribed(id protocol.DocumentID) {
 // request, or when ctx is done.
 func (h *Hub) Reauthorize(ctx context.Context, id protocol.DocumentID) error {
 	d := h.document(id, false)
+	if d == nil && h.hasWaiters(id) {
+		// Peers refused a document that does not exist yet wait for it:
+		// the new permissions may let them in (a creator that claims its
+		// document after syncing it).
+		d = h.document(id, true)
+	}
 	if d == nil {
 		return nil
 	}
@@ -331,6 +356,10 @@ func (h *Hub) PeerID() string { return h.opts.PeerID }
 
 // StorageID returns the storageId the hub announces to its peers.
 func (h *Hub) StorageID() string { return h.storageID }
+
+// InflightBytes returns the bytes of received messages not yet handled by
+// their documents (what Options.MaxInflightBytes bounds).
+func (h *Hub) InflightBytes() int64 { return h.inflight.inUse() }
 
 // OpenDocuments returns the number of documents currently in memory.
 func (h *Hub) OpenDocuments() int {
@@ -419,8 +448,8 @@ func (h *Hub) unregister(s *session) {
 
 // openDocument returns the owner of id, starting it if needed, unless the
 // node has Options.MaxOpenDocs documents open (errTooManyDocs) or is
-// shutting down (ErrHubClosed). The caller must hand it a message (post or
-// deliver), which ends the hold it takes.
+// shutting down (ErrHubClosed). The caller must hand it a message
+// (document.post), which ends the hold it takes.
 func (h *Hub) openDocument(id protocol.DocumentID) (*document, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -478,6 +507,16 @@ func (h *Hub) dropWaiter(id protocol.DocumentID, s *session) {
 }
 
 // takeWaiters returns and forgets the peers waiting for id.
+// hasWaiters reports whether peers wait for document id.
+func (h *Hub) hasWaiters(id protocol.DocumentID) bool {
+	if h.nWaiters.Load() == 0 {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.waiters[id]) > 0
+}
+
 func (h *Hub) takeWaiters(id protocol.DocumentID) []*session {
 	if h.nWaiters.Load() == 0 {
 		return nil // the usual case, without the lock
@@ -534,4 +573,38 @@ func (h *Hub) tryRemove(d *document) bool {
 		h.m.OpenDocuments.Dec()
 	}
 	return true
+}
+
+// compactBackoff is when a document whose compaction failed may try again.
+type compactBackoff struct {
+	after time.Time
+	delay time.Duration
+}
+
+// maxCompactFailures bounds Hub.compactFailed.
+const maxCompactFailures = 4096
+
+// rememberCompactFailure records (or, with a zero delay, forgets) that a
+// document's compaction failed.
+func (h *Hub) rememberCompactFailure(id protocol.DocumentID, after time.Time, delay time.Duration) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if delay == 0 {
+		delete(h.compactFailed, id)
+		return
+	}
+	if _, ok := h.compactFailed[id]; !ok && len(h.compactFailed) >= maxCompactFailures {
+		for k := range h.compactFailed { // forget one at random
+			delete(h.compactFailed, k)
+			break
+		}
+	}
+	h.compactFailed[id] = compactBackoff{after: after, delay: delay}
+}
+
+// compactFailure returns what rememberCompactFailure recorded for id.
+func (h *Hub) compactFailure(id protocol.DocumentID) compactBackoff {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.compactFailed[id]
 }

@@ -45,6 +45,9 @@ func (c *pipeConn) Read(ctx context.Context) ([]byte, error) {
 	}
 }
 
+// Done is closed once the connection is closed (as wstransport.Conn's).
+func (c *pipeConn) Done() <-chan struct{} { return c.done }
+
 func (c *pipeConn) Send(frame []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -90,6 +90,7 @@ const (
 	LimitEphemeralBytes = "ephemeral_bytes" // an ephemeral message larger than MaxEphemeralBytes
 	LimitEphemeralRelay = "ephemeral_relay" // a document's ephemeral relays past EphemeralRelayBytes per second
 	LimitCompactBytes   = "compact_bytes"   // a document too large to compact (MaxCompactBytes), left as it is
+	LimitBudgetWait     = "budget_wait"     // a message waited past BudgetWait for bytes in flight; connection closed 1013
 )
 
 // LimitUserMessages is the plait_limit_hits_total label of the per-user

@@ -69,6 +69,8 @@ func kindOfClose(code protocol.CloseCode) SecurityEventKind {
 		return EventUnsupportedVersion
 	case protocol.CloseLimitExceeded:
 		return EventLimitExceeded
+	case protocol.CloseTryAgainLater:
+		return EventCapacity
 	}
 	return ""
 }

@@ -252,7 +252,14 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 			s.refuseDoc(msg.DocumentID, LimitDocsPerConn, fmt.Errorf("%w: this connection has %d documents open (at most %d); document %s refused", ErrLimitExceeded, max, max, msg.DocumentID))
 			return nil
 		}
+		cost := len(msg.Data)
+		if err := s.reserve(ctx, cost); err != nil {
+			return err
+		}
 		d, err := s.h.openDocument(msg.DocumentID)
+		if err != nil {
+			s.unreserve(cost)
+		}
 		if errors.Is(err, errTooManyDocs) {
 			s.refuseDoc(msg.DocumentID, LimitOpenDocs, fmt.Errorf("%w: document %s refused", err, msg.DocumentID))
 			return nil
@@ -261,7 +268,7 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 			return err
 		}
 		s.addDoc(msg.DocumentID)
-		return s.deliver(ctx, d, docMsg{kind: kindSync, s: s, msg: msg})
+		return s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost})
 	case protocol.TypeEphemeral:
 		if max := s.h.opts.MaxEphemeralBytes; len(msg.Data) > max {
 			s.h.m.LimitHits.WithLabelValues(LimitEphemeralBytes).Inc()
@@ -278,12 +285,17 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 			s.h.m.Dropped.WithLabelValues("ephemeral_not_a_peer").Inc()
 			return nil // only peers of a document may speak to its other peers
 		}
+		cost := len(msg.Data)
+		if err := s.reserve(ctx, cost); err != nil {
+			return err
+		}
 		d := s.h.document(msg.DocumentID, false)
 		if d == nil {
+			s.unreserve(cost)
 			s.h.m.Dropped.WithLabelValues("ephemeral_no_peers").Inc()
 			return nil
 		}
-		return s.deliver(ctx, d, docMsg{kind: kindEphemeral, s: s, msg: msg})
+		return s.post(ctx, d, docMsg{kind: kindEphemeral, s: s, msg: msg, cost: cost})
 	case protocol.TypeRemoteSubscriptionChange:
 		s.mu.Lock()
 		for _, id := range msg.Remove {
@@ -306,7 +318,7 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		// the documents it has open.
 		for _, id := range s.openDocs() {
 			if d := s.h.document(id, false); d != nil {
-				if err := s.deliver(ctx, d, docMsg{kind: kindSubscribed, s: s, storageIDs: msg.Add}); err != nil {
+				if err := s.post(ctx, d, docMsg{kind: kindSubscribed, s: s, storageIDs: msg.Add}); err != nil {
 					return err
 				}
 			}
@@ -316,9 +328,14 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		if !s.hasDoc(msg.DocumentID) {
 			return nil // gossip about a document this peer does not sync with us
 		}
-		if d := s.h.document(msg.DocumentID, false); d != nil {
-			return s.deliver(ctx, d, docMsg{kind: kindRemoteHeads, s: s, msg: msg})
+		cost := len(msg.Data)
+		if err := s.reserve(ctx, cost); err != nil {
+			return err
 		}
+		if d := s.h.document(msg.DocumentID, false); d != nil {
+			return s.post(ctx, d, docMsg{kind: kindRemoteHeads, s: s, msg: msg, cost: cost})
+		}
+		s.unreserve(cost)
 		return nil
 	case protocol.TypeDocUnavailable:
 		// The peer lacks a document we offered; the hub never asks peers for
@@ -418,27 +435,69 @@ func (s *session) leaveAll() {
 	}
 }
 
-// deliver hands m to d once the connection's and the node's budgets of
-// messages in flight have room for it: a connection that sends faster
-// than its documents handle waits (its socket stops being read). It ends
-// the hold that Hub.document took, like post.
-func (s *session) deliver(ctx context.Context, d *document, m docMsg) error {
-	cost := 0
-	if m.msg != nil {
-		cost = len(m.msg.Data)
+// reserve takes n bytes of the connection's and the node's budgets of
+// messages in flight, before the message is handed to a document: a
+// connection that sends faster than its documents handle waits (its
+// socket stops being read), in turn with the node's other connections. A
+// wait ends when the connection closes; one longer than
+// Options.BudgetWait closes it with 1013 (try again later), so that a
+// stalled reader never runs into the ping timeout instead.
+func (s *session) reserve(ctx context.Context, n int) error {
+	if n == 0 {
+		return nil
 	}
-	if cost > 0 {
-		if err := s.budget.acquire(ctx, cost); err != nil {
-			d.pending.Add(-1)
-			return err
+	if s.budget.tryAcquire(n) {
+		if s.h.inflight.tryAcquire(n) {
+			return nil
 		}
-		if err := s.h.inflight.acquire(ctx, cost); err != nil {
-			s.budget.release(cost)
-			d.pending.Add(-1)
-			return err
-		}
-		m.cost = cost
+		s.budget.release(n)
 	}
+	wctx, cancel := context.WithTimeout(ctx, s.h.opts.BudgetWait)
+	defer cancel()
+	if dc, ok := s.conn.(interface{ Done() <-chan struct{} }); ok {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			select {
+			case <-dc.Done():
+				cancel()
+			case <-stop:
+			}
+		}()
+	}
+	err := s.budget.acquire(wctx, n)
+	if err == nil {
+		if err = s.h.inflight.acquire(wctx, n); err != nil {
+			s.budget.release(n)
+		}
+	}
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(wctx.Err(), context.DeadlineExceeded):
+		s.h.m.LimitHits.WithLabelValues(LimitBudgetWait).Inc()
+		err := fmt.Errorf("%w: a message of %d bytes waited more than %s for the node to handle earlier ones; reconnect later", ErrLimitExceeded, n, s.h.opts.BudgetWait)
+		s.fail(protocol.CloseTryAgainLater, err)
+		return err
+	default:
+		return ErrConnClosed
+	}
+}
+
+// unreserve returns bytes taken by reserve for a message not handed on.
+func (s *session) unreserve(n int) {
+	if n > 0 {
+		s.budget.release(n)
+		s.h.inflight.release(n)
+	}
+}
+
+// post hands m to d (its cost already reserved) and ends the hold that
+// Hub.document or Hub.openDocument took; a message not handed on gives
+// its bytes back.
+func (s *session) post(ctx context.Context, d *document, m docMsg) error {
 	if err := d.post(ctx, m); err != nil {
 		m.done()
 		return err

@@ -25,6 +25,11 @@ const (
 	// CloseServiceRestart means the node is shutting down: reconnect, and a
 	// load balancer will send the client to another node.
 	CloseServiceRestart CloseCode = 1012
+	// CloseTryAgainLater means the node is overloaded: a message waited
+	// too long for the node to handle the ones before it. Reconnect after
+	// a pause (with backoff); nothing the client sent was lost that it
+	// will not send again on its next sync.
+	CloseTryAgainLater CloseCode = 1013
 )
 
 // Plait close codes.
@@ -79,6 +84,7 @@ var closeCodeNames = map[CloseCode]string{
 	CloseMessageTooBig:      "message too big",
 	CloseInternalError:      "internal error",
 	CloseServiceRestart:     "service restart",
+	CloseTryAgainLater:      "try again later",
 	CloseMalformedMessage:   "malformed message",
 	CloseJoinTimeout:        "join timeout",
 	CloseReplaced:           "replaced by a newer connection",

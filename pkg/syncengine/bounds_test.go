@@ -203,7 +203,9 @@ func TestInflateBudget(t *testing.T) {
 	// The message inflates to 24 MiB: a budget of 4 MiB stops after
 	// about 4 MiB.
 	const budget = 4 << 20
-	d, s := New(Options{MaxInflatedBytes: budget}), NewState()
+	// Deflated zeros would meet MaxInflateRatio first: off, to test the
+	// budget alone.
+	d, s := New(Options{MaxInflatedBytes: budget, MaxInflateRatio: -1}), NewState()
 	before, snap := allocated(), snapshot(d, s)
 	_, err := d.ReceiveMessage(s, msg, "peer")
 	got := allocated() - before
@@ -227,11 +229,11 @@ func TestInflateBudget(t *testing.T) {
 
 	// At the bound, the changes are accepted; a byte less, refused.
 	two := syncMsg(amsync.Message{Changes: bombs[:2]})
-	d = New(Options{MaxInflatedBytes: bodies[0] + bodies[1] - 1})
+	d = New(Options{MaxInflatedBytes: bodies[0] + bodies[1] - 1, MaxInflateRatio: -1})
 	if _, err := d.ReceiveMessage(NewState(), two, "peer"); !errors.Is(err, ErrLimitExceeded) {
 		t.Fatalf("one byte over the budget: %v", err)
 	}
-	d = New(Options{MaxInflatedBytes: bodies[0] + bodies[1]})
+	d = New(Options{MaxInflatedBytes: bodies[0] + bodies[1], MaxInflateRatio: -1})
 	applied, err := d.ReceiveMessage(NewState(), two, "peer")
 	if err != nil || len(applied) != 2 {
 		t.Fatalf("at the budget: %d applied, %v", len(applied), err)
@@ -267,6 +269,36 @@ func TestInflateBombMessage(t *testing.T) {
 		t.Errorf("allocated %d bytes, want at most %d", got, most)
 	}
 	t.Logf("a %d-byte message whose changes inflate to %d bytes: refused after allocating %d bytes (%v)", len(msg), 8*body, got, err)
+}
+
+// TestInflateRatio: a compressed chunk that inflates past 1 MiB to more
+// than MaxInflateRatio times its size is refused whole; below 1 MiB, or
+// with the bound off, it is accepted; AddChanges knows no ratio.
+func TestInflateRatio(t *testing.T) {
+	bomb, body := bombChunk(t, 0xc1, 2<<20) // zeros: about 1000 times
+	small, _ := bombChunk(t, 0xc2, 512<<10)
+	if body/len(bomb) <= DefaultMaxInflateRatio {
+		t.Fatalf("the bomb inflates only %d times", body/len(bomb))
+	}
+	d, s := New(Options{}), NewState()
+	snap := snapshot(d, s)
+	_, err := d.ReceiveMessage(s, syncMsg(amsync.Message{Changes: [][]byte{small, bomb}}), "peer")
+	if !errors.Is(err, ErrInflateBudget) || !strings.Contains(err.Error(), "change 1: a compressed chunk") || !strings.Contains(err.Error(), "more than 256 times its size") {
+		t.Fatalf("%v, want the ratio named", err)
+	}
+	if snapshot(d, s) != snap {
+		t.Fatal("a refused message changed the doc or state")
+	}
+	if applied, err := d.ReceiveMessage(s, syncMsg(amsync.Message{Changes: [][]byte{small}}), "peer"); err != nil || len(applied) != 1 {
+		t.Fatalf("a chunk inflating to less than 1 MiB: %d applied, %v", len(applied), err)
+	}
+	d = New(Options{MaxInflateRatio: -1})
+	if applied, err := d.ReceiveMessage(NewState(), syncMsg(amsync.Message{Changes: [][]byte{bomb}}), "peer"); err != nil || len(applied) != 1 {
+		t.Fatalf("ratio off: %d applied, %v", len(applied), err)
+	}
+	if applied, err := New(Options{}).AddChanges(nil, bomb); err != nil || len(applied) != 1 {
+		t.Fatalf("AddChanges: %d applied, %v", len(applied), err)
+	}
 }
 
 // aliases reports whether p starts inside buf.

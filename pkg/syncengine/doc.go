@@ -83,6 +83,10 @@
 //     deflate bombs stops at the budget, not at the sum of what its chunks
 //     would inflate to. A chunk is inflated once, into a buffer with room
 //     for the uncompressed chunk's header: the change's fields alias it.
+//   - MaxInflateRatio (256): how many times its own size one chunk may
+//     inflate to, once past 1 MiB: the document keeps changes
+//     uncompressed, so deflated zeros must not buy a thousand times their
+//     size in the node's memory.
 //   - MaxBytes (default none): the size of the document, Doc.Bytes (the
 //     uncompressed chunks of its applied and queued changes). A message
 //     whose new changes would take the document past it is refused.

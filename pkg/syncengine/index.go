@@ -22,6 +22,7 @@ const (
 	DefaultMaxHaves         = 16
 	DefaultMaxBloomBytes    = 2 << 20
 	DefaultMaxInflatedBytes = 64 << 20
+	DefaultMaxInflateRatio  = 256
 	DefaultMaxSendBytes     = 8 << 20
 )
 
@@ -98,6 +99,14 @@ type Options struct {
 	// subject to it, only to the per-change cap,
 	// amsync.MaxInflatedChangeBytes.
 	MaxInflatedBytes int
+	// MaxInflateRatio bounds how many times its own size one of a peer's
+	// compressed change chunks may inflate to, once it inflates past
+	// inflateRatioFloor (1 MiB; smaller chunks are exempt): the document
+	// holds and sends changes uncompressed, so a chunk of deflated zeros
+	// would cost the node a thousand times what it cost the peer. Honest
+	// changes compress far less (their columns are already run-length
+	// encoded). Default 256; negative: no bound. ReceiveMessage only.
+	MaxInflateRatio int
 	// MaxBytes bounds the size of the document (see Bytes): a
 	// ReceiveMessage whose changes would take the document past it is
 	// refused. Zero (the default) means no bound. AddChanges is not
@@ -187,6 +196,9 @@ func New(opts Options) *Doc {
 	}
 	if opts.MaxInflatedBytes <= 0 {
 		opts.MaxInflatedBytes = DefaultMaxInflatedBytes
+	}
+	if opts.MaxInflateRatio == 0 {
+		opts.MaxInflateRatio = DefaultMaxInflateRatio
 	}
 	if opts.MaxBytes < 0 {
 		opts.MaxBytes = 0
@@ -303,6 +315,10 @@ type staging struct {
 	last   map[string]*candidate // actor -> its latest staged change
 }
 
+// inflateRatioFloor is the inflated size below which
+// Options.MaxInflateRatio does not apply.
+const inflateRatioFloor = 1 << 20
+
 // peerBounds are the bounds of one ReceiveMessage call on its changes.
 type peerBounds struct {
 	inflateLeft int // of Options.MaxInflatedBytes
@@ -331,7 +347,11 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 			return nil, fmt.Errorf("%w %d: %w", ErrInvalidChange, i, err)
 		}
 		if pb != nil {
-			pb.inflateLeft -= c.InflatedLen()
+			n := c.InflatedLen()
+			pb.inflateLeft -= n
+			if r := d.opts.MaxInflateRatio; r > 0 && n > inflateRatioFloor && n/r > len(raw) {
+				return nil, fmt.Errorf("%w: change %d: a compressed chunk of %d bytes inflates to %d bytes, more than %d times its size (MaxInflateRatio)", ErrInflateBudget, i, len(raw), n, r)
+			}
 		}
 		if _, ok := d.index[c.Hash]; ok || inCall[c.Hash] || d.queue[c.Hash] != nil {
 			continue // a duplicate is harmless
