@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/memstore"
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -404,4 +406,96 @@ func TestStoreFailureGivesBudgetsBack(t *testing.T) {
 	}
 	close(fs.gate)
 	waitInflightZero(t, h)
+}
+
+// TestRemoteHeadsGossipBounded: what a peer gossips about other storages
+// is kept (and relayed to subscribers) for at most 64 storages per
+// document, each with at most 64 heads; the rest is dropped and counted.
+func TestRemoteHeadsGossipBounded(t *testing.T) {
+	m := hub.NewMetrics(nil)
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.Metrics = m })
+	a, b := connect(t, h, "a", ""), connect(t, h, "b", "")
+	id := createDoc(t, a)
+	b.syncUntilQuiet(id, automerge.NewSyncState(automerge.New()))
+	var sids []string
+	for i := range 100 {
+		sids = append(sids, fmt.Sprintf("storage-%03d", i))
+	}
+	b.send(&protocol.Message{Type: protocol.TypeRemoteSubscriptionChange, SenderID: "b", TargetID: b.hub, Add: sids})
+	head := protocol.EncodeHead([32]byte{1})
+	many := make(map[string]protocol.HeadsAt)
+	for i, sid := range sids {
+		many[sid] = protocol.HeadsAt{Heads: []string{head}, Timestamp: uint64(i + 1)}
+	}
+	a.send(&protocol.Message{Type: protocol.TypeRemoteHeadsChanged, SenderID: "a", TargetID: a.hub, DocumentID: id, NewHeads: many})
+	wide := slices.Repeat([]string{head}, 65)
+	a.send(&protocol.Message{Type: protocol.TypeRemoteHeadsChanged, SenderID: "a", TargetID: a.hub, DocumentID: id,
+		NewHeads: map[string]protocol.HeadsAt{"storage-wide": {Heads: wide, Timestamp: 1}}})
+	relayed := map[string]bool{}
+	for msg := b.recv(500 * time.Millisecond); msg != nil; msg = b.recv(500 * time.Millisecond) {
+		if msg.Type == protocol.TypeRemoteHeadsChanged {
+			for sid := range msg.NewHeads {
+				relayed[sid] = true
+			}
+		}
+	}
+	if len(relayed) != 64 || relayed["storage-wide"] {
+		t.Fatalf("%d storages relayed (storage-wide: %v), want 64 of the 100", len(relayed), relayed["storage-wide"])
+	}
+	if got := testutil.ToFloat64(m.Dropped.WithLabelValues("remote_heads_bounds")); got != 37 {
+		t.Fatalf("dropped %v gossip entries, want 37 (36 storages past the bound, one with 65 heads)", got)
+	}
+}
+
+// TestNodeStateBudget: peers' sync state over all connections is bounded
+// by MaxStateBytes: a connection whose message adds to it past the bound
+// is closed with 1013 (try again later) and an error, and the state it
+// held is given back, so the next connection gets in.
+func TestNodeStateBudget(t *testing.T) {
+	h := newHub(t, memstore.New(), func(o *hub.Options) { o.MaxStateBytes = 100 << 10 })
+	bloom := (&amsync.Bloom{NumEntries: 30 << 10, NumBitsPerEntry: 8, NumProbes: 7, Bits: make([]byte, 30<<10)}).Encode()
+	send := func(cl *client) *protocol.Message {
+		// A change, so that the document answers, and a Bloom filter of
+		// 30 KiB, which the peer's state keeps.
+		doc := automerge.New()
+		edit(t, doc, "k", "v")
+		c, err := doc.Change(doc.Heads()[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := (&amsync.Message{Type: amsync.MessageTypeSync, Heads: []amsync.Hash{amsync.Hash(doc.Heads()[0])}, Have: []amsync.Have{{Bloom: bloom}}, Changes: [][]byte{c.Save()}}).Encode()
+		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: cl.id, TargetID: cl.hub, DocumentID: protocol.NewDocumentID(), Data: data})
+		for m := cl.recv(2 * time.Second); m != nil; m = cl.recv(2 * time.Second) {
+			if m.Type == protocol.TypeSync || m.Type == protocol.TypeError {
+				return m
+			}
+		}
+		return nil
+	}
+	a := connect(t, h, "a", "")
+	for i := range 3 { // 90 KiB of Bloom filters
+		if m := send(a); m == nil || m.Type != protocol.TypeSync {
+			t.Fatalf("message %d: %+v, want a sync answer", i, m)
+		}
+	}
+	b := connect(t, h, "b", "")
+	m := send(b)
+	if m == nil || m.Type != protocol.TypeError || !strings.Contains(m.ErrorMessage, "bytes of sync state") {
+		t.Fatalf("past the node's state budget: %+v, want an error naming it", m)
+	}
+	closedWith(t, b, protocol.CloseTryAgainLater)
+	a.alive()
+	a.c.Close(protocol.CloseNormal, "")
+	c := connect(t, h, "c", "")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m := send(c)
+		if m != nil && m.Type == protocol.TypeSync {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a's connection closed: %+v, want a sync answer", m)
+		}
+		c = connect(t, h, fmt.Sprint("c", time.Now().UnixNano()), "")
+	}
 }

@@ -377,10 +377,26 @@ func (d *document) handle(m docMsg) {
 			if sid == d.h.storageID {
 				continue // we are the authority on our own heads
 			}
+			if _, known := d.remote[sid]; len(ha.Heads) > maxGossipHeads || len(sid) > maxGossipStorageID ||
+				(!known && len(d.remote) >= maxGossipStorages) {
+				// Gossip is kept per document for the peers that subscribe:
+				// a peer cannot make it hold more than these bounds.
+				d.h.m.Dropped.WithLabelValues("remote_heads_bounds").Inc()
+				continue
+			}
 			d.learnHeads(m.s, sid, knownHeads{heads: ha.Heads, timestamp: ha.Timestamp})
 		}
 	}
 }
+
+// Bounds of the remote-heads gossip one document keeps: storages, heads
+// of one storage (concurrent branches: honest documents have a few), and
+// the length of a storage id (automerge-repo's are UUIDs).
+const (
+	maxGossipStorages  = 64
+	maxGossipHeads     = 64
+	maxGossipStorageID = 128
+)
 
 // accept is the engine's check of every change before it is applied: a
 // viewer's changes are refused. Changes from other nodes and the store
@@ -600,10 +616,19 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		}
 		return
 	}
-	if n := d.trackState(s, ps); n > int64(d.h.opts.MaxConnBytes) {
+	grew, n, all := d.trackState(s, ps)
+	if n > int64(d.h.opts.MaxConnBytes) {
 		d.removePeer(s)
 		d.h.m.LimitHits.WithLabelValues(LimitConnBytes).Inc()
 		s.fail(protocol.CloseLimitExceeded, fmt.Errorf("%w: this connection's sync state holds %d bytes (at most %d)", ErrLimitExceeded, n, d.h.opts.MaxConnBytes))
+		return
+	}
+	if grew && all > int64(d.h.opts.MaxStateBytes) {
+		// The node is full of peers' sync state: whoever adds to it now
+		// is asked to come back later (honest states are small).
+		d.removePeer(s)
+		d.h.m.LimitHits.WithLabelValues(LimitStateBytes).Inc()
+		s.fail(protocol.CloseTryAgainLater, fmt.Errorf("%w: the node holds %d bytes of sync state (at most %d); try again later", ErrLimitExceeded, all, d.h.opts.MaxStateBytes))
 		return
 	}
 	for _, c := range applied {
@@ -662,18 +687,20 @@ func (d *document) admitWaiters() {
 func (d *document) removePeer(s *session) {
 	if ps, ok := d.peers[s]; ok {
 		s.stateBytes.Add(-int64(ps.stateBytes))
+		d.h.stateBytes.Add(-int64(ps.stateBytes))
 		delete(d.peers, s)
 	}
 	d.eng.Forget(s)
 }
 
-// trackState updates the session's count of sync state bytes after ps's
-// state took a message, and returns the session's new total.
-func (d *document) trackState(s *session, ps *peerState) int64 {
+// trackState updates the session's and the node's counts of sync state
+// bytes after ps's state took a message. It reports whether ps's state
+// grew, and the session's and the node's new totals.
+func (d *document) trackState(s *session, ps *peerState) (grew bool, conn, node int64) {
 	n := ps.st.RetainedBytes()
-	total := s.stateBytes.Add(int64(n - ps.stateBytes))
+	delta := int64(n - ps.stateBytes)
 	ps.stateBytes = n
-	return total
+	return delta > 0, s.stateBytes.Add(delta), d.h.stateBytes.Add(delta)
 }
 
 // limitOf names the bound an engine error hit, for plait_limit_hits_total.

@@ -132,6 +132,12 @@ type Options struct {
 	// waits until documents catch up. Default: 512 MiB.
 	MaxInflightBytes int
 
+	// MaxStateBytes bounds the sync state (peers' Bloom filters and hash
+	// lists) that the node keeps over all connections: a message that adds
+	// to it past the bound closes its connection with
+	// protocol.CloseTryAgainLater. Default: 256 MiB.
+	MaxStateBytes int
+
 	// BudgetWait bounds how long a received message waits for room in
 	// MaxConnBytes and MaxInflightBytes (in turn with other connections'
 	// messages): past it the connection is closed with
@@ -209,16 +215,16 @@ func (o *Options) fill() error {
 	}{
 		{&o.MaxDocBytes, 128 << 20}, {&o.MaxInflatedBytes, 64 << 20}, {&o.MaxSendBytes, 8 << 20},
 		{&o.MaxDocsPerConn, 4096}, {&o.MaxOpenDocs, 50_000}, {&o.MaxConnBytes, 64 << 20},
-		{&o.MaxInflightBytes, 512 << 20}, {&o.MaxEphemeralBytes, 64 << 10},
+		{&o.MaxInflightBytes, 512 << 20}, {&o.MaxStateBytes, 256 << 20}, {&o.MaxEphemeralBytes, 64 << 10},
 		{&o.EphemeralRelayBytes, 16 << 20}, {&o.MaxCompactBytes, 32 << 20},
 	} {
 		if *f.v == 0 {
 			*f.v = f.def
 		}
 	}
-	if o.MaxInflatedBytes < 0 || o.MaxSendBytes < 0 || o.MaxConnBytes < 0 || o.MaxInflightBytes < 0 ||
+	if o.MaxInflatedBytes < 0 || o.MaxSendBytes < 0 || o.MaxConnBytes < 0 || o.MaxInflightBytes < 0 || o.MaxStateBytes < 0 ||
 		o.MaxEphemeralBytes < 0 || o.EphemeralRelayBytes < 0 || o.MaxCompactBytes < 0 {
-		return errors.New("hub: MaxInflatedBytes, MaxSendBytes, MaxConnBytes, MaxInflightBytes, MaxEphemeralBytes, EphemeralRelayBytes and MaxCompactBytes must not be negative")
+		return errors.New("hub: MaxInflatedBytes, MaxSendBytes, MaxConnBytes, MaxInflightBytes, MaxStateBytes, MaxEphemeralBytes, EphemeralRelayBytes and MaxCompactBytes must not be negative")
 	}
 	if o.MessageRate == 0 {
 		o.MessageRate = 500
@@ -255,6 +261,9 @@ type Hub struct {
 	docWG    sync.WaitGroup // running document owners
 	inflight *byteBudget    // bytes of received messages not yet handled, all connections
 	compacts *byteBudget    // bytes of the documents compacting now
+	// stateBytes is the peer-supplied sync state all documents keep
+	// (Options.MaxStateBytes).
+	stateBytes atomic.Int64
 	// compactFailed remembers documents whose compaction failed, across
 	// evictions, so that reopening one does not retry at once (bounded by
 	// maxCompactFailures; under mu).

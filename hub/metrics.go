@@ -90,6 +90,7 @@ const (
 	LimitEphemeralBytes = "ephemeral_bytes" // an ephemeral message larger than MaxEphemeralBytes
 	LimitEphemeralRelay = "ephemeral_relay" // a document's ephemeral relays past EphemeralRelayBytes per second
 	LimitCompactBytes   = "compact_bytes"   // a document too large to compact (MaxCompactBytes), left as it is
+	LimitStateBytes     = "state_bytes"     // the node's sync state past MaxStateBytes; connection closed 1013
 	LimitBudgetWait     = "budget_wait"     // a message waited past BudgetWait for bytes in flight; connection closed 1013
 )
 

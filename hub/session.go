@@ -328,7 +328,13 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		if !s.hasDoc(msg.DocumentID) {
 			return nil // gossip about a document this peer does not sync with us
 		}
-		cost := len(msg.Data)
+		cost := 0 // what the decoded message holds
+		for sid, ha := range msg.NewHeads {
+			cost += len(sid) + 16
+			for _, h := range ha.Heads {
+				cost += len(h) + 16
+			}
+		}
 		if err := s.reserve(ctx, cost); err != nil {
 			return err
 		}

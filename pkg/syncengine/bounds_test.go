@@ -85,7 +85,7 @@ func TestReceiveBounds(t *testing.T) {
 		{"last sync", amsync.Message{Have: []amsync.Have{{LastSync: testHashes(DefaultMaxHashes)}}}, amsync.Message{Have: []amsync.Have{{LastSync: testHashes(DefaultMaxHashes + 1)}}},
 			32 * DefaultMaxHashes, "resource limit exceeded: sync message have last sync list has 4097 hashes (at most 4096)"},
 		{"haves", amsync.Message{Have: make([]amsync.Have, DefaultMaxHaves)}, amsync.Message{Have: make([]amsync.Have, DefaultMaxHaves+1)},
-			0, "resource limit exceeded: sync message have list has 17 entries (at most 16)"},
+			0, "resource limit exceeded: sync message have list has 3 entries (at most 2)"},
 		{"bloom", amsync.Message{Have: []amsync.Have{{Bloom: big}}}, amsync.Message{Have: []amsync.Have{{Bloom: over}}},
 			bits, "resource limit exceeded: sync message have 0 Bloom filter is 2097153 bytes (at most 2097152)"},
 	}
@@ -711,5 +711,29 @@ func TestSendBytesNoCut(t *testing.T) {
 	}
 	if n := checkSent(t, b.GenerateMessage(s), total-1); n != 5 {
 		t.Fatalf("%d changes in a message of at most %d bytes, want 5", n, total-1)
+	}
+}
+
+// TestNeedRepeated: a need that names one change 4,096 times (with and
+// without a have) gets it once, not a message of copies.
+func TestNeedRepeated(t *testing.T) {
+	_, h := bigHistory(t, 21, 3, 10<<10)
+	d := New(Options{})
+	applied, err := d.AddChanges(nil, h...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	need := slices.Repeat([]Hash{applied[1].Hash}, DefaultMaxHashes)
+	// With a have: a Bloom filter of every change (the peer has them all
+	// but the one it needs, say after a false positive).
+	all := amsync.NewBloom([]Hash{applied[0].Hash, applied[1].Hash, applied[2].Hash}).Encode()
+	for _, haves := range [][]amsync.Have{nil, {{Bloom: all}}} {
+		s := NewState()
+		if _, err := d.ReceiveMessage(s, syncMsg(amsync.Message{Heads: d.Heads(), Need: need, Have: haves}), "peer"); err != nil {
+			t.Fatal(err)
+		}
+		if n := checkSent(t, d.GenerateMessage(s), DefaultMaxSendBytes); n != 1 {
+			t.Fatalf("haves %d: %d changes sent for one needed 4096 times, want 1", len(haves), n)
+		}
 	}
 }

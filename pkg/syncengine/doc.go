@@ -73,7 +73,7 @@
 // the bound and its value (the hub closes such a peer with code 4413):
 //
 //   - MaxHashes (default 4096) hashes in its heads, its need, or one
-//     have's last sync heads; MaxHaves (16) entries in its have list;
+//     have's last sync heads; MaxHaves (2) entries in its have list;
 //     MaxBloomBytes (2 MiB) in one Bloom filter. These are checked as the
 //     message is parsed (amsync.ParseMessageLimits), before anything is
 //     allocated for the list.

@@ -19,7 +19,7 @@ const (
 	DefaultMaxOpsPerChange  = 100_000
 	DefaultMaxOpsPerKey     = 4096
 	DefaultMaxHashes        = 4096
-	DefaultMaxHaves         = 16
+	DefaultMaxHaves         = 2
 	DefaultMaxBloomBytes    = 2 << 20
 	DefaultMaxInflatedBytes = 64 << 20
 	DefaultMaxInflateRatio  = 256
@@ -87,7 +87,7 @@ type Options struct {
 	// (default 4096).
 	MaxHashes int
 	// MaxHaves bounds the entries of a received message's have list
-	// (default 16; Automerge sends at most one).
+	// (default 2; Automerge sends at most one).
 	MaxHaves int
 	// MaxBloomBytes bounds the encoded size of one received Bloom filter
 	// (default 2 MiB: about 1.6 million changes at 10 bits each, so an

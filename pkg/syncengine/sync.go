@@ -121,8 +121,15 @@ func (d *Doc) cutToSend(toSend []int32, theirHeads []Hash) (send []int32, more b
 
 // answersNeed reports whether changes to send include one the peer asked for.
 func (d *Doc) answersNeed(toSend []int32, need []Hash) bool {
+	if len(need) == 0 {
+		return false
+	}
+	asked := make(map[Hash]struct{}, len(need))
+	for _, h := range need {
+		asked[h] = struct{}{}
+	}
 	for _, i := range toSend {
-		if slices.Contains(need, d.nodes[i].hash) {
+		if _, ok := asked[d.nodes[i].hash]; ok {
 			return true
 		}
 	}
@@ -159,9 +166,14 @@ func (d *Doc) makeHave(lastSync []Hash) amsync.Have {
 // according to its have and need, as indexes, needed ones first.
 func (d *Doc) changesToSend(haves []have, need []Hash) []int32 {
 	var out []int32
+	// A peer's need may name a change many times: it is sent once (a
+	// need of one large change repeated must not become a message of
+	// copies), and the list is walked once.
+	needed := make(map[int32]bool, len(need))
 	if len(haves) == 0 {
 		for _, h := range need {
-			if i, ok := d.index[h]; ok {
+			if i, ok := d.index[h]; ok && !needed[i] {
+				needed[i] = true
 				out = append(out, i)
 			}
 		}
@@ -195,7 +207,8 @@ func (d *Doc) changesToSend(haves []have, need []Hash) []int32 {
 		}
 	}
 	for _, h := range need {
-		if i, ok := d.index[h]; ok && !send[i] && !slices.Contains(out, i) {
+		if i, ok := d.index[h]; ok && !send[i] && !needed[i] {
+			needed[i] = true
 			out = append(out, i)
 		}
 	}

@@ -1220,7 +1220,7 @@ func bdBloom(entries int) []byte {
 // (25 M entries); the engine's bound (a Bloom filter of at most 2 MiB)
 // refuses the first with an error and close 4413. Messages with a need
 // list of 100,000 hashes, 5,000 heads, 17 haves, or a have whose lastSync
-// lists 5,000 hashes (at most 4,096 hashes per list and 16 haves) are
+// lists 5,000 hashes (at most 4,096 hashes per list and 2 haves) are
 // refused the same way, each on its own connection. Peak RSS stays under
 // 512 MiB and honest clients keep syncing.
 func TestBoundsBloomAndNeed(t *testing.T) {

@@ -46,6 +46,7 @@ type Config struct {
 	MaxOpenDocs         int           // documents open on the node (0 = no limit)
 	MaxConnBytes        int           // one connection's messages in flight and sync state
 	MaxInflightBytes    int           // all connections' messages in flight
+	MaxStateBytes       int           // peers' sync state, all connections
 	MaxEphemeralBytes   int           // largest ephemeral message
 	EphemeralRelayBytes int           // ephemeral bytes relayed per document per second
 	MaxCompactBytes     int           // largest document compacted
@@ -124,7 +125,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&c.MaxDocsPerConn, "max-docs-per-conn", 4096, "documents one connection may have open; more: doc-unavailable and an error message (0 = no limit)")
 	fs.IntVar(&c.MaxOpenDocs, "max-open-docs", 50000, "documents open on the node (each holds its changes and a goroutine); more: doc-unavailable and an error message (0 = no limit)")
 	fs.IntVar(&c.MaxConnBytes, "max-conn-bytes", 64<<20, "bytes one connection may have in flight (messages not yet handled: reading waits) and in sync state (more: close 4413)")
-	fs.IntVar(&c.MaxInflightBytes, "max-inflight-bytes", 512<<20, "bytes of received messages not yet handled, all connections together; past it reading waits")
+	fs.IntVar(&c.MaxInflightBytes, "max-inflight-bytes", 512<<20, "bytes of received messages not yet handled, all connections together; past it reading waits (a wait over 10s closes the connection with 1013)")
+	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", 256<<20, "bytes of sync state (peers' Bloom filters and hash lists) the node keeps, all connections together; a message adding to it past this closes its connection with 1013")
 	fs.IntVar(&c.MaxEphemeralBytes, "max-ephemeral-bytes", 64<<10, "largest ephemeral message (presence, cursors); larger: dropped, the sender gets an error message")
 	fs.IntVar(&c.EphemeralRelayBytes, "ephemeral-relay-bytes", 16<<20, "ephemeral bytes relayed per document per second (size times receivers); more: dropped and counted")
 	fs.IntVar(&c.MaxCompactBytes, "max-compact-bytes", 32<<20, "largest document compacted into a snapshot (compaction holds about ten times it in memory), and the bytes of documents compacting at once on the node; larger ones keep their changes as they are")

@@ -67,6 +67,7 @@ func (c *Config) validateLimits() error {
 		{"max-open-docs", c.MaxOpenDocs, true, 1},
 		{"max-conn-bytes", c.MaxConnBytes, false, 1 << 10},
 		{"max-inflight-bytes", c.MaxInflightBytes, false, 1 << 10},
+		{"max-state-bytes", c.MaxStateBytes, false, 1 << 10},
 		{"max-ephemeral-bytes", c.MaxEphemeralBytes, false, 1},
 		{"ephemeral-relay-bytes", c.EphemeralRelayBytes, false, 1},
 		{"max-compact-bytes", c.MaxCompactBytes, false, 1},

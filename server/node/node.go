@@ -113,6 +113,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		MaxOpenDocs:         offAsNegative(cfg.MaxOpenDocs),
 		MaxConnBytes:        cfg.MaxConnBytes,
 		MaxInflightBytes:    cfg.MaxInflightBytes,
+		MaxStateBytes:       cfg.MaxStateBytes,
 		MaxEphemeralBytes:   cfg.MaxEphemeralBytes,
 		EphemeralRelayBytes: cfg.EphemeralRelayBytes,
 		MaxCompactBytes:     cfg.MaxCompactBytes,
