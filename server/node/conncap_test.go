@@ -465,3 +465,69 @@ func TestConnCapOutOfFiles(t *testing.T) {
 	default:
 	}
 }
+
+// feed makes gc read s, as if its client sent it.
+func feed(t *testing.T, gc net.Conn, peer net.Conn, s string) {
+	t.Helper()
+	go func() { _, _ = io.WriteString(peer, s) }()
+	buf := make([]byte, len(s))
+	if _, err := io.ReadFull(gc, buf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestConnGuardEvictionOrder: at the node-wide cap, a connection that
+// sent only line ends (fasthttp skips them and still waits for the
+// request line) is evicted as a slow header; a connection past its
+// headers is safe for busyGrace, and evicted after it (a body sent
+// slowly), but only when none waits for its headers.
+func TestConnGuardEvictionOrder(t *testing.T) {
+	g := newConnGuard(0, 2)
+	var evicted []net.Conn
+	g.evicted = func(c net.Conn, _ bool) { evicted = append(evicted, c) }
+	g.refused = func(net.Conn, string, bool) {}
+	pipe := func() (net.Conn, net.Conn, net.Conn) {
+		a, b := net.Pipe()
+		t.Cleanup(func() { a.Close(); b.Close() })
+		gc := g.admit(a)
+		if gc == nil {
+			t.Fatal("refused")
+		}
+		return a, gc, b
+	}
+	blankA, blank, blankPeer := pipe()
+	feed(t, blank, blankPeer, "\r\n\r\n\r\n")
+	bodyA, body, bodyPeer := pipe()
+	feed(t, body, bodyPeer, "POST /x HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+	// At the cap: the one that sent only line ends goes.
+	pipe()
+	if len(evicted) != 1 || evicted[0] != blankA {
+		t.Fatalf("evicted %v, want the connection that sent only line ends", evicted)
+	}
+	// The last one waits for its headers: it goes before the body.
+	pipe()
+	if len(evicted) != 2 || evicted[1] == bodyA {
+		t.Fatalf("evicted %v, want the one waiting for headers, not the body", evicted)
+	}
+	// Only past busyGrace is the body evictable (none waits for headers
+	// once the newest has sent its own).
+	_, last, lastPeer := pipe()
+	feed(t, last, lastPeer, "GET / HTTP/1.1\r\n\r\n")
+	if a, _ := net.Pipe(); g.admit(a) != nil {
+		t.Fatal("admitted past the cap with every connection busy for less than busyGrace")
+	}
+	g.mu.Lock()
+	guardedOf(body).since = time.Now().Add(-busyGrace)
+	g.mu.Unlock()
+	a, _ := net.Pipe()
+	t.Cleanup(func() { a.Close() })
+	if g.admit(a) == nil {
+		t.Fatal("refused though a body has trickled in for busyGrace")
+	}
+	if got := evicted[len(evicted)-1]; got != bodyA {
+		t.Fatalf("evicted %v, want the slow body", got)
+	}
+	if g.pending() != 2 {
+		t.Fatalf("%d pending, want 2", g.pending())
+	}
+}

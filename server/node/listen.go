@@ -107,6 +107,7 @@ type connGuard struct {
 	n       int
 	ips     map[netip.Addr]*ipPending
 	waiting list.List // *guardedConn waiting for request headers, longest waiting first
+	busy    list.List // *guardedConn past their headers (body, handler), longest busy first
 	lastLog time.Time // of a node-wide eviction or refusal
 }
 
@@ -163,13 +164,19 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	}
 }
 
+// busyGrace is how long a connection past its request headers (reading
+// the body, or handled) is safe from eviction at the node-wide cap.
+const busyGrace = 10 * time.Second
+
 // admit counts c as pending, or refuses it: a client address over its
 // cap is refused (429); at the node-wide cap the connection that has
 // waited longest for its request headers (still sending them, or idle
 // between keep-alive requests: slowloris and friends) is closed to make
-// room, and only if none is waiting is the new one refused (503). A
-// request being handled is never cut, and health checks and scrapes get
-// in while every pending connection belongs to slow senders.
+// room, else the one that has been past its headers longest, if that is
+// over busyGrace (a body sent slowly), and only if there is none the new
+// one is refused (503). A request is not cut in its first busyGrace, and
+// health checks and scrapes get in while every pending connection
+// belongs to slow senders.
 func (g *connGuard) admit(c net.Conn) net.Conn {
 	key := remoteKey(c.RemoteAddr())
 	gc := &guardedConn{Conn: c, g: g, key: key}
@@ -190,7 +197,15 @@ func (g *connGuard) admit(c net.Conn) net.Conn {
 			ip.audited, audit = now, true
 		}
 	case g.total > 0 && g.n >= g.total:
-		if e := g.waiting.Front(); e != nil {
+		e := g.waiting.Front()
+		if e == nil {
+			// A request whose body has trickled in for longer than an
+			// honest one takes is as good as a slow header.
+			if b := g.busy.Front(); b != nil && now.Sub(b.Value.(*guardedConn).since) >= busyGrace {
+				e = b
+			}
+		}
+		if e != nil {
 			victim = e.Value.(*guardedConn)
 			g.releaseLocked(victim)
 			if now.Sub(g.lastLog) >= guardLogEvery {
@@ -235,8 +250,12 @@ func (g *connGuard) admit(c net.Conn) net.Conn {
 // releaseLocked stops counting c, once.
 func (g *connGuard) releaseLocked(c *guardedConn) {
 	if c.elem != nil {
-		g.waiting.Remove(c.elem)
-		c.elem = nil
+		if c.inBusy {
+			g.busy.Remove(c.elem)
+		} else {
+			g.waiting.Remove(c.elem)
+		}
+		c.elem, c.inBusy = nil, false
 	}
 	if !c.counted {
 		return
@@ -286,11 +305,14 @@ type guardedConn struct {
 
 	scanning atomic.Bool // the request headers are due: watch for their end
 	newlines int         // consecutive line ends seen; the reading goroutine's
+	sawText  bool        // a byte other than a line end seen; the reading goroutine's
 
 	// Under g.mu:
 	counted bool          // counts as pending
-	elem    *list.Element // in g.waiting
-	onClose func()        // see setOnClose
+	elem    *list.Element // in g.waiting or g.busy (inBusy)
+	inBusy  bool
+	since   time.Time // when it joined g.busy
+	onClose func()    // see setOnClose
 	closed  bool
 }
 
@@ -321,9 +343,9 @@ func (c *guardedConn) Read(b []byte) (int, error) {
 	if n > 0 && c.scanning.Load() && c.scan(b[:n]) {
 		c.scanning.Store(false)
 		c.g.mu.Lock()
-		if c.elem != nil {
+		if c.elem != nil && !c.inBusy {
 			c.g.waiting.Remove(c.elem)
-			c.elem = nil
+			c.elem, c.inBusy, c.since = c.g.busy.PushBack(c), true, time.Now()
 		}
 		c.g.mu.Unlock()
 	}
@@ -331,17 +353,18 @@ func (c *guardedConn) Read(b []byte) (int, error) {
 }
 
 // scan reports whether b holds the blank line that ends request headers
-// (CRLF CRLF, or bare LFs as fasthttp also accepts).
+// (CRLF CRLF, or bare LFs as fasthttp also accepts). Line ends before the
+// request line do not count: fasthttp skips them and still waits.
 func (c *guardedConn) scan(b []byte) bool {
 	for _, x := range b {
 		switch x {
 		case '\n':
-			if c.newlines++; c.newlines == 2 {
+			if c.newlines++; c.newlines >= 2 && c.sawText {
 				return true
 			}
 		case '\r':
 		default:
-			c.newlines = 0
+			c.newlines, c.sawText = 0, true
 		}
 	}
 	return false
@@ -350,9 +373,13 @@ func (c *guardedConn) scan(b []byte) bool {
 // awaitRequest marks c as waiting for the headers of its next request:
 // fasthttp's ConnState hook calls it when c turns idle (keep-alive).
 func (c *guardedConn) awaitRequest() {
-	c.newlines = 0
+	c.newlines, c.sawText = 0, false
 	c.scanning.Store(true)
 	c.g.mu.Lock()
+	if c.elem != nil && c.inBusy {
+		c.g.busy.Remove(c.elem)
+		c.elem, c.inBusy = nil, false
+	}
 	if c.counted && c.elem == nil {
 		c.elem = c.g.waiting.PushBack(c)
 	}
