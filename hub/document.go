@@ -119,6 +119,8 @@ type document struct {
 	retryDelay  time.Duration // grows while retries fail
 	settle      *time.Timer   // checks the stream position after activity
 	settling    bool
+	backlog     *time.Timer // looks again at peers whose write queues were too full
+	backlogged  bool
 
 	compactAfter   time.Time     // no compaction before (after a failure)
 	compactDelay   time.Duration // grows while compactions fail
@@ -139,6 +141,7 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		compacted: make(chan compactResult, 1),
 		retry:     stoppedTimer(),
 		settle:    stoppedTimer(),
+		backlog:   stoppedTimer(),
 		ephBudget: rate.NewLimiter(rate.Limit(h.opts.EphemeralRelayBytes), h.opts.EphemeralRelayBytes),
 	}
 }
@@ -222,6 +225,14 @@ func (d *document) run() {
 		case <-d.settle.C:
 			d.settling = false
 			d.checkPosition()
+			if err := d.flush(); err != nil {
+				d.log.Error("failed to store changes", "err", err)
+				d.h.m.StoreErrors.WithLabelValues("append").Inc()
+				d.failAll()
+				return
+			}
+		case <-d.backlog.C:
+			d.backlogged = false
 			if err := d.flush(); err != nil {
 				d.log.Error("failed to store changes", "err", err)
 				d.h.m.StoreErrors.WithLabelValues("append").Inc()
@@ -465,12 +476,8 @@ func (d *document) letIn(s *session, r Role) {
 	}
 	// Nothing stored yet, so nothing to wait for: offer our (empty)
 	// state at once, and the peer answers with what it has.
-	d.generate(ps)
-	for _, data := range ps.out {
-		s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: data})
-	}
-	clear(ps.out)
-	ps.out = ps.out[:0]
+	d.generate(s, ps)
+	d.sendOut(s, ps)
 }
 
 // deny counts a refused peer, reports it (once), and remembers it for
@@ -657,7 +664,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	// same peer can make the engine believe the peer already knows our
 	// heads and skip the acknowledgement the peer waits for. The answer is
 	// sent in flush, after the store write.
-	d.generate(ps)
+	d.generate(s, ps)
 }
 
 // wait makes s a waiter for the document (see receiveSync), or drops the
@@ -719,6 +726,9 @@ func limitOf(err error) string {
 // advertised.
 func (d *document) flush() error {
 	if !d.exists {
+		for s, ps := range d.peers {
+			d.sendOut(s, ps) // offers to peers let in (letIn) that waited for room
+		}
 		return nil
 	}
 	if !d.created || len(d.unsaved) > 0 {
@@ -762,13 +772,9 @@ func (d *document) flush() error {
 	for s, ps := range d.peers {
 		if ps.dirty {
 			ps.dirty = false
-			d.generate(ps)
+			d.generate(s, ps)
 		}
-		for _, data := range ps.out {
-			s.send(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: data})
-		}
-		clear(ps.out)
-		ps.out = ps.out[:0]
+		d.sendOut(s, ps)
 	}
 	d.publishPending()
 	return nil
@@ -1063,11 +1069,50 @@ func (d *document) catchUpFailed(trigger, op string, err error) {
 // generate queues the next sync message for a peer, if one is due. Queued
 // messages go out in flush, after the store has confirmed every change
 // whose heads they carry.
-func (d *document) generate(ps *peerState) {
+// While a peer's write queue has no room for another full sync message,
+// or messages generated before still wait for room, nothing is generated
+// for it (it stays dirty, and the document looks again after
+// backlogDelay): a client that opens several large documents at once gets
+// their pieces as it reads them, instead of overflowing its queue (4429)
+// and starting over on every reconnect.
+func (d *document) generate(s *session, ps *peerState) {
+	if len(ps.out) > 0 || s.backlogged() {
+		ps.dirty = true
+		d.waitBacklog()
+		return
+	}
 	if data := d.eng.GenerateMessage(ps.st); data != nil {
 		ps.out = append(ps.out, data)
 	}
 }
+
+// sendOut sends the sync messages generated for s, in order, as far as
+// its write queue has room; the rest wait in ps.out for the next flush
+// (see generate), so that documents take turns at a busy connection.
+func (d *document) sendOut(s *session, ps *peerState) {
+	k := 0
+	for ; k < len(ps.out); k++ {
+		if !s.trySend(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: ps.out[k]}) {
+			d.waitBacklog()
+			break
+		}
+	}
+	rest := copy(ps.out, ps.out[k:])
+	clear(ps.out[rest:])
+	ps.out = ps.out[:rest]
+}
+
+// waitBacklog makes the document look again after backlogDelay.
+func (d *document) waitBacklog() {
+	if !d.backlogged {
+		d.backlogged = true
+		d.backlog.Reset(backlogDelay)
+	}
+}
+
+// backlogDelay is how soon a document looks again at peers whose write
+// queues were too full for a sync message.
+const backlogDelay = 50 * time.Millisecond
 
 // learnHeads records heads of storage sid (heard from peer from) and tells
 // the other peers subscribed to sid.

@@ -402,6 +402,31 @@ func (s *session) send(m *protocol.Message) {
 	}
 }
 
+// trySend queues m if the connection's write queue has room for it, for a
+// message that can wait (a sync message the document keeps until then).
+// It reports false only if the queue is too full: a message that cannot
+// be encoded, or a closed connection, counts as sent (dropped).
+func (s *session) trySend(m *protocol.Message) bool {
+	ts, ok := s.conn.(interface{ TrySend([]byte) (bool, error) })
+	if !ok {
+		s.send(m)
+		return true
+	}
+	frame, err := protocol.Encode(m)
+	if err != nil {
+		s.log.Error("failed to encode message", "type", m.Type, "err", err)
+		return true
+	}
+	queued, err := ts.TrySend(frame)
+	if err != nil {
+		return true
+	}
+	if queued {
+		s.h.m.countOut(m.Type, len(frame))
+	}
+	return queued
+}
+
 // sendFrame queues an encoded message of type typ; it reports whether the
 // transport took it.
 func (s *session) sendFrame(typ string, frame []byte) bool {
@@ -509,6 +534,19 @@ func (s *session) post(ctx context.Context, d *document, m docMsg) error {
 		return err
 	}
 	return nil
+}
+
+// backlogged reports whether the connection's write queue has no room
+// for another sync message of Options.MaxSendBytes (always room when it
+// is empty, so that something is always sent). A transport that does not
+// say how full its queue is never is.
+func (s *session) backlogged() bool {
+	q, ok := s.conn.(interface{ Queued() (n, max int) })
+	if !ok {
+		return false
+	}
+	n, max := q.Queued()
+	return n > 0 && n+s.h.opts.MaxSendBytes > max
 }
 
 // hasDoc reports whether the peer has document id open.

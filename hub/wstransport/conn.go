@@ -146,6 +146,36 @@ func (c *Conn) Send(frame []byte) error {
 	return nil
 }
 
+// Queued returns the bytes queued for writing and their bound,
+// Options.MaxQueueBytes: the hub holds back large messages while the
+// queue has no room for them.
+func (c *Conn) Queued() (n, max int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queued, c.opts.MaxQueueBytes
+}
+
+// TrySend queues frame if the queue has room for it (an empty queue
+// always has), and otherwise reports false without closing: for messages
+// the hub can hold back and send later (large sync messages). After Close
+// it returns hub.ErrConnClosed.
+func (c *Conn) TrySend(frame []byte) (bool, error) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false, hub.ErrConnClosed
+	}
+	if c.queued > 0 && c.queued+len(frame) > c.opts.MaxQueueBytes {
+		c.mu.Unlock()
+		return false, nil
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	c.mu.Unlock()
+	c.signal()
+	return true, nil
+}
+
 // Close flushes queued frames, then closes with code and reason.
 func (c *Conn) Close(code protocol.CloseCode, reason string) {
 	c.mu.Lock()

@@ -1,6 +1,7 @@
 package wstransport
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net/http"
@@ -138,4 +139,58 @@ func TestPingTimeoutClosesDeadPeer(t *testing.T) {
 		t.Fatal("connection without pongs was not closed")
 	}
 	_ = cli
+}
+
+// TestTrySendHoldsBackWithoutClosing: TrySend refuses a frame the queue
+// has no room for without closing the connection, always takes one when
+// the queue is empty, and every frame it took arrives in order once the
+// client reads.
+func TestTrySendHoldsBackWithoutClosing(t *testing.T) {
+	c, cli := pair(t, Options{MaxQueueBytes: 256 << 10, WriteTimeout: 5 * time.Second})
+	var taken [][]byte
+	refused := false
+	for i := 0; i < 2048 && !refused; i++ {
+		frame := bytes.Repeat([]byte{byte(i)}, 32<<10)
+		ok, err := c.TrySend(frame)
+		if err != nil {
+			t.Fatalf("TrySend %d: %v", i, err)
+		}
+		if !ok {
+			refused = true
+			break
+		}
+		taken = append(taken, frame)
+		if i%64 == 63 {
+			time.Sleep(5 * time.Millisecond) // let the writer fill the socket
+		}
+	}
+	if !refused {
+		t.Fatal("TrySend never found the queue full")
+	}
+	if n, max := c.Queued(); n == 0 || n > max {
+		t.Fatalf("queued %d of %d", n, max)
+	}
+	// Read everything: the connection is still open and in order.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i, want := range taken {
+		_, got, err := cli.Read(ctx)
+		if err != nil {
+			t.Fatalf("frame %d of %d: %v", i, len(taken), err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("frame %d out of order", i)
+		}
+	}
+	// Empty again: even a frame larger than the bound is taken.
+	deadline := time.Now().Add(5 * time.Second)
+	for n, _ := c.Queued(); n > 0 && time.Now().Before(deadline); n, _ = c.Queued() {
+		time.Sleep(time.Millisecond)
+	}
+	if ok, err := c.TrySend(make([]byte, 300<<10)); !ok || err != nil {
+		t.Fatalf("TrySend on an empty queue: %v, %v", ok, err)
+	}
+	if _, got, err := cli.Read(ctx); err != nil || len(got) != 300<<10 {
+		t.Fatalf("the large frame: %d bytes, %v", len(got), err)
+	}
 }

@@ -1526,3 +1526,89 @@ func TestBoundsHalfOpenUpgrades(t *testing.T) {
 	hp.finish(t)
 	bdCheckNode(t, n, "after the half-open upgrades")
 }
+
+// TestBoundsManyLargeDocumentsOneReader: one connection asks at once for
+// 6 documents of about 1.6 MB each on a node that cuts sync messages at
+// 256 KiB and lets 300 KiB queue for a client (--max-queue-bytes), and
+// reads slowly. The documents take turns at the connection's write queue
+// instead of overflowing it: the reader gets every document and is never
+// closed as a slow consumer (4429), which would repeat on every reconnect.
+func TestBoundsManyLargeDocumentsOneReader(t *testing.T) {
+	bin := boundsBinary(t)
+	const piece = 256 << 10
+	n := startBoundsNode(t, bin, "node", t.TempDir(), "--max-send-message-bytes", strconv.Itoa(piece), "--max-queue-bytes", strconv.Itoa(300<<10))
+	w := dialPeer(t, boundsWS(n), "writer")
+	type docWant struct {
+		id    protocol.DocumentID
+		heads []amsync.Hash
+	}
+	var docs []docWant
+	for k := range 6 {
+		id := protocol.NewDocumentID()
+		gen := bdNewChain(uint64(20 + k))
+		eng, st := syncengine.New(syncengine.Options{}), syncengine.NewState()
+		for range 2 {
+			var chunks [][]byte
+			for range 8 {
+				chunks = append(chunks, gen.next(t, 100_000))
+			}
+			if _, err := eng.AddChanges(nil, chunks...); err != nil {
+				t.Fatal(err)
+			}
+			if acked, errs, code := bdPush(t, w, id, eng, st); !acked {
+				t.Fatalf("the writer's changes were refused: close %d, %q", code, errs)
+			}
+		}
+		docs = append(docs, docWant{id: id, heads: eng.Heads()})
+	}
+
+	r := dialPeer(t, boundsWS(n), "reader")
+	engs := map[protocol.DocumentID]*syncengine.Doc{}
+	sts := map[protocol.DocumentID]*syncengine.State{}
+	for _, d := range docs {
+		engs[d.id], sts[d.id] = syncengine.New(syncengine.Options{}), syncengine.NewState()
+		r.send(&protocol.Message{Type: protocol.TypeRequest, SenderID: r.id, TargetID: r.server, DocumentID: d.id, Data: engs[d.id].GenerateMessage(sts[d.id])})
+	}
+	done := func() int {
+		k := 0
+		for _, d := range docs {
+			if slices.Equal(engs[d.id].Heads(), d.heads) {
+				k++
+			}
+		}
+		return k
+	}
+	msgs := 0
+	deadline := time.Now().Add(60 * time.Second)
+	for done() < len(docs) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 60s and %d sync messages, %d of %d documents complete", msgs, done(), len(docs))
+		}
+		m, err := r.next(10 * time.Second)
+		if err != nil {
+			t.Fatalf("reader, after %d sync messages and %d complete documents: %v", msgs, done(), err)
+		}
+		switch m.Type {
+		case protocol.TypeError:
+			t.Fatalf("reader got an error: %q", m.ErrorMessage)
+		case protocol.TypeSync:
+			eng, st := engs[m.DocumentID], sts[m.DocumentID]
+			if eng == nil {
+				continue
+			}
+			msgs++
+			time.Sleep(5 * time.Millisecond) // a slow reader
+			if _, err := eng.ReceiveMessage(st, m.Data, nil); err != nil {
+				t.Fatal(err)
+			}
+			if data := eng.GenerateMessage(st); data != nil {
+				r.send(&protocol.Message{Type: protocol.TypeSync, SenderID: r.id, TargetID: r.server, DocumentID: m.DocumentID, Data: data})
+			}
+		}
+	}
+	t.Logf("6 documents of about 1.6 MB reached one slow reader in %d sync messages", msgs)
+	if v := bdMetric(t, n, `plait_disconnects_total{code="slow consumer"}`); v != 0 {
+		t.Fatalf("%v slow-consumer disconnects", v)
+	}
+	bdCheckNode(t, n, "after the reader got every document")
+}
