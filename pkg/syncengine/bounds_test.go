@@ -283,7 +283,7 @@ func TestInflateRatio(t *testing.T) {
 	d, s := New(Options{}), NewState()
 	snap := snapshot(d, s)
 	_, err := d.ReceiveMessage(s, syncMsg(amsync.Message{Changes: [][]byte{small, bomb}}), "peer")
-	if !errors.Is(err, ErrInflateBudget) || !strings.Contains(err.Error(), "change 1: a compressed chunk") || !strings.Contains(err.Error(), "more than 256 times its size") {
+	if !errors.Is(err, ErrInflateBudget) || !strings.Contains(err.Error(), "change 1: a compressed chunk") || !strings.Contains(err.Error(), "over 256 times its size") {
 		t.Fatalf("%v, want the ratio named", err)
 	}
 	if snapshot(d, s) != snap {

@@ -331,14 +331,23 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 	grow := 0 // bytes the new changes add to the document
 	for i, raw := range chunks {
 		limit := amsync.MaxInflatedChangeBytes
+		byRatio := false // the ratio, not the budget, bounds this chunk
 		if pb != nil {
 			limit = pb.inflateLeft
+			if r := d.opts.MaxInflateRatio; r > 0 && len(raw) <= limit/r {
+				if rl := max(inflateRatioFloor, r*len(raw)); rl < limit {
+					limit, byRatio = rl, true
+				}
+			}
 		}
 		// Parsed from a copy of its own, so that neither the change nor
 		// its fields keep the message or batch it came in alive.
 		c, err := amsync.ParseChangeLimit(bytes.Clone(raw), limit)
 		if err != nil {
 			if errors.Is(err, amsync.ErrTooLarge) {
+				if byRatio {
+					return nil, fmt.Errorf("%w: change %d: a compressed chunk of %d bytes inflates to more than %d bytes, over %d times its size (MaxInflateRatio)", ErrInflateBudget, i, len(raw), limit, d.opts.MaxInflateRatio)
+				}
 				if pb != nil && limit < amsync.MaxInflatedChangeBytes {
 					return nil, fmt.Errorf("%w: change %d: %w (MaxInflatedBytes is %d for the whole message)", ErrInflateBudget, i, err, d.opts.MaxInflatedBytes)
 				}
@@ -347,11 +356,7 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 			return nil, fmt.Errorf("%w %d: %w", ErrInvalidChange, i, err)
 		}
 		if pb != nil {
-			n := c.InflatedLen()
-			pb.inflateLeft -= n
-			if r := d.opts.MaxInflateRatio; r > 0 && n > inflateRatioFloor && n/r > len(raw) {
-				return nil, fmt.Errorf("%w: change %d: a compressed chunk of %d bytes inflates to %d bytes, more than %d times its size (MaxInflateRatio)", ErrInflateBudget, i, len(raw), n, r)
-			}
+			pb.inflateLeft -= c.InflatedLen()
 		}
 		if _, ok := d.index[c.Hash]; ok || inCall[c.Hash] || d.queue[c.Hash] != nil {
 			continue // a duplicate is harmless
