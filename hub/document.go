@@ -476,7 +476,7 @@ func (d *document) letIn(s *session, r Role) {
 	}
 	// Nothing stored yet, so nothing to wait for: offer our (empty)
 	// state at once, and the peer answers with what it has.
-	d.generate(s, ps)
+	d.generate(ps)
 	d.sendOut(s, ps)
 }
 
@@ -664,7 +664,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	// same peer can make the engine believe the peer already knows our
 	// heads and skip the acknowledgement the peer waits for. The answer is
 	// sent in flush, after the store write.
-	d.generate(s, ps)
+	d.generate(ps)
 }
 
 // wait makes s a waiter for the document (see receiveSync), or drops the
@@ -772,7 +772,7 @@ func (d *document) flush() error {
 	for s, ps := range d.peers {
 		if ps.dirty {
 			ps.dirty = false
-			d.generate(s, ps)
+			d.generate(ps)
 		}
 		d.sendOut(s, ps)
 	}
@@ -1068,42 +1068,46 @@ func (d *document) catchUpFailed(trigger, op string, err error) {
 
 // generate queues the next sync message for a peer, if one is due. Queued
 // messages go out in flush, after the store has confirmed every change
-// whose heads they carry.
-// While a peer's write queue has no room for another full sync message,
-// or messages generated before still wait for room, nothing is generated
-// for it (it stays dirty, and the document looks again after
-// backlogDelay): a client that opens several large documents at once gets
-// their pieces as it reads them, instead of overflowing its queue (4429)
-// and starting over on every reconnect.
-func (d *document) generate(s *session, ps *peerState) {
-	if len(ps.out) > 0 || s.backlogged() {
-		ps.dirty = true
-		d.waitBacklog()
-		return
-	}
+// whose heads they carry. It always runs when the engine expects it
+// (after each received message, after new heads): skipping one can make
+// the engine skip an acknowledgement the peer waits for.
+func (d *document) generate(ps *peerState) {
 	if data := d.eng.GenerateMessage(ps.st); data != nil {
 		ps.out = append(ps.out, data)
 	}
 }
 
 // sendOut sends the sync messages generated for s, in order, as far as
-// its write queue has room; the rest wait in ps.out for the next flush
-// (see generate), so that documents take turns at a busy connection.
+// its write queue has room; the rest wait in ps.out, and the document
+// tries again after backlogDelay. So documents take turns at a busy
+// connection: a client that opens several large documents at once gets
+// their pieces as it reads them, instead of overflowing its queue (4429)
+// and starting over on every reconnect. A peer whose waiting messages
+// pass twice MaxSendBytes keeps asking without reading: it is closed as
+// a slow consumer, as the transport would.
 func (d *document) sendOut(s *session, ps *peerState) {
 	k := 0
 	for ; k < len(ps.out); k++ {
 		if !s.trySend(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: ps.out[k]}) {
-			d.waitBacklog()
 			break
 		}
 	}
 	rest := copy(ps.out, ps.out[k:])
 	clear(ps.out[rest:])
 	ps.out = ps.out[:rest]
-}
-
-// waitBacklog makes the document look again after backlogDelay.
-func (d *document) waitBacklog() {
+	if rest == 0 {
+		return
+	}
+	waiting := 0
+	for _, data := range ps.out {
+		waiting += len(data)
+	}
+	if rest > 2 && waiting > 2*d.h.opts.MaxSendBytes {
+		d.removePeer(s)
+		d.h.m.Disconnects.WithLabelValues(protocol.CloseSlowConsumer.String()).Inc()
+		s.conn.Close(protocol.CloseSlowConsumer, "slow consumer: sync messages wait unread")
+		return
+	}
 	if !d.backlogged {
 		d.backlogged = true
 		d.backlog.Reset(backlogDelay)

@@ -536,19 +536,6 @@ func (s *session) post(ctx context.Context, d *document, m docMsg) error {
 	return nil
 }
 
-// backlogged reports whether the connection's write queue has no room
-// for another sync message of Options.MaxSendBytes (always room when it
-// is empty, so that something is always sent). A transport that does not
-// say how full its queue is never is.
-func (s *session) backlogged() bool {
-	q, ok := s.conn.(interface{ Queued() (n, max int) })
-	if !ok {
-		return false
-	}
-	n, max := q.Queued()
-	return n > 0 && n+s.h.opts.MaxSendBytes > max
-}
-
 // hasDoc reports whether the peer has document id open.
 func (s *session) hasDoc(id protocol.DocumentID) bool {
 	s.mu.Lock()

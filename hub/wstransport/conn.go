@@ -146,15 +146,6 @@ func (c *Conn) Send(frame []byte) error {
 	return nil
 }
 
-// Queued returns the bytes queued for writing and their bound,
-// Options.MaxQueueBytes: the hub holds back large messages while the
-// queue has no room for them.
-func (c *Conn) Queued() (n, max int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.queued, c.opts.MaxQueueBytes
-}
-
 // TrySend queues frame if the queue has room for it (an empty queue
 // always has), and otherwise reports false without closing: for messages
 // the hub can hold back and send later (large sync messages). After Close
