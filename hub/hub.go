@@ -587,18 +587,18 @@ func (h *Hub) tryRemove(d *document) bool {
 // compactBackoff is when a document whose compaction failed may try again.
 type compactBackoff struct {
 	after time.Time
-	delay time.Duration
+	wait  backoff
 }
 
 // maxCompactFailures bounds Hub.compactFailed.
 const maxCompactFailures = 4096
 
-// rememberCompactFailure records (or, with a zero delay, forgets) that a
-// document's compaction failed.
-func (h *Hub) rememberCompactFailure(id protocol.DocumentID, after time.Time, delay time.Duration) {
+// rememberCompactFailure records (or, with a backoff that is not failing,
+// forgets) that a document's compaction failed.
+func (h *Hub) rememberCompactFailure(id protocol.DocumentID, after time.Time, wait backoff) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if delay == 0 {
+	if !wait.failing() {
 		delete(h.compactFailed, id)
 		return
 	}
@@ -608,12 +608,13 @@ func (h *Hub) rememberCompactFailure(id protocol.DocumentID, after time.Time, de
 			break
 		}
 	}
-	h.compactFailed[id] = compactBackoff{after: after, delay: delay}
+	h.compactFailed[id] = compactBackoff{after: after, wait: wait}
 }
 
 // compactFailure returns what rememberCompactFailure recorded for id.
-func (h *Hub) compactFailure(id protocol.DocumentID) compactBackoff {
+func (h *Hub) compactFailure(id protocol.DocumentID) (compactBackoff, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return h.compactFailed[id]
+	f, ok := h.compactFailed[id]
+	return f, ok
 }

@@ -60,9 +60,9 @@ type session struct {
 	closed     atomic.Bool  // set once the connection is failed or its read loop ended
 	stateBytes atomic.Int64 // bytes of peer-supplied sync state its documents keep
 
-	mu   sync.Mutex
-	subs map[string]struct{}              // storage ids whose heads this peer wants
-	docs map[protocol.DocumentID]struct{} // documents this peer has open: added by the read loop, removed by a document that does not keep it
+	mu      sync.Mutex
+	watched map[string]struct{}              // storage ids whose heads this peer wants
+	docs    map[protocol.DocumentID]struct{} // documents this peer has open: added by the read loop, removed by a document that does not keep it
 }
 
 // Serve runs one connection: it waits for the join message, answers with
@@ -146,7 +146,7 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger, info ConnIn
 		id:       cid,
 		docs:     make(map[protocol.DocumentID]struct{}),
 		ephSeen:  make(map[string]uint64),
-		subs:     make(map[string]struct{}),
+		watched:  make(map[string]struct{}),
 		budget:   newByteBudget(h.opts.MaxConnBytes),
 	}
 	if h.opts.MessageRate > 0 {
@@ -299,12 +299,12 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 	case protocol.TypeRemoteSubscriptionChange:
 		s.mu.Lock()
 		for _, id := range msg.Remove {
-			delete(s.subs, id)
+			delete(s.watched, id)
 		}
 		for _, id := range msg.Add {
-			s.subs[id] = struct{}{}
+			s.watched[id] = struct{}{}
 		}
-		n := len(s.subs)
+		n := len(s.watched)
 		s.mu.Unlock()
 		if n > maxSubscriptions {
 			err := fmt.Errorf("%w: more than %d storage ids subscribed", errProtocol, maxSubscriptions)
@@ -318,7 +318,7 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		// the documents it has open.
 		for _, id := range s.openDocs() {
 			if d := s.h.document(id, false); d != nil {
-				if err := s.post(ctx, d, docMsg{kind: kindSubscribed, s: s, storageIDs: msg.Add}); err != nil {
+				if err := s.post(ctx, d, docMsg{kind: kindWatch, s: s, storageIDs: msg.Add}); err != nil {
 					return err
 				}
 			}
@@ -378,11 +378,12 @@ func (s *session) freshEphemeral(sessionID string, count uint64) bool {
 	return true
 }
 
-// subscribed reports whether the peer asked for heads of storageID.
-func (s *session) subscribed(storageID string) bool {
+// watches reports whether the peer asked for the heads of storageID
+// (remote-subscription-change).
+func (s *session) watches(storageID string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	_, ok := s.subs[storageID]
+	_, ok := s.watched[storageID]
 	return ok
 }
 

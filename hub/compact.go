@@ -1,0 +1,186 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/automerge/automerge-go"
+
+	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/pkg/syncengine"
+)
+
+// compaction is the owner's side of compacting its document: what the
+// store holds, whether a compaction runs, and when one may run again. The
+// work itself is compactStored, a function of the store alone, so it
+// cannot touch the owner's state from its goroutine.
+type compaction struct {
+	snapshotBytes int                // of the stored snapshot
+	incBytes      int                // of the batches stored since
+	running       bool               // a compaction goroutine runs
+	done          chan compactResult // its result
+	after         time.Time          // no compaction before (after a failure)
+	wait          backoff            // 10 s doubling to 10 min while compactions fail
+	skipped       bool               // too large to compact (MaxCompactBytes): reported once
+}
+
+func newCompaction() compaction {
+	return compaction{done: make(chan compactResult, 1), wait: backoff{min: 10 * time.Second, max: 10 * time.Minute}}
+}
+
+// compactResult is what a compaction reports to the owner.
+type compactResult struct {
+	snapshotBytes int
+	incBytes      int // incremental bytes the snapshot replaced
+	conflict      bool
+	err           error
+}
+
+// maybeCompact starts replacing the stored snapshot and incremental
+// changes by one new snapshot once the incremental changes outgrow the
+// snapshot. The work (automerge-go builds the document from every change
+// and saves it: O(history)) runs on its own goroutine, off the hot path;
+// compactDone takes its result.
+func (d *document) maybeCompact() {
+	c := &d.compaction
+	if c.running || c.skipped || !d.stored || c.incBytes < d.h.opts.MinCompactBytes || c.incBytes < c.snapshotBytes ||
+		time.Now().Before(c.after) {
+		return
+	}
+	n := d.eng.Bytes()
+	if n > d.h.opts.MaxCompactBytes {
+		// automerge-go would hold a multiple of it: leave the changes as
+		// they are (they load and sync as they are), and say so once.
+		c.skipped = true
+		d.h.m.LimitHits.WithLabelValues(LimitCompactBytes).Inc()
+		d.log.Warn("document too large to compact; its changes are kept as they are", "bytes", n, "max_compact_bytes", d.h.opts.MaxCompactBytes)
+		return
+	}
+	// Compactions on the node together hold at most MaxCompactBytes of
+	// documents (automerge-go holds a multiple): one that does not fit
+	// now is tried again after the next write.
+	n = max(n, 1)
+	if !d.h.compacts.tryAcquire(n) {
+		return
+	}
+	c.running = true
+	inc := c.incBytes
+	store, id, timeout, m, done := d.h.opts.Store, d.id, d.h.opts.StoreTimeout, d.h.m, c.done
+	go func() {
+		r := compactStored(store, id, timeout, m)
+		d.h.compacts.release(n)
+		if r.err != nil {
+			r.incBytes = inc // retry only after as many new changes again
+		}
+		done <- r
+	}()
+}
+
+// compactStored builds a snapshot of document id from what store holds
+// (not from memory: nodes that share the store append batches this node
+// may not have yet) and stores it with a compare-and-set on the
+// compaction version, so a concurrent compaction on another node never
+// loses a batch. Each store call has its own timeout: the work between
+// them is CPU. It touches only the store and m.
+func compactStored(store Store, id protocol.DocumentID, timeout time.Duration, m *Metrics) compactResult {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	sd, err := store.LoadDoc(ctx, id)
+	cancel()
+	if err != nil {
+		return compactResult{err: fmt.Errorf("failed to load the document: %w", err)}
+	}
+	if len(sd.Batches) == 0 {
+		return compactResult{snapshotBytes: len(sd.Snapshot)}
+	}
+	// The engine puts the changes in dependency order: after a store lost
+	// data, batches may hold changes before their dependencies (stored
+	// again later), which automerge-go's incremental load refuses.
+	raws, err := sd.Changes()
+	if err != nil {
+		return compactResult{err: err}
+	}
+	order := syncengine.New(syncengine.Options{})
+	if _, err := order.AddChanges(nil, raws...); err != nil {
+		return compactResult{err: fmt.Errorf("failed to index the stored changes: %w", err)}
+	}
+	if n := order.Queued(); n > 0 {
+		return compactResult{err: fmt.Errorf("%d stored changes lack their dependencies", n)}
+	}
+	all := make([]byte, 0, len(sd.Snapshot))
+	order.All(func(raw []byte) bool { all = append(all, raw...); return true })
+	doc, err := automerge.Load(all)
+	if err != nil {
+		return compactResult{err: fmt.Errorf("failed to build the document: %w", err)}
+	}
+	inc := 0
+	for _, b := range sd.Batches {
+		inc += len(b.Data)
+	}
+	heads := doc.Heads()
+	snap := doc.Save()
+	// Never replace loadable changes by a snapshot that does not load:
+	// the Rust core 0.5 can save documents it then refuses to load.
+	check, err := automerge.Load(snap)
+	if err != nil {
+		return compactResult{err: fmt.Errorf("the snapshot does not load back: %w", err)}
+	}
+	got := check.Heads()
+	if len(got) != len(heads) {
+		return compactResult{err: errors.New("the snapshot loads back with other heads")}
+	}
+	for _, h := range got {
+		if !slices.Contains(heads, h) {
+			return compactResult{err: errors.New("the snapshot loads back with other heads")}
+		}
+	}
+	start := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	err = store.Compact(ctx, id, snap, sd.Batches[len(sd.Batches)-1].Seq)
+	m.observeStore("compact", start)
+	if errors.Is(err, ErrCompactConflict) {
+		return compactResult{conflict: true, incBytes: inc}
+	}
+	if err != nil {
+		return compactResult{err: fmt.Errorf("failed to store the snapshot: %w", err)}
+	}
+	return compactResult{snapshotBytes: len(snap), incBytes: inc}
+}
+
+// compactDone takes a compaction's result on the owner goroutine.
+func (d *document) compactDone(r compactResult) {
+	c := &d.compaction
+	c.running = false
+	d.h.gcSoon()                               // automerge-go's memory is freed by finalizers
+	c.incBytes = max(0, c.incBytes-r.incBytes) // a failure: retry only after as many new changes again
+	if r.err != nil {
+		d.h.m.StoreErrors.WithLabelValues("compact").Inc()
+		d.log.Error("not compacted", "err", r.err)
+		c.after = time.Now().Add(c.wait.next())
+		d.h.rememberCompactFailure(d.id, c.after, c.wait)
+		return
+	}
+	if c.wait.failing() {
+		c.wait.reset()
+		d.h.rememberCompactFailure(d.id, time.Time{}, c.wait)
+	}
+	if r.conflict {
+		// Another node compacted through a later batch first: its snapshot
+		// holds ours. Count its work as done here too.
+		d.log.Debug("compaction superseded by another node's")
+		return
+	}
+	d.h.m.Compactions.Inc()
+	d.log.Debug("compacted", "snapshot_bytes", r.snapshotBytes, "incremental_bytes", r.incBytes)
+	c.snapshotBytes = r.snapshotBytes
+}
+
+// waitCompaction waits for a running compaction to finish.
+func (d *document) waitCompaction() {
+	if d.compaction.running {
+		d.compactDone(<-d.compaction.done)
+	}
+}

@@ -1,0 +1,203 @@
+package hub
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/plaithub/plait/pkg/amsync"
+	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/pkg/syncengine"
+)
+
+// accept is the engine's check of every change before it is applied: a
+// viewer's changes are refused. Changes from other nodes and the store
+// were checked where they came from.
+func (d *document) accept(_ *amsync.Change, origin any) error {
+	if s, ok := origin.(*session); ok {
+		if ps := d.peers[s]; ps == nil || ps.role < RoleEditor {
+			return ErrReadOnly
+		}
+	}
+	return nil
+}
+
+// nothingNew reports whether a sync message carries no change this
+// document lacks (a viewer may send changes the document already has, for
+// example after losing its sync state); an unreadable message counts as
+// new.
+func (d *document) nothingNew(data []byte) bool {
+	m, err := amsync.ParseMessageLimits(data, syncBounds)
+	if err != nil {
+		return false
+	}
+	budget := d.h.opts.MaxInflatedBytes // as for any sync message: a viewer cannot inflate more
+	for _, entry := range m.Changes {
+		chunks, err := amsync.SplitChunks(entry)
+		if err != nil {
+			return false
+		}
+		for _, chunk := range chunks {
+			c, err := amsync.ParseChangeLimit(chunk, budget)
+			if err != nil || !d.eng.Has(c.Hash) {
+				return false
+			}
+			budget -= c.InflatedLen()
+		}
+	}
+	return true
+}
+
+// syncBounds are the engine's default bounds of a sync message, for the
+// hub's own looks into messages before the engine sees them.
+var syncBounds = amsync.MessageLimits{
+	MaxHashes:     syncengine.DefaultMaxHashes,
+	MaxHaves:      syncengine.DefaultMaxHaves,
+	MaxBloomBytes: syncengine.DefaultMaxBloomBytes,
+}
+
+func (d *document) receiveSync(s *session, msg *protocol.Message) {
+	if s.closed.Load() {
+		return // queued before its connection failed
+	}
+	ps := d.peer(s)
+	if ps == nil {
+		// Exactly what a document that does not exist gets.
+		if !d.exists {
+			// Nor is it kept open for the refused peer: it waits as a
+			// requester does (below), and is asked again if the document
+			// appears.
+			delete(d.denied, s)
+			d.wait(s)
+		}
+		d.sendUnavailable(s)
+		return
+	}
+	if ps.role < RoleEditor && !d.nothingNew(msg.Data) {
+		// Refused here, not only by accept: a change whose dependencies
+		// are missing would be queued before accept ever saw it.
+		d.removePeer(s)
+		d.h.m.Denials.Inc()
+		s.fail(protocol.CloseReadOnly, fmt.Errorf("%w (document %s)", ErrReadOnly, d.id))
+		return
+	}
+	applied, err := d.eng.ReceiveMessage(ps.st, msg.Data, s)
+	if err != nil {
+		d.removePeer(s)
+		switch {
+		case errors.Is(err, ErrReadOnly):
+			s.fail(protocol.CloseReadOnly, fmt.Errorf("%w (document %s)", ErrReadOnly, d.id))
+		case errors.Is(err, syncengine.ErrLimitExceeded):
+			d.h.m.LimitHits.WithLabelValues(limitOf(err)).Inc()
+			s.fail(protocol.CloseLimitExceeded, fmt.Errorf("sync message for %s refused: %w", d.id, err))
+		default:
+			s.fail(protocol.CloseInvalidSyncData, fmt.Errorf("invalid sync data for %s: %w", d.id, err))
+		}
+		return
+	}
+	grew, n, all := d.trackState(s, ps)
+	if n > int64(d.h.opts.MaxConnBytes) {
+		d.removePeer(s)
+		d.h.m.LimitHits.WithLabelValues(LimitConnBytes).Inc()
+		s.fail(protocol.CloseLimitExceeded, fmt.Errorf("%w: this connection's sync state holds %d bytes (at most %d)", ErrLimitExceeded, n, d.h.opts.MaxConnBytes))
+		return
+	}
+	if grew && all > int64(d.h.opts.MaxStateBytes) {
+		// The node is full of peers' sync state: whoever adds to it now
+		// is asked to come back later (honest states are small).
+		d.removePeer(s)
+		d.h.m.LimitHits.WithLabelValues(LimitStateBytes).Inc()
+		s.fail(protocol.CloseTryAgainLater, fmt.Errorf("%w: the node holds %d bytes of sync state (at most %d); try again later", ErrLimitExceeded, all, d.h.opts.MaxStateBytes))
+		return
+	}
+	for _, c := range applied {
+		d.unsaved = append(d.unsaved, c.Stored)
+	}
+	d.h.m.ChangesAccepted.Add(float64(len(applied)))
+	ps.dirty = true
+	if msg.Type == protocol.TypeSync {
+		d.exists = true // a peer that syncs a document we lack creates it
+	}
+	if !d.exists {
+		// Nobody has it. The peer is told so and not kept as a peer: a
+		// document only requesters wait for leaves memory at once (see
+		// run). It waits as a cheap entry in the hub instead, counted
+		// against its connection's documents, and is let in if the
+		// document appears while it is connected (admitWaiters).
+		d.removePeer(s)
+		d.wait(s)
+		d.sendUnavailable(s)
+		return
+	}
+	if heads, ok := ps.st.TheirHeads(); ok && !s.ephemeral {
+		d.learnHeads(s, s.storageID, knownHeads{heads: wireHeads(heads), timestamp: uint64(time.Now().UnixMilli())})
+	}
+	// Answer now, not after the rest of the batch: a later message from the
+	// same peer can make the engine believe the peer already knows our
+	// heads and skip the acknowledgement the peer waits for. The answer is
+	// sent in flush, after the store write.
+	d.generate(ps)
+}
+
+// limitOf names the bound an engine error hit, for plait_limit_hits_total.
+func limitOf(err error) string {
+	switch {
+	case errors.Is(err, syncengine.ErrDocTooLarge):
+		return LimitDocBytes
+	case errors.Is(err, syncengine.ErrInflateBudget):
+		return LimitInflatedBytes
+	}
+	return LimitSyncBounds
+}
+
+// generate queues the next sync message for a peer, if one is due. Queued
+// messages go out in flush, after the store has confirmed every change
+// whose heads they carry. It always runs when the engine expects it
+// (after each received message, after new heads): skipping one can make
+// the engine skip an acknowledgement the peer waits for.
+func (d *document) generate(ps *peerState) {
+	if data := d.eng.GenerateMessage(ps.st); data != nil {
+		ps.out = append(ps.out, data)
+	}
+}
+
+// sendOut sends the sync messages generated for s, in order, as far as
+// its write queue has room; the rest wait in ps.out, and the document
+// tries again after backlogDelay. So documents take turns at a busy
+// connection: a client that opens several large documents at once gets
+// their pieces as it reads them, instead of overflowing its queue (4429)
+// and starting over on every reconnect. A peer whose waiting messages
+// pass twice MaxSendBytes keeps asking without reading: it is closed as
+// a slow consumer, as the transport would.
+func (d *document) sendOut(s *session, ps *peerState) {
+	k := 0
+	for ; k < len(ps.out); k++ {
+		if !s.trySend(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: ps.out[k]}) {
+			break
+		}
+	}
+	rest := copy(ps.out, ps.out[k:])
+	clear(ps.out[rest:])
+	ps.out = ps.out[:rest]
+	if rest == 0 {
+		return
+	}
+	waiting := 0
+	for _, data := range ps.out {
+		waiting += len(data)
+	}
+	if rest > 2 && waiting > 2*d.h.opts.MaxSendBytes {
+		d.removePeer(s)
+		d.h.m.Disconnects.WithLabelValues(protocol.CloseSlowConsumer.String()).Inc()
+		s.conn.Close(protocol.CloseSlowConsumer, "slow consumer: sync messages wait unread")
+		return
+	}
+	if !d.backlogged {
+		d.backlogged = true
+		d.backlog.Reset(backlogDelay)
+	}
+}
+
+// backlogDelay is how soon a document looks again at peers whose write
+// queues were too full for a sync message.
+const backlogDelay = 50 * time.Millisecond
