@@ -23,8 +23,13 @@ var ErrLimitExceeded = errors.New("limit exceeded")
 // errTooManyDocs refuses opening a document past Options.MaxOpenDocs.
 var errTooManyDocs = fmt.Errorf("%w: too many documents open on this node", ErrLimitExceeded)
 
+// Unlimited turns off a bound of Options that says it may be off (any
+// negative value does). Zero is always the documented default: a command
+// line whose 0 means "off" maps it to Unlimited.
+const Unlimited = -1
+
 // Options configures a Hub. The zero value of every field is a documented
-// default, filled in by New.
+// default, filled in by New; bounds that may be off take Unlimited.
 type Options struct {
 	// Store persists documents. Required. Nodes that share a Broker must
 	// share the Store too.
@@ -79,7 +84,7 @@ type Options struct {
 	// MessageRate is how many messages per second one connection may send
 	// after join, sustained (a token bucket refilled at this rate). A
 	// connection that exceeds it gets an error message and is closed with
-	// protocol.CloseRateLimited. Default: 500; negative: no limit.
+	// protocol.CloseRateLimited. Default: 500; Unlimited: no limit.
 	MessageRate float64
 
 	// MessageBurst is the token bucket's size: how many messages a
@@ -94,7 +99,7 @@ type Options struct {
 	// is refused whole (an error message, close protocol.CloseLimitExceeded),
 	// never stored or relayed. A document already larger (stored before the
 	// limit) opens read-only: it is served, and refuses every new change.
-	// Default: 128 MiB; negative: no limit.
+	// Default: 128 MiB; Unlimited: no limit.
 	MaxDocBytes int
 
 	// MaxInflatedBytes bounds what the compressed changes of one sync
@@ -110,13 +115,13 @@ type Options struct {
 	// MaxDocsPerConn bounds the documents one connection may have open;
 	// the next one gets doc-unavailable and an error message (the
 	// connection stays). Documents it asked for that do not exist do not
-	// count once answered. Default: 4096; negative: no limit.
+	// count once answered. Default: 4096; Unlimited: no limit.
 	MaxDocsPerConn int
 
 	// MaxOpenDocs bounds the documents open on this node (each has an
 	// owner goroutine); beyond it a sync or request for a document not
 	// open gets doc-unavailable and an error message. Default: 50,000;
-	// negative: no limit.
+	// Unlimited: no limit.
 	MaxOpenDocs int
 
 	// MaxConnBytes bounds the bytes one connection has in flight: received
