@@ -21,23 +21,6 @@ func (r roles) Role(_ context.Context, who hub.Identity, _ protocol.DocumentID) 
 	return r[who.User], nil
 }
 
-func connectAs(t *testing.T, h *hub.Hub, id, user string) *client {
-	t.Helper()
-	cl := &client{t: t, c: newPipe(), id: id, errc: make(chan error, 1)}
-	go func() {
-		cl.errc <- h.Serve(context.Background(), cl.c, hub.ConnInfo{RemoteAddr: "pipe", Identity: hub.Identity{User: user}})
-	}()
-	cl.send(&protocol.Message{Type: protocol.TypeJoin, SenderID: id, SupportedProtocolVersions: []string{"1"},
-		PeerMetadata: &protocol.PeerMetadata{IsEphemeral: true}})
-	m := cl.recv(time.Second)
-	if m == nil || m.Type != protocol.TypePeer {
-		t.Fatalf("expected peer, got %+v", m)
-	}
-	cl.hub = m.SenderID
-	t.Cleanup(func() { cl.c.Close(protocol.CloseNormal, "") })
-	return cl
-}
-
 // peer is a test client with its document and sync state.
 type peer struct {
 	c   *client
@@ -125,24 +108,6 @@ func TestViewerChangesAreRefused(t *testing.T) {
 	if msg := st.recv(2 * time.Second); msg == nil || msg.Type != protocol.TypeDocUnavailable {
 		t.Fatalf("unknown document: %+v", msg)
 	}
-}
-
-// mutableRoles is an Authorizer whose answers the test changes.
-type mutableRoles struct {
-	mu sync.Mutex
-	r  map[string]hub.Role
-}
-
-func (m *mutableRoles) Role(_ context.Context, who hub.Identity, _ protocol.DocumentID) (hub.Role, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.r[who.User], nil
-}
-
-func (m *mutableRoles) set(user string, r hub.Role) {
-	m.mu.Lock()
-	m.r[user] = r
-	m.mu.Unlock()
 }
 
 // TestPermissionChangeOnOpenSession: an editor demoted to viewer has its
@@ -265,17 +230,10 @@ func TestGrantReachesDeniedPeer(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.syncUntilQuiet(id, ss)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	eventually(t, "the granted creator's document stored", func() bool {
 		sd, err := store.LoadDoc(context.Background(), id)
-		if err == nil && len(sd.Batches) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the granted creator's document was not stored: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil && len(sd.Batches) > 0
+	})
 }
 
 // TestViewerChangeWithMissingDependencyRefused: a viewer's change whose

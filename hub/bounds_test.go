@@ -1,8 +1,6 @@
 package hub_test
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -17,18 +15,6 @@ import (
 	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
-
-func closedWith(t *testing.T, cl *client, want protocol.CloseCode) {
-	t.Helper()
-	select {
-	case <-cl.errc:
-	case <-time.After(2 * time.Second):
-		t.Fatalf("connection not closed, want %v", want)
-	}
-	if code, _ := cl.c.closeCode(); code != want {
-		t.Fatalf("closed with %v, want %v", code, want)
-	}
-}
 
 // TestJoinReplacesOnlyTheSameUser: with logins, a second join with a known
 // peer id replaces the first only if both are the same user.
@@ -60,13 +46,7 @@ func TestRequestsForUnknownDocumentsDoNotStayOpen(t *testing.T) {
 			t.Fatalf("request %d: got %+v, want doc-unavailable", i, got)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := h.OpenDocuments(); got != 0 {
-		t.Fatalf("%d documents open after %d requests for unknown ids, want 0", got, n)
-	}
+	noOpenDocuments(t, h)
 }
 
 // TestRequesterGetsDocumentCreatedLater: a peer told a document does not
@@ -83,13 +63,7 @@ func TestRequesterGetsDocumentCreatedLater(t *testing.T) {
 	if got := b.recv(time.Second); got == nil || got.Type != protocol.TypeDocUnavailable {
 		t.Fatalf("got %+v, want doc-unavailable", got)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := h.OpenDocuments(); got != 0 {
-		t.Fatalf("%d documents open, want 0", got)
-	}
+	noOpenDocuments(t, h)
 	// Waiting for one document, b may open no other (MaxDocsPerConn 1).
 	other := protocol.NewDocumentID()
 	b.send(&protocol.Message{Type: protocol.TypeRequest, SenderID: "b", TargetID: b.hub, DocumentID: other, Data: emptySyncMessage()})
@@ -117,16 +91,6 @@ func TestRequesterGetsDocumentCreatedLater(t *testing.T) {
 	if v, err := bdoc.RootMap().Get("k"); err != nil || v.Str() != "v" {
 		t.Fatalf("the waiting requester has k = %v (%v), want the created document", v, err)
 	}
-}
-
-// createDoc syncs a new document with one change from cl.
-func createDoc(t *testing.T, cl *client) protocol.DocumentID {
-	t.Helper()
-	doc := automerge.New()
-	edit(t, doc, "k", "v")
-	id := protocol.NewDocumentID()
-	cl.syncUntilQuiet(id, automerge.NewSyncState(doc))
-	return id
 }
 
 // TestDocsPerConnBound: past MaxDocsPerConn, a new document gets
@@ -180,10 +144,7 @@ func TestMaxOpenDocs(t *testing.T) {
 		t.Fatalf("open_docs hits = %v, want 1", got)
 	}
 	a.c.Close(protocol.CloseNormal, "") // its documents go idle and leave
-	deadline := time.Now().Add(5 * time.Second)
-	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	noOpenDocuments(t, h)
 	createDoc(t, b)
 }
 
@@ -254,41 +215,7 @@ func TestDeniedUnknownDocumentsDoNotStayOpen(t *testing.T) {
 			t.Fatalf("message %d: got %+v, want doc-unavailable", i, got)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for h.OpenDocuments() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := h.OpenDocuments(); got != 0 {
-		t.Fatalf("%d documents open after %d refused requests for unknown ids, want 0", got, n)
-	}
-}
-
-// bigChange returns a sync message whose change carries about size bytes.
-func bigChange(t *testing.T, key string, size int) []byte {
-	t.Helper()
-	doc := automerge.New()
-	edit(t, doc, key, strings.Repeat("x", size))
-	sm, _ := automerge.NewSyncState(doc).GenerateMessage()
-	first := sm.Bytes()
-	// The first message of a sync state has no changes; answer it as an
-	// empty peer would, and take the one that carries them.
-	peer := automerge.NewSyncState(automerge.New())
-	if _, err := peer.ReceiveMessage(first); err != nil {
-		t.Fatal(err)
-	}
-	ss := automerge.NewSyncState(doc)
-	if _, err := ss.ReceiveMessage(first); err != nil {
-		t.Fatal(err)
-	}
-	reply, _ := peer.GenerateMessage()
-	if _, err := ss.ReceiveMessage(reply.Bytes()); err != nil {
-		t.Fatal(err)
-	}
-	withChanges, ok := ss.GenerateMessage()
-	if !ok || len(withChanges.Bytes()) < size {
-		t.Fatalf("no message with the change")
-	}
-	return withChanges.Bytes()
+	noOpenDocuments(t, h)
 }
 
 // TestBudgetWaitClosesTryAgainLater: a connection whose messages wait for
@@ -333,56 +260,6 @@ func TestBudgetWaitClosesTryAgainLater(t *testing.T) {
 	waitInflightZero(t, h)
 }
 
-func waitInflightZero(t *testing.T, h *hub.Hub) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for h.InflightBytes() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := h.InflightBytes(); got != 0 {
-		t.Fatalf("%d bytes still in flight, want 0", got)
-	}
-}
-
-// blockingStore holds every AppendChanges until the test opens the gate,
-// then fails it if fail is set.
-type blockingStore struct {
-	hub.Store
-	called chan struct{} // gets a value when AppendChanges is called
-	gate   chan struct{}
-	fail   bool
-}
-
-func newBlockingStore(fail bool) *blockingStore {
-	return &blockingStore{Store: memstore.New(), called: make(chan struct{}, 1), gate: make(chan struct{}), fail: fail}
-}
-
-// blocked waits until an AppendChanges call is held at the gate.
-func (f *blockingStore) blocked(t *testing.T) {
-	t.Helper()
-	select {
-	case <-f.called:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the store was never written")
-	}
-}
-
-func (f *blockingStore) AppendChanges(ctx context.Context, id protocol.DocumentID, b []byte) (uint64, error) {
-	select {
-	case f.called <- struct{}{}:
-	default:
-	}
-	select {
-	case <-f.gate:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	if f.fail {
-		return 0, errors.New("disk on fire")
-	}
-	return f.Store.AppendChanges(ctx, id, b)
-}
-
 // TestStoreFailureGivesBudgetsBack: messages queued for a document whose
 // store fails are answered and their bytes given back, so the node's
 // in-flight budget does not leak away store failure by store failure.
@@ -397,13 +274,7 @@ func TestStoreFailureGivesBudgetsBack(t *testing.T) {
 			fs.blocked(t) // the owner is blocked in the store: the others queue
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for h.InflightBytes() < 3*2000 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if got := h.InflightBytes(); got < 3*2000 {
-		t.Fatalf("%d bytes in flight while the owner is blocked, want the 3 queued messages", got)
-	}
+	eventually(t, "the 3 queued messages in flight while the owner is blocked", func() bool { return h.InflightBytes() >= 3*2000 })
 	close(fs.gate)
 	waitInflightZero(t, h)
 }

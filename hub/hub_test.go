@@ -4,11 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,185 +16,6 @@ import (
 	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
-
-// pipeConn is an in-memory hub.Conn: the test plays the client.
-type pipeConn struct {
-	toHub   chan []byte
-	fromHub chan []byte
-	mu      sync.Mutex
-	closed  bool
-	code    protocol.CloseCode
-	done    chan struct{}
-}
-
-func newPipe() *pipeConn {
-	return &pipeConn{toHub: make(chan []byte, 64), fromHub: make(chan []byte, 1024), done: make(chan struct{})}
-}
-
-func (c *pipeConn) Read(ctx context.Context) ([]byte, error) {
-	select {
-	case b := <-c.toHub:
-		return b, nil
-	case <-c.done:
-		return nil, hub.ErrConnClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-}
-
-// Done is closed once the connection is closed (as wstransport.Conn's).
-func (c *pipeConn) Done() <-chan struct{} { return c.done }
-
-func (c *pipeConn) Send(frame []byte) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return hub.ErrConnClosed
-	}
-	c.fromHub <- frame
-	return nil
-}
-
-func (c *pipeConn) Close(code protocol.CloseCode, reason string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.closed {
-		c.closed, c.code = true, code
-		close(c.done)
-	}
-}
-
-func (c *pipeConn) closeCode() (protocol.CloseCode, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.code, c.closed
-}
-
-// client is the test's side of one pipeConn.
-type client struct {
-	t    *testing.T
-	c    *pipeConn
-	id   string
-	hub  string
-	errc chan error
-}
-
-func connect(t *testing.T, h *hub.Hub, id, storageID string) *client {
-	t.Helper()
-	cl := &client{t: t, c: newPipe(), id: id, errc: make(chan error, 1)}
-	go func() { cl.errc <- h.Serve(context.Background(), cl.c, hub.ConnInfo{RemoteAddr: "pipe"}) }()
-	cl.send(&protocol.Message{Type: protocol.TypeJoin, SenderID: id, SupportedProtocolVersions: []string{"1"},
-		PeerMetadata: &protocol.PeerMetadata{StorageID: storageID, IsEphemeral: storageID == ""}})
-	m := cl.recv(time.Second)
-	if m == nil || m.Type != protocol.TypePeer {
-		t.Fatalf("expected peer, got %+v", m)
-	}
-	cl.hub = m.SenderID
-	t.Cleanup(func() { cl.c.Close(protocol.CloseNormal, "") })
-	return cl
-}
-
-func (cl *client) send(m *protocol.Message) {
-	cl.t.Helper()
-	b, err := protocol.Encode(m)
-	if err != nil {
-		cl.t.Fatal(err)
-	}
-	cl.c.toHub <- b
-}
-
-// recv returns the next message or nil after timeout.
-func (cl *client) recv(timeout time.Duration) *protocol.Message {
-	cl.t.Helper()
-	select {
-	case b := <-cl.c.fromHub:
-		m, err := protocol.Decode(b)
-		if err != nil {
-			cl.t.Fatalf("hub sent an undecodable frame: %v", err)
-		}
-		return m
-	case <-time.After(timeout):
-		return nil
-	}
-}
-
-func (cl *client) sync(id protocol.DocumentID, ss *automerge.SyncState, typ string) bool {
-	sm, ok := ss.GenerateMessage()
-	if ok {
-		cl.send(&protocol.Message{Type: typ, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, Data: sm.Bytes()})
-	}
-	return ok
-}
-
-// syncUntilQuiet exchanges sync messages until nothing more arrives.
-func (cl *client) syncUntilQuiet(id protocol.DocumentID, ss *automerge.SyncState) {
-	cl.t.Helper()
-	cl.sync(id, ss, protocol.TypeSync)
-	for {
-		m := cl.recv(300 * time.Millisecond)
-		if m == nil {
-			return
-		}
-		if m.Type != protocol.TypeSync {
-			continue
-		}
-		if _, err := ss.ReceiveMessage(m.Data); err != nil {
-			cl.t.Fatal(err)
-		}
-		cl.sync(id, ss, protocol.TypeSync)
-	}
-}
-
-func newHub(t *testing.T, store hub.Store, mod ...func(*hub.Options)) *hub.Hub {
-	t.Helper()
-	opts := hub.Options{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), IdleDocTimeout: 200 * time.Millisecond}
-	for _, f := range mod {
-		f(&opts)
-	}
-	h, err := hub.New(context.Background(), opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := h.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	})
-	return h
-}
-
-func edit(t *testing.T, doc *automerge.Doc, key string, v any) {
-	t.Helper()
-	if err := doc.RootMap().Set(key, v); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := doc.Commit(key); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// gateStore delays AppendChanges until the test opens the gate.
-type gateStore struct {
-	hub.Store
-	gate     chan struct{}
-	mu       sync.Mutex
-	appended int
-}
-
-func (g *gateStore) AppendChanges(ctx context.Context, id protocol.DocumentID, b []byte) (uint64, error) {
-	select {
-	case <-g.gate:
-	case <-ctx.Done():
-		return 0, ctx.Err()
-	}
-	seq, err := g.Store.AppendChanges(ctx, id, b)
-	g.mu.Lock()
-	g.appended++
-	g.mu.Unlock()
-	return seq, err
-}
 
 // TestDurableBeforeAdvertised: while the store has not confirmed a change,
 // no peer hears of it.
@@ -263,13 +81,7 @@ func TestEvictionAndReload(t *testing.T) {
 	}
 	a.c.Close(protocol.CloseNormal, "")
 	<-a.errc
-	deadline := time.Now().Add(5 * time.Second)
-	for h.OpenDocuments() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("idle document was not evicted")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	noOpenDocuments(t, h)
 	b := connect(t, h, "b", "")
 	docB := automerge.New()
 	ssB := automerge.NewSyncState(docB)
@@ -291,21 +103,17 @@ func TestSyncStatePersistedForStoragePeers(t *testing.T) {
 	a.syncUntilQuiet(id, automerge.NewSyncState(doc))
 	a.c.Close(protocol.CloseNormal, "")
 	<-a.errc
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		raw, err := store.LoadSyncState(context.Background(), id, "storage-a")
-		if err == nil {
-			ss, err := automerge.LoadSyncState(doc, raw)
-			if err != nil {
-				t.Fatalf("stored sync state unreadable: %v", err)
-			}
-			_ = ss
-			break
+	var raw []byte
+	eventually(t, "the sync state of storage-a saved", func() bool {
+		var err error
+		raw, err = store.LoadSyncState(context.Background(), id, "storage-a")
+		if err != nil && !errors.Is(err, hub.ErrNotFound) {
+			t.Fatalf("loading the sync state of storage-a: %v", err)
 		}
-		if !errors.Is(err, hub.ErrNotFound) || time.Now().After(deadline) {
-			t.Fatalf("sync state of storage-a not saved: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return err == nil
+	})
+	if _, err := automerge.LoadSyncState(doc, raw); err != nil {
+		t.Fatalf("stored sync state unreadable: %v", err)
 	}
 	// An ephemeral peer's state is never stored.
 	e := connect(t, h, "e", "")
@@ -435,10 +243,18 @@ func TestEarlyChangeIsHeldAndItsDependencyNeeded(t *testing.T) {
 	}
 	dep := (&amsync.Message{Type: amsync.MessageTypeSync, Heads: []amsync.Hash{amsync.Hash(c2)}, Have: []amsync.Have{{}}, Changes: [][]byte{raw(c1)}}).Encode()
 	a.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "a", TargetID: a.hub, DocumentID: id, Data: dep})
+	// The hub acknowledges both changes once it has stored them.
+	eventually(t, "the hub's acknowledgement of both changes", func() bool {
+		m := a.recv(100 * time.Millisecond)
+		if m == nil || m.Type != protocol.TypeSync {
+			return false
+		}
+		sm, err := amsync.ParseMessage(m.Data)
+		return err == nil && slices.Contains(sm.Heads, amsync.Hash(c2))
+	})
 	b := connect(t, h, "b", "")
 	docB := automerge.New()
 	ssB := automerge.NewSyncState(docB)
-	time.Sleep(200 * time.Millisecond)
 	b.sync(id, ssB, protocol.TypeRequest)
 	b.syncUntilQuiet(id, ssB)
 	if !slices.Equal(docB.Heads(), []automerge.ChangeHash{c2}) {

@@ -12,30 +12,6 @@ import (
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
-// alive checks that cl's connection still answers: a request for an
-// unknown document gets doc-unavailable.
-func (cl *client) alive() {
-	cl.t.Helper()
-	id := protocol.NewDocumentID()
-	cl.send(&protocol.Message{Type: protocol.TypeRequest, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, Data: emptySyncMessage()})
-	for {
-		m := cl.recv(2 * time.Second)
-		if m == nil {
-			cl.t.Fatal("connection did not answer")
-		}
-		if m.Type == protocol.TypeDocUnavailable && m.DocumentID == id {
-			return
-		}
-		if m.Type == protocol.TypeError {
-			cl.t.Fatalf("error: %s", m.ErrorMessage)
-		}
-	}
-}
-
-func emptySyncMessage() []byte {
-	return []byte{0x42, 0, 0, 0, 0} // sync message: no heads, need, have or changes
-}
-
 // TestMessageRateLimit: a connection may send MessageBurst messages at
 // once; the next one is answered with an error and close 4430, counted.
 // Another connection is unaffected.

@@ -100,8 +100,7 @@ func TestDebugSleepIsProbed(t *testing.T) {
 	srv, sub, rec, pub, _, id := faultSetup(t, false)
 	c := srv.Client(t)
 	go func() { _ = c.Do(context.Background(), "DEBUG", "SLEEP", "2").Err() }()
-	time.Sleep(100 * time.Millisecond)
-	waitResubscribed(t, sub, rec, pub, id)
+	waitResubscribed(t, sub, rec, pub, id) // waits for the pause to be noticed, however soon it starts
 	if got := testutil.ToFloat64(sub.Metrics().ProbeFailures); got < 1 {
 		t.Fatalf("plait_broker_probe_failures_total = %v after a 2 s pause (probe 300 ms)", got)
 	}

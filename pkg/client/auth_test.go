@@ -497,18 +497,6 @@ func (p *authProxy) end(match func(token string) bool, code protocol.CloseCode, 
 	return len(hit)
 }
 
-// waitFor polls cond for at most 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // TestTokenFailsThenConnects: while Token fails the client does not
 // connect (each failure a failed attempt, with its error in Stats), then a
 // token the server refuses (401) is a failed attempt too, and with a good

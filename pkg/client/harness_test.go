@@ -13,8 +13,10 @@ import (
 	"time"
 )
 
-// These tests run the real Plait node: the binary is built once from
-// ../../server (cached by the go build cache) and run as a process.
+// The test harness of this package: the tests run the real Plait node,
+// built once from ../../server (cached by the go build cache) and run as
+// a process, one per test (startNode). Helpers that make clients and wait
+// on them are in helpers_test.go.
 
 var plaitBin string
 
