@@ -1,7 +1,9 @@
 # Plait node image. Build: docker build -t plait .
 # Run:   docker run -p 8080:8080 -v plait-data:/data -e PLAIT_ALLOW_ANONYMOUS=true plait
-# (There is no login yet: a node listening beyond loopback refuses to start
-# unless the operator allows anonymous clients explicitly.)
+# (Without a login provider a node listening beyond loopback refuses to
+# start unless the operator allows anonymous clients explicitly; with one,
+# set PLAIT_PUBLIC_URL, PLAIT_AUTH_KEY_FILE and PLAIT_OIDC_* instead: see
+# README.md, "Login and permissions".)
 #
 # The build runs `make build`, the same target CI runs (followed by
 # .ci/image-check on the binary), because this machine has no Docker engine.
