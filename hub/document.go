@@ -165,10 +165,7 @@ func (d *document) run() {
 			if d.exists {
 				d.admitWaiters()
 			}
-			if err := d.flush(); err != nil {
-				d.log.Error("failed to store changes", "err", err)
-				d.h.m.StoreErrors.WithLabelValues("append").Inc()
-				d.failAll()
+			if !d.flushed() {
 				return
 			}
 			d.maybeCompact()
@@ -190,18 +187,12 @@ func (d *document) run() {
 		case <-d.stream.settle.C:
 			d.stream.settling = false
 			d.checkPosition()
-			if err := d.flush(); err != nil {
-				d.log.Error("failed to store changes", "err", err)
-				d.h.m.StoreErrors.WithLabelValues("append").Inc()
-				d.failAll()
+			if !d.flushed() {
 				return
 			}
 		case <-d.backlog.C:
 			d.backlogged = false
-			if err := d.flush(); err != nil {
-				d.log.Error("failed to store changes", "err", err)
-				d.h.m.StoreErrors.WithLabelValues("append").Inc()
-				d.failAll()
+			if !d.flushed() {
 				return
 			}
 		case <-d.stream.retry.C:
@@ -212,10 +203,7 @@ func (d *document) run() {
 			if d.stream.needCatchUp == "" && len(d.stream.unpublished) == 0 {
 				d.stream.retryWait.reset() // recovered
 			}
-			if err := d.flush(); err != nil {
-				d.log.Error("failed to store changes", "err", err)
-				d.h.m.StoreErrors.WithLabelValues("append").Inc()
-				d.failAll()
+			if !d.flushed() {
 				return
 			}
 		case <-idle.C:
@@ -322,6 +310,18 @@ func (d *document) flush() error {
 	}
 	d.publishPending()
 	return nil
+}
+
+// flushed runs flush and reports whether it succeeded; after a store
+// failure the document has failed all its peers and its owner must exit.
+func (d *document) flushed() bool {
+	if err := d.flush(); err != nil {
+		d.log.Error("failed to store changes", "err", err)
+		d.h.m.StoreErrors.WithLabelValues("append").Inc()
+		d.failAll()
+		return false
+	}
+	return true
 }
 
 // evict saves the sync states of remaining peers and drops the document,

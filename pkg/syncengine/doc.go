@@ -173,38 +173,25 @@ type Doc struct {
 
 // New returns an empty document.
 func New(opts Options) *Doc {
-	if opts.MaxQueued <= 0 {
-		opts.MaxQueued = DefaultMaxQueued
-	}
-	if opts.MaxQueuedBytes <= 0 {
-		opts.MaxQueuedBytes = DefaultMaxQueuedBytes
-	}
-	if opts.MaxOpsPerChange <= 0 {
-		opts.MaxOpsPerChange = DefaultMaxOpsPerChange
-	}
-	if opts.MaxOpsPerKey <= 0 {
-		opts.MaxOpsPerKey = DefaultMaxOpsPerKey
-	}
-	if opts.MaxHashes <= 0 {
-		opts.MaxHashes = DefaultMaxHashes
-	}
-	if opts.MaxHaves <= 0 {
-		opts.MaxHaves = DefaultMaxHaves
-	}
-	if opts.MaxBloomBytes <= 0 {
-		opts.MaxBloomBytes = DefaultMaxBloomBytes
-	}
-	if opts.MaxInflatedBytes <= 0 {
-		opts.MaxInflatedBytes = DefaultMaxInflatedBytes
+	for _, f := range []struct {
+		v   *int
+		def int
+	}{
+		{&opts.MaxQueued, DefaultMaxQueued}, {&opts.MaxQueuedBytes, DefaultMaxQueuedBytes},
+		{&opts.MaxOpsPerChange, DefaultMaxOpsPerChange}, {&opts.MaxOpsPerKey, DefaultMaxOpsPerKey},
+		{&opts.MaxHashes, DefaultMaxHashes}, {&opts.MaxHaves, DefaultMaxHaves},
+		{&opts.MaxBloomBytes, DefaultMaxBloomBytes}, {&opts.MaxInflatedBytes, DefaultMaxInflatedBytes},
+		{&opts.MaxSendBytes, DefaultMaxSendBytes},
+	} {
+		if *f.v <= 0 {
+			*f.v = f.def
+		}
 	}
 	if opts.MaxInflateRatio == 0 {
 		opts.MaxInflateRatio = DefaultMaxInflateRatio
 	}
 	if opts.MaxBytes < 0 {
 		opts.MaxBytes = 0
-	}
-	if opts.MaxSendBytes <= 0 {
-		opts.MaxSendBytes = DefaultMaxSendBytes
 	}
 	return &Doc{
 		opts:    opts,
