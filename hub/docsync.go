@@ -119,14 +119,15 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		d.exists = true // a peer that syncs a document we lack creates it
 	}
 	if !d.exists {
-		// Nobody has it. The peer is told so and not kept as a peer: a
-		// document only requesters wait for leaves memory at once (see
-		// run). It waits as a cheap entry in the hub instead, counted
-		// against its connection's documents, and is let in if the
-		// document appears while it is connected (admitWaiters).
-		d.removePeer(s)
-		d.wait(s)
-		d.sendUnavailable(s)
+		// Nobody has it yet. Its creator's first changes may be on their
+		// way (on another connection, through another node): the
+		// requester waits Options.PendingWait for them as a peer, and is
+		// sent the document as soon as it exists (flush); after that it
+		// is told the document is unavailable (expirePending).
+		if ps.pendingUntil.IsZero() {
+			ps.pendingUntil = time.Now().Add(d.h.opts.PendingWait)
+		}
+		d.armPending(ps.pendingUntil)
 		return
 	}
 	if heads, ok := ps.st.TheirHeads(); ok && !s.ephemeral {

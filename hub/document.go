@@ -93,6 +93,11 @@ type document struct {
 	compaction compaction
 
 	stream follower // with a broker: the document's stream (stream.go)
+
+	// Requesters of a document that does not exist yet (peers.go):
+	reqTimer *time.Timer
+	reqArmed bool
+	reqAt    time.Time
 }
 
 func newDocument(h *Hub, id protocol.DocumentID) *document {
@@ -107,6 +112,7 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		compaction: newCompaction(),
 		stream:     newFollower(),
 		backlog:    stoppedTimer(),
+		reqTimer:   stoppedTimer(),
 		ephBudget:  rate.NewLimiter(rate.Limit(h.opts.EphemeralRelayBytes), h.opts.EphemeralRelayBytes),
 	}
 }
@@ -190,6 +196,11 @@ func (d *document) run() {
 			if !d.flushed() {
 				return
 			}
+		case <-d.reqTimer.C:
+			d.expirePending()
+			if !d.exists && len(d.peers) == 0 {
+				idle.Reset(0) // nobody has it, nobody waits: leave (below)
+			}
 		case <-d.backlog.C:
 			d.backlogged = false
 			if !d.flushed() {
@@ -211,7 +222,11 @@ func (d *document) run() {
 				d.evict()
 				return
 			}
-			idle.Reset(d.h.opts.IdleDocTimeout)
+			if !d.exists && len(d.peers) == 0 {
+				idle.Reset(10 * time.Millisecond) // a sender still holds it: soon
+			} else {
+				idle.Reset(d.h.opts.IdleDocTimeout)
+			}
 		case <-d.h.ctx.Done():
 			d.h.tryRemove(d)
 			d.evict()

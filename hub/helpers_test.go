@@ -147,7 +147,7 @@ func (cl *client) syncUntilQuiet(id protocol.DocumentID, ss *automerge.SyncState
 
 func newHub(t *testing.T, store hub.Store, mod ...func(*hub.Options)) *hub.Hub {
 	t.Helper()
-	opts := hub.Options{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), IdleDocTimeout: 200 * time.Millisecond}
+	opts := hub.Options{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), IdleDocTimeout: 200 * time.Millisecond, PendingWait: 20 * time.Millisecond}
 	for _, f := range mod {
 		f(&opts)
 	}

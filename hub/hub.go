@@ -64,6 +64,14 @@ type Options struct {
 	// join message. Default: 10s.
 	JoinTimeout time.Duration
 
+	// PendingWait is how long a request for a document that does not exist
+	// waits for it to appear before it is answered doc-unavailable: the
+	// creator's first changes may still be on their way, on another
+	// connection or through another node. A document that appears meanwhile
+	// is sent at once. Waiting requests count against MaxDocsPerConn and
+	// MaxOpenDocs. Default: 2s.
+	PendingWait time.Duration
+
 	// IdleDocTimeout is how long a document with no connected peers stays
 	// in memory before it is evicted. Default: 30s.
 	IdleDocTimeout time.Duration
@@ -195,6 +203,9 @@ func (o *Options) fill() error {
 	}
 	if o.JoinTimeout <= 0 {
 		o.JoinTimeout = 10 * time.Second
+	}
+	if o.PendingWait <= 0 {
+		o.PendingWait = 2 * time.Second
 	}
 	if o.IdleDocTimeout <= 0 {
 		o.IdleDocTimeout = 30 * time.Second

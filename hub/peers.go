@@ -15,6 +15,9 @@ type peerState struct {
 	dirty      bool     // a message may be due to this peer
 	out        [][]byte // generated sync messages, sent once the store has their changes
 	stateBytes int      // st.RetainedBytes(), as counted in the session's stateBytes
+	// pendingUntil is when a requester of a document that does not exist
+	// (yet) is told so (see expirePending); zero for other peers.
+	pendingUntil time.Time
 }
 
 // sendUnavailable tells s the document is unavailable: unknown, denied or
@@ -193,4 +196,40 @@ func (d *document) trackState(s *session, ps *peerState) (grew bool, conn, node 
 	delta := int64(n - ps.stateBytes)
 	ps.stateBytes = n
 	return delta > 0, s.stateBytes.Add(delta), d.h.stateBytes.Add(delta)
+}
+
+// armPending makes the document look at its pending requesters at t, or
+// sooner if it is armed for sooner.
+func (d *document) armPending(t time.Time) {
+	if d.reqArmed && !t.Before(d.reqAt) {
+		return
+	}
+	d.reqArmed, d.reqAt = true, t
+	d.reqTimer.Reset(time.Until(t))
+}
+
+// expirePending tells the requesters that waited Options.PendingWait for a
+// document that still does not exist that it is unavailable. They stop
+// being peers, so that a document only requesters wait for leaves memory
+// (see run); each waits as a cheap entry in the hub instead, counted
+// against its connection's documents, and is let in if the document
+// appears while it is connected (admitWaiters).
+func (d *document) expirePending() {
+	d.reqArmed = false
+	if d.exists {
+		return // it appeared: they are peers like any other
+	}
+	now := time.Now()
+	for s, ps := range d.peers {
+		if ps.pendingUntil.IsZero() {
+			continue
+		}
+		if now.Before(ps.pendingUntil) {
+			d.armPending(ps.pendingUntil)
+			continue
+		}
+		d.removePeer(s)
+		d.wait(s)
+		d.sendUnavailable(s)
+	}
 }
