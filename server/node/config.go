@@ -37,6 +37,7 @@ type Config struct {
 	PongTimeout          time.Duration // pong wait before a connection counts as dead
 	JoinTimeout          time.Duration // time a new connection has to send join
 	IdleDocTimeout       time.Duration // unused documents stay in memory this long
+	PendingWait          time.Duration // a request for an unknown document waits this long for it
 
 	// Resource bounds (see docs/security.md, "Resource bounds").
 	MaxDocBytes         int           // largest document, uncompressed (0 = no limit)
@@ -119,6 +120,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", 15*time.Second, "time to wait for a pong before closing a connection")
 	fs.DurationVar(&c.JoinTimeout, "join-timeout", 10*time.Second, "time a new connection has to send its join message")
 	fs.DurationVar(&c.IdleDocTimeout, "idle-doc-timeout", 30*time.Second, "how long a document nobody is syncing stays in memory")
+	fs.DurationVar(&c.PendingWait, "pending-wait", 2*time.Second, "how long a request for a document that does not exist waits for it to appear (its creator's changes may be on their way) before doc-unavailable")
 	fs.IntVar(&c.MaxDocBytes, "max-doc-bytes", 128<<20, "largest document (its changes, uncompressed); a sync message that would pass it is refused (close 4413); a larger stored document opens read-only (0 = no limit)")
 	fs.IntVar(&c.MaxInflatedBytes, "max-inflated-bytes", 64<<20, "bytes the compressed changes of one sync message may inflate to; more: close 4413")
 	fs.IntVar(&c.MaxSendBytes, "max-send-message-bytes", 8<<20, "bytes of changes the node puts into one sync message it sends; a longer history goes out as several messages")

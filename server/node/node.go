@@ -105,6 +105,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Metrics:        m,
 		JoinTimeout:    cfg.JoinTimeout,
 		IdleDocTimeout: cfg.IdleDocTimeout,
+		PendingWait:    cfg.PendingWait,
 
 		MaxDocBytes:         offAsNegative(cfg.MaxDocBytes),
 		MaxInflatedBytes:    cfg.MaxInflatedBytes,
