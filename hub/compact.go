@@ -18,17 +18,28 @@ import (
 // work itself is compactStored, a function of the store alone, so it
 // cannot touch the owner's state from its goroutine.
 type compaction struct {
-	snapshotBytes int                // of the stored snapshot
-	incBytes      int                // of the batches stored since
-	running       bool               // a compaction goroutine runs
-	done          chan compactResult // its result
-	after         time.Time          // no compaction before (after a failure)
-	wait          backoff            // 10 s doubling to 10 min while compactions fail
-	skipped       bool               // too large to compact (MaxCompactBytes): reported once
+	incBytes int                // of the batches stored since
+	running  bool               // a compaction goroutine runs
+	done     chan compactResult // its result
+	after    time.Time          // no compaction before (after a failure)
+	wait     backoff            // 10 s doubling to 10 min while compactions fail
+	skipped  bool               // too large to compact (MaxCompactBytes): reported once
 }
 
 func newCompaction() compaction {
 	return compaction{done: make(chan compactResult, 1), wait: backoff{min: 10 * time.Second, max: 10 * time.Minute}}
+}
+
+// due reports whether a compaction is due for a document of docBytes (its
+// changes, uncompressed): once the changes stored since the last snapshot
+// are at least min bytes and half the document. Each compaction reads the
+// whole history, so it runs when the history has grown by a fixed
+// fraction since the last one: its total cost per stored change stays
+// constant however long the history grows. (Against the compressed
+// snapshot, about 1/50 of the raw history, a long-lived document was
+// rebuilt at every 2% of growth.)
+func (c *compaction) due(docBytes, min int) bool {
+	return c.incBytes >= min && 2*c.incBytes >= docBytes
 }
 
 // compactResult is what a compaction reports to the owner.
@@ -46,8 +57,7 @@ type compactResult struct {
 // compactDone takes its result.
 func (d *document) maybeCompact() {
 	c := &d.compaction
-	if c.running || c.skipped || !d.stored || c.incBytes < d.h.opts.MinCompactBytes || c.incBytes < c.snapshotBytes ||
-		time.Now().Before(c.after) {
+	if c.running || c.skipped || !d.stored || !c.due(d.eng.Bytes(), d.h.opts.MinCompactBytes) || time.Now().Before(c.after) {
 		return
 	}
 	n := d.eng.Bytes()
@@ -175,7 +185,6 @@ func (d *document) compactDone(r compactResult) {
 	}
 	d.h.m.Compactions.Inc()
 	d.log.Debug("compacted", "snapshot_bytes", r.snapshotBytes, "incremental_bytes", r.incBytes)
-	c.snapshotBytes = r.snapshotBytes
 }
 
 // waitCompaction waits for a running compaction to finish.

@@ -83,7 +83,9 @@ type Options struct {
 
 	// MinCompactBytes is the size of stored incremental changes below which
 	// a document is never compacted; above it, a document is compacted when
-	// its incremental changes outgrow its snapshot. Default: 64 KiB.
+	// the changes stored since its last snapshot are half of it (so a
+	// compaction's cost per stored change stays constant as the history
+	// grows). Default: 64 KiB.
 	MinCompactBytes int
 
 	// StoreTimeout bounds each store call. Default: 10s.

@@ -58,7 +58,6 @@ func (d *document) load() error {
 	for _, b := range sd.Batches {
 		d.compaction.incBytes += len(b.Data)
 	}
-	d.compaction.snapshotBytes = len(sd.Snapshot)
 	raws, err := sd.Changes()
 	if err != nil {
 		return err
