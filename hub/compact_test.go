@@ -2,6 +2,7 @@ package hub_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -57,10 +58,7 @@ func TestCompactStored(t *testing.T) {
 	if err != nil || len(sd.Batches) != 0 || len(sd.Snapshot) != snapBytes {
 		t.Fatalf("stored: %d batches, snapshot %d bytes, %v", len(sd.Batches), len(sd.Snapshot), err)
 	}
-	loaded, err := automerge.Load(sd.Snapshot)
-	if err != nil || !slices.Equal(loaded.Heads(), doc.Heads()) {
-		t.Fatalf("the snapshot loads with heads %v (%v), want %v", loaded.Heads(), err, doc.Heads())
-	}
+	checkLoads(t, sd, doc)
 
 	// Nothing new: no write, the snapshot's size reported.
 	if s, i, _, err := hub.CompactStored(store, id, 5*time.Second, m); err != nil || s != snapBytes || i != 0 {
@@ -88,5 +86,71 @@ func TestCompactStored(t *testing.T) {
 	}
 	if _, i, conflict, err := hub.CompactStored(conflictStore{store}, other, 5*time.Second, m); err != nil || !conflict || i != inc {
 		t.Fatalf("a concurrent compaction: conflict %v, incremental %d, %v", conflict, i, err)
+	}
+}
+
+// checkLoads checks that the stored document's changes build, with
+// automerge-go, a document with want's heads.
+func checkLoads(t *testing.T, sd hub.StoredDoc, want *automerge.Doc) {
+	t.Helper()
+	raws, err := sd.Changes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := automerge.Load(slices.Concat(raws...))
+	if err != nil || !slices.Equal(loaded.Heads(), want.Heads()) {
+		t.Fatalf("the stored changes load with heads %v (%v), want %v", loaded.Heads(), err, want.Heads())
+	}
+}
+
+// TestAutomergeSnapshotStillLoads: a snapshot written before snapshots
+// were changes (an Automerge document, automerge-go's Save) still loads,
+// with the batches after it, and compacting it writes the new format.
+func TestAutomergeSnapshotStillLoads(t *testing.T) {
+	ctx := context.Background()
+	store := memstore.New()
+	id := protocol.NewDocumentID()
+	doc := automerge.New()
+	for i := range 20 {
+		edit(t, doc, fmt.Sprint("k", i), int64(i))
+	}
+	seq, err := store.AppendChanges(ctx, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.Compact(ctx, id, doc.Save(), seq); err != nil {
+		t.Fatal(err)
+	}
+	edit(t, doc, "after", "the snapshot")
+	c, err := doc.Change(doc.Heads()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.AppendChanges(ctx, id, c.Save()); err != nil {
+		t.Fatal(err)
+	}
+	sd, err := store.LoadDoc(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLoads(t, sd, doc)
+	if _, _, _, err := hub.CompactStored(store, id, 5*time.Second, hub.NewMetrics(nil)); err != nil {
+		t.Fatal(err)
+	}
+	sd, err = store.LoadDoc(ctx, id)
+	if err != nil || len(sd.Batches) != 0 || !strings.HasPrefix(string(sd.Snapshot), "PLTS") {
+		t.Fatalf("after compaction: %d batches, snapshot %.8q, %v", len(sd.Batches), sd.Snapshot, err)
+	}
+	checkLoads(t, sd, doc)
+
+	// A hub serves it to a new peer.
+	h := newHub(t, store)
+	cl := connect(t, h, "reader", "")
+	got := automerge.New()
+	ss := automerge.NewSyncState(got)
+	cl.sync(id, ss, protocol.TypeRequest)
+	cl.syncUntilQuiet(id, ss)
+	if !slices.Equal(got.Heads(), doc.Heads()) {
+		t.Fatalf("a new peer got heads %v, want %v", got.Heads(), doc.Heads())
 	}
 }

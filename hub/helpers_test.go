@@ -72,14 +72,14 @@ func (c *pipeConn) closeCode() (protocol.CloseCode, bool) {
 
 // client is the test's side of one pipeConn.
 type client struct {
-	t    *testing.T
+	t    testing.TB
 	c    *pipeConn
 	id   string
 	hub  string
 	errc chan error
 }
 
-func connect(t *testing.T, h *hub.Hub, id, storageID string) *client {
+func connect(t testing.TB, h *hub.Hub, id, storageID string) *client {
 	t.Helper()
 	cl := &client{t: t, c: newPipe(), id: id, errc: make(chan error, 1)}
 	go func() { cl.errc <- h.Serve(context.Background(), cl.c, hub.ConnInfo{RemoteAddr: "pipe"}) }()
@@ -145,7 +145,7 @@ func (cl *client) syncUntilQuiet(id protocol.DocumentID, ss *automerge.SyncState
 	}
 }
 
-func newHub(t *testing.T, store hub.Store, mod ...func(*hub.Options)) *hub.Hub {
+func newHub(t testing.TB, store hub.Store, mod ...func(*hub.Options)) *hub.Hub {
 	t.Helper()
 	opts := hub.Options{Store: store, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), IdleDocTimeout: 200 * time.Millisecond, PendingWait: 20 * time.Millisecond}
 	for _, f := range mod {

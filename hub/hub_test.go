@@ -280,18 +280,7 @@ func TestCompactionReplacesBatchesBySnapshot(t *testing.T) {
 	if len(sd.Snapshot) == 0 || len(sd.Batches) >= 16 {
 		t.Fatalf("not compacted: snapshot %d bytes, %d batches", len(sd.Snapshot), len(sd.Batches))
 	}
-	loaded, err := automerge.Load(sd.Snapshot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range sd.Batches {
-		if err := loaded.LoadIncremental(b.Data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !slices.Equal(loaded.Heads(), doc.Heads()) {
-		t.Fatalf("stored document has heads %v, want %v", loaded.Heads(), doc.Heads())
-	}
+	checkLoads(t, sd, doc)
 }
 
 // TestHostileChangeClosesOnlyItsSender: a checksum-valid change that would

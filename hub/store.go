@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/automerge/automerge-go"
-
 	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -100,24 +98,16 @@ type StoredDoc struct {
 }
 
 // Changes returns the raw chunks of every change of the stored document:
-// automerge-go reads the snapshot (a document chunk, which the sync engine
-// does not parse); the batches are raw change chunks already. The order
-// is the snapshot's, then the batches': a store that lost a prefix of its
-// batches (a Redis restarted empty) may hold changes before their
-// dependencies, which the sync engine queues until they arrive.
+// the snapshot's (see snapshot.go), then the batches', which are raw
+// change chunks already. A store that lost a prefix of its batches (a
+// Redis restarted empty) may hold changes before their dependencies,
+// which the sync engine queues until they arrive.
 func (sd StoredDoc) Changes() ([][]byte, error) {
 	var raws [][]byte
 	if len(sd.Snapshot) > 0 {
-		doc, err := automerge.Load(sd.Snapshot)
-		if err != nil {
-			return nil, fmt.Errorf("failed to load snapshot: %w", err)
-		}
-		chs, err := doc.Changes()
-		if err != nil {
-			return nil, fmt.Errorf("failed to read the snapshot's changes: %w", err)
-		}
-		for _, ch := range chs {
-			raws = append(raws, ch.Save())
+		var err error
+		if raws, err = snapshotChanges(sd.Snapshot); err != nil {
+			return nil, err
 		}
 	}
 	for _, b := range sd.Batches {
