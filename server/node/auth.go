@@ -19,6 +19,7 @@ import (
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/cryptstore"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 	"github.com/plaithub/plait/server/auth/boltauth"
 	"github.com/plaithub/plait/server/auth/redisauth"
@@ -37,7 +38,7 @@ const (
 type authState struct {
 	tokens *auth.Tokens
 	store  auth.TokenStore
-	acl    auth.ACL
+	acl    access.ACL
 	events auth.Events
 	login  *auth.Login
 	live   *liveConns
@@ -50,7 +51,7 @@ type authState struct {
 // storeBackend is what both auth stores implement.
 type storeBackend interface {
 	auth.TokenStore
-	auth.ACL
+	access.ACL
 }
 
 // openAuth builds the node's auth from cfg: the token and permission store
@@ -131,11 +132,11 @@ func publicScheme(u string) string {
 
 // authorizer is the hub's Authorizer over the node's ACL: a document
 // nobody claimed is unavailable to everyone.
-type authorizer struct{ acl auth.ACL }
+type authorizer struct{ acl access.ACL }
 
 func (z authorizer) Role(ctx context.Context, who hub.Identity, id protocol.DocumentID) (hub.Role, error) {
 	acc, err := z.acl.Access(ctx, id)
-	if errors.Is(err, auth.ErrNotFound) {
+	if errors.Is(err, access.ErrNotFound) {
 		return hub.RoleNone, nil
 	}
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -64,12 +65,12 @@ func RunTokenStoreTests(t *testing.T, newStore func(t *testing.T) auth.TokenStor
 	}
 }
 
-// RunACLTests runs the auth.ACL conformance suite. newACL is called once
+// RunACLTests runs the access.ACL conformance suite. newACL is called once
 // per subtest and must return a ready ACL; it releases it with t.Cleanup.
-func RunACLTests(t *testing.T, newACL func(t *testing.T) auth.ACL) {
+func RunACLTests(t *testing.T, newACL func(t *testing.T) access.ACL) {
 	for _, tc := range []struct {
 		name string
-		fn   func(t *testing.T, a auth.ACL)
+		fn   func(t *testing.T, a access.ACL)
 	}{
 		{"Unclaimed/NotFound", testUnclaimed},
 		{"Claim/FirstOwner", testClaim},
@@ -554,7 +555,7 @@ func testTokenStoreCancelled(t *testing.T, s auth.TokenStore) {
 func newDoc() protocol.DocumentID { return protocol.NewDocumentID() }
 
 // claimed claims a new document for a new user and returns both.
-func claimed(t *testing.T, a auth.ACL) (protocol.DocumentID, string, time.Time) {
+func claimed(t *testing.T, a access.ACL) (protocol.DocumentID, string, time.Time) {
 	t.Helper()
 	doc, owner := newDoc(), newUser(t)
 	at := time.Now().Add(-time.Minute)
@@ -564,7 +565,7 @@ func claimed(t *testing.T, a auth.ACL) (protocol.DocumentID, string, time.Time) 
 	return doc, owner, at
 }
 
-func mustAccess(t *testing.T, a auth.ACL, doc protocol.DocumentID) auth.DocAccess {
+func mustAccess(t *testing.T, a access.ACL, doc protocol.DocumentID) access.DocAccess {
 	t.Helper()
 	acc, err := a.Access(t.Context(), doc)
 	if err != nil {
@@ -573,14 +574,14 @@ func mustAccess(t *testing.T, a auth.ACL, doc protocol.DocumentID) auth.DocAcces
 	return acc
 }
 
-func mustShare(t *testing.T, a auth.ACL, doc protocol.DocumentID, user string, role hub.Role) {
+func mustShare(t *testing.T, a access.ACL, doc protocol.DocumentID, user string, role hub.Role) {
 	t.Helper()
 	if err := a.Share(t.Context(), doc, user, role); err != nil {
 		t.Fatalf("Share(%s, %q, %v): %v", doc, user, role, err)
 	}
 }
 
-func checkAccess(t *testing.T, what string, got auth.DocAccess, users map[string]hub.Role, link hub.Role, created time.Time) {
+func checkAccess(t *testing.T, what string, got access.DocAccess, users map[string]hub.Role, link hub.Role, created time.Time) {
 	t.Helper()
 	if len(got.Users) != len(users) || got.Link != link || !sameTime(got.Created, created) {
 		t.Fatalf("%s = %+v, want users %v, link %v, created %v", what, got, users, link, created)
@@ -592,7 +593,7 @@ func checkAccess(t *testing.T, what string, got auth.DocAccess, users map[string
 	}
 }
 
-func mustDocsOf(t *testing.T, a auth.ACL, user string) []auth.UserDoc {
+func mustDocsOf(t *testing.T, a access.ACL, user string) []access.UserDoc {
 	t.Helper()
 	docs, err := a.DocsOf(t.Context(), user)
 	if err != nil {
@@ -601,7 +602,7 @@ func mustDocsOf(t *testing.T, a auth.ACL, user string) []auth.UserDoc {
 	return docs
 }
 
-func checkDocsOf(t *testing.T, a auth.ACL, user string, want []auth.UserDoc) {
+func checkDocsOf(t *testing.T, a access.ACL, user string, want []access.UserDoc) {
 	t.Helper()
 	got := mustDocsOf(t, a, user)
 	if len(want) == 0 && len(got) == 0 {
@@ -612,19 +613,19 @@ func checkDocsOf(t *testing.T, a auth.ACL, user string, want []auth.UserDoc) {
 	}
 }
 
-func testUnclaimed(t *testing.T, a auth.ACL) {
+func testUnclaimed(t *testing.T, a access.ACL) {
 	ctx := t.Context()
 	doc, user := newDoc(), newUser(t)
 	_, err := a.Access(ctx, doc)
-	checkErr(t, "Access of an unclaimed document", err, auth.ErrNotFound)
-	checkErr(t, "Share on an unclaimed document", a.Share(ctx, doc, user, hub.RoleEditor), auth.ErrNotFound)
-	checkErr(t, "SetLink on an unclaimed document", a.SetLink(ctx, doc, hub.RoleViewer), auth.ErrNotFound)
+	checkErr(t, "Access of an unclaimed document", err, access.ErrNotFound)
+	checkErr(t, "Share on an unclaimed document", a.Share(ctx, doc, user, hub.RoleEditor), access.ErrNotFound)
+	checkErr(t, "SetLink on an unclaimed document", a.SetLink(ctx, doc, hub.RoleViewer), access.ErrNotFound)
 	_, err = a.Access(ctx, doc)
-	checkErr(t, "Access after refused changes", err, auth.ErrNotFound)
+	checkErr(t, "Access after refused changes", err, access.ErrNotFound)
 	checkDocsOf(t, a, user, nil)
 }
 
-func testClaim(t *testing.T, a auth.ACL) {
+func testClaim(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	acc := mustAccess(t, a, doc)
 	checkAccess(t, "Access after Claim", acc, map[string]hub.Role{owner: hub.RoleOwner}, hub.RoleNone, at)
@@ -634,20 +635,20 @@ func testClaim(t *testing.T, a auth.ACL) {
 	if r := acc.Role(newUser(t)); r != hub.RoleNone {
 		t.Fatalf("a stranger's role on a claimed document = %v, want none", r)
 	}
-	checkDocsOf(t, a, owner, []auth.UserDoc{{ID: doc, Role: hub.RoleOwner}})
+	checkDocsOf(t, a, owner, []access.UserDoc{{ID: doc, Role: hub.RoleOwner}})
 }
 
-func testClaimTwice(t *testing.T, a auth.ACL) {
+func testClaimTwice(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	other := newUser(t)
-	checkErr(t, "Claim by the owner again", a.Claim(t.Context(), doc, owner, time.Now()), auth.ErrClaimed)
-	checkErr(t, "Claim by another user", a.Claim(t.Context(), doc, other, time.Now()), auth.ErrClaimed)
+	checkErr(t, "Claim by the owner again", a.Claim(t.Context(), doc, owner, time.Now()), access.ErrClaimed)
+	checkErr(t, "Claim by another user", a.Claim(t.Context(), doc, other, time.Now()), access.ErrClaimed)
 	checkAccess(t, "Access after refused claims", mustAccess(t, a, doc), map[string]hub.Role{owner: hub.RoleOwner}, hub.RoleNone, at)
 	checkDocsOf(t, a, other, nil)
-	checkDocsOf(t, a, owner, []auth.UserDoc{{ID: doc, Role: hub.RoleOwner}})
+	checkDocsOf(t, a, owner, []access.UserDoc{{ID: doc, Role: hub.RoleOwner}})
 }
 
-func testClaimConcurrent(t *testing.T, a auth.ACL) {
+func testClaimConcurrent(t *testing.T, a access.ACL) {
 	for range 3 {
 		doc := newDoc()
 		users := make([]string, concurrency)
@@ -673,7 +674,7 @@ func testClaimConcurrent(t *testing.T, a auth.ACL) {
 					t.Fatalf("two concurrent claims of one document succeeded: %q and %q", winner, users[i])
 				}
 				winner = users[i]
-			case errors.Is(err, auth.ErrClaimed):
+			case errors.Is(err, access.ErrClaimed):
 			default:
 				t.Fatalf("concurrent Claim: error = %v, want nil or one wrapping ErrClaimed", err)
 			}
@@ -690,18 +691,18 @@ func testClaimConcurrent(t *testing.T, a auth.ACL) {
 				checkDocsOf(t, a, u, nil)
 			}
 		}
-		checkDocsOf(t, a, winner, []auth.UserDoc{{ID: doc, Role: hub.RoleOwner}})
+		checkDocsOf(t, a, winner, []access.UserDoc{{ID: doc, Role: hub.RoleOwner}})
 	}
 }
 
-func testShare(t *testing.T, a auth.ACL) {
+func testShare(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	u := newUser(t)
 	for _, r := range []hub.Role{hub.RoleViewer, hub.RoleEditor, hub.RoleOwner, hub.RoleViewer} {
 		mustShare(t, a, doc, u, r)
 		checkAccess(t, "Access after Share "+r.String(), mustAccess(t, a, doc),
 			map[string]hub.Role{owner: hub.RoleOwner, u: r}, hub.RoleNone, at)
-		checkDocsOf(t, a, u, []auth.UserDoc{{ID: doc, Role: r}})
+		checkDocsOf(t, a, u, []access.UserDoc{{ID: doc, Role: r}})
 	}
 	mustShare(t, a, doc, u, hub.RoleNone)
 	acc := mustAccess(t, a, doc)
@@ -715,14 +716,14 @@ func testShare(t *testing.T, a auth.ACL) {
 	mustShare(t, a, doc, stranger, hub.RoleNone)
 	checkAccess(t, "Access after removing a stranger", mustAccess(t, a, doc), map[string]hub.Role{owner: hub.RoleOwner}, hub.RoleNone, at)
 	checkDocsOf(t, a, stranger, nil)
-	checkDocsOf(t, a, owner, []auth.UserDoc{{ID: doc, Role: hub.RoleOwner}})
+	checkDocsOf(t, a, owner, []access.UserDoc{{ID: doc, Role: hub.RoleOwner}})
 }
 
-func testLastOwner(t *testing.T, a auth.ACL) {
+func testLastOwner(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	only := map[string]hub.Role{owner: hub.RoleOwner}
 	for _, r := range []hub.Role{hub.RoleEditor, hub.RoleViewer, hub.RoleNone} {
-		checkErr(t, "demoting the only owner to "+r.String(), a.Share(t.Context(), doc, owner, r), auth.ErrLastOwner)
+		checkErr(t, "demoting the only owner to "+r.String(), a.Share(t.Context(), doc, owner, r), access.ErrLastOwner)
 		checkAccess(t, "Access after a refused demotion", mustAccess(t, a, doc), only, hub.RoleNone, at)
 	}
 	mustShare(t, a, doc, owner, hub.RoleOwner) // no change: allowed
@@ -732,8 +733,8 @@ func testLastOwner(t *testing.T, a auth.ACL) {
 	mustShare(t, a, doc, owner, hub.RoleEditor) // another owner remains
 	checkAccess(t, "Access after demoting one of two owners", mustAccess(t, a, doc),
 		map[string]hub.Role{owner: hub.RoleEditor, second: hub.RoleOwner}, hub.RoleNone, at)
-	checkErr(t, "removing the new only owner", a.Share(t.Context(), doc, second, hub.RoleNone), auth.ErrLastOwner)
-	checkDocsOf(t, a, second, []auth.UserDoc{{ID: doc, Role: hub.RoleOwner}})
+	checkErr(t, "removing the new only owner", a.Share(t.Context(), doc, second, hub.RoleNone), access.ErrLastOwner)
+	checkDocsOf(t, a, second, []access.UserDoc{{ID: doc, Role: hub.RoleOwner}})
 
 	mustShare(t, a, doc, owner, hub.RoleOwner)
 	mustShare(t, a, doc, second, hub.RoleNone)
@@ -741,7 +742,7 @@ func testLastOwner(t *testing.T, a auth.ACL) {
 	checkDocsOf(t, a, second, nil)
 }
 
-func testConcurrentDemotions(t *testing.T, a auth.ACL) {
+func testConcurrentDemotions(t *testing.T, a access.ACL) {
 	for range 5 {
 		doc, u, _ := claimed(t, a)
 		v := newUser(t)
@@ -754,7 +755,7 @@ func testConcurrentDemotions(t *testing.T, a auth.ACL) {
 		close(start)
 		wg.Wait()
 		for _, err := range []error{errU, errV} {
-			if err != nil && !errors.Is(err, auth.ErrLastOwner) {
+			if err != nil && !errors.Is(err, access.ErrLastOwner) {
 				t.Fatalf("concurrent demotion: %v", err)
 			}
 		}
@@ -773,17 +774,17 @@ func testConcurrentDemotions(t *testing.T, a auth.ACL) {
 	}
 }
 
-func testShareInvalidRole(t *testing.T, a auth.ACL) {
+func testShareInvalidRole(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	u := newUser(t)
 	for _, r := range []hub.Role{-1, hub.RoleOwner + 1, 42} {
-		checkErr(t, fmt.Sprintf("Share with role %d", int(r)), a.Share(t.Context(), doc, u, r), auth.ErrInvalidRole)
+		checkErr(t, fmt.Sprintf("Share with role %d", int(r)), a.Share(t.Context(), doc, u, r), access.ErrInvalidRole)
 	}
 	checkAccess(t, "Access after refused shares", mustAccess(t, a, doc), map[string]hub.Role{owner: hub.RoleOwner}, hub.RoleNone, at)
 	checkDocsOf(t, a, u, nil)
 }
 
-func testShareConcurrentUsers(t *testing.T, a auth.ACL) {
+func testShareConcurrentUsers(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	const n = 16
 	want := map[string]hub.Role{owner: hub.RoleOwner}
@@ -803,11 +804,11 @@ func testShareConcurrentUsers(t *testing.T, a auth.ACL) {
 	wg.Wait()
 	checkAccess(t, "Access after concurrent shares", mustAccess(t, a, doc), want, hub.RoleNone, at)
 	for _, u := range users {
-		checkDocsOf(t, a, u, []auth.UserDoc{{ID: doc, Role: want[u]}})
+		checkDocsOf(t, a, u, []access.UserDoc{{ID: doc, Role: want[u]}})
 	}
 }
 
-func testSetLink(t *testing.T, a auth.ACL) {
+func testSetLink(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	users := map[string]hub.Role{owner: hub.RoleOwner}
 	stranger := newUser(t)
@@ -822,14 +823,14 @@ func testSetLink(t *testing.T, a auth.ACL) {
 		}
 	}
 	for _, r := range []hub.Role{hub.RoleOwner, -1, 42} {
-		checkErr(t, fmt.Sprintf("SetLink(%d)", int(r)), a.SetLink(t.Context(), doc, r), auth.ErrInvalidRole)
+		checkErr(t, fmt.Sprintf("SetLink(%d)", int(r)), a.SetLink(t.Context(), doc, r), access.ErrInvalidRole)
 		checkAccess(t, "Access after a refused SetLink", mustAccess(t, a, doc), users, hub.RoleEditor, at)
 	}
 	// A link role is no explicit role: it lists no document.
 	checkDocsOf(t, a, stranger, nil)
 }
 
-func testRoleSemantics(t *testing.T, a auth.ACL) {
+func testRoleSemantics(t *testing.T, a access.ACL) {
 	doc, owner, _ := claimed(t, a)
 	viewer, stranger := newUser(t), newUser(t)
 	mustShare(t, a, doc, viewer, hub.RoleViewer)
@@ -852,7 +853,7 @@ func testRoleSemantics(t *testing.T, a auth.ACL) {
 	}
 }
 
-func testAccessCopy(t *testing.T, a auth.ACL) {
+func testAccessCopy(t *testing.T, a access.ACL) {
 	doc, owner, at := claimed(t, a)
 	acc := mustAccess(t, a, doc)
 	acc.Users[owner] = hub.RoleViewer
@@ -860,7 +861,7 @@ func testAccessCopy(t *testing.T, a auth.ACL) {
 	checkAccess(t, "Access after changing an earlier result", mustAccess(t, a, doc), map[string]hub.Role{owner: hub.RoleOwner}, hub.RoleNone, at)
 }
 
-func testDocsOf(t *testing.T, a auth.ACL) {
+func testDocsOf(t *testing.T, a access.ACL) {
 	ctx := t.Context()
 	u, other := newUser(t), newUser(t)
 	claim := func(user string) protocol.DocumentID {
@@ -879,27 +880,27 @@ func testDocsOf(t *testing.T, a auth.ACL) {
 	if err := a.SetLink(ctx, linked, hub.RoleEditor); err != nil {
 		t.Fatalf("SetLink: %v", err)
 	}
-	sorted := func(docs ...auth.UserDoc) []auth.UserDoc {
-		slices.SortFunc(docs, func(x, y auth.UserDoc) int { return strings.Compare(string(x.ID), string(y.ID)) })
+	sorted := func(docs ...access.UserDoc) []access.UserDoc {
+		slices.SortFunc(docs, func(x, y access.UserDoc) int { return strings.Compare(string(x.ID), string(y.ID)) })
 		return docs
 	}
 	checkDocsOf(t, a, u, sorted(
-		auth.UserDoc{ID: o1, Role: hub.RoleOwner}, auth.UserDoc{ID: o2, Role: hub.RoleOwner}, auth.UserDoc{ID: o3, Role: hub.RoleOwner},
-		auth.UserDoc{ID: s1, Role: hub.RoleViewer}, auth.UserDoc{ID: s2, Role: hub.RoleEditor}))
+		access.UserDoc{ID: o1, Role: hub.RoleOwner}, access.UserDoc{ID: o2, Role: hub.RoleOwner}, access.UserDoc{ID: o3, Role: hub.RoleOwner},
+		access.UserDoc{ID: s1, Role: hub.RoleViewer}, access.UserDoc{ID: s2, Role: hub.RoleEditor}))
 	checkDocsOf(t, a, other, sorted(
-		auth.UserDoc{ID: s1, Role: hub.RoleOwner}, auth.UserDoc{ID: s2, Role: hub.RoleOwner}, auth.UserDoc{ID: linked, Role: hub.RoleOwner}))
+		access.UserDoc{ID: s1, Role: hub.RoleOwner}, access.UserDoc{ID: s2, Role: hub.RoleOwner}, access.UserDoc{ID: linked, Role: hub.RoleOwner}))
 
 	// A removal and a role change show at once.
 	mustShare(t, a, s1, u, hub.RoleNone)
 	mustShare(t, a, o1, other, hub.RoleOwner)
 	mustShare(t, a, o1, u, hub.RoleViewer)
 	checkDocsOf(t, a, u, sorted(
-		auth.UserDoc{ID: o1, Role: hub.RoleViewer}, auth.UserDoc{ID: o2, Role: hub.RoleOwner}, auth.UserDoc{ID: o3, Role: hub.RoleOwner},
-		auth.UserDoc{ID: s2, Role: hub.RoleEditor}))
+		access.UserDoc{ID: o1, Role: hub.RoleViewer}, access.UserDoc{ID: o2, Role: hub.RoleOwner}, access.UserDoc{ID: o3, Role: hub.RoleOwner},
+		access.UserDoc{ID: s2, Role: hub.RoleEditor}))
 	checkDocsOf(t, a, newUser(t), nil)
 }
 
-func testDocsOfConcurrent(t *testing.T, a auth.ACL) {
+func testDocsOfConcurrent(t *testing.T, a access.ACL) {
 	const nDocs, nUsers, workers, ops = 3, 4, 4, 25
 	docs := make([]protocol.DocumentID, nDocs)
 	owners := make([]string, nDocs)
@@ -918,7 +919,7 @@ func testDocsOfConcurrent(t *testing.T, a auth.ACL) {
 				doc := docs[rng.IntN(nDocs)]
 				u := users[rng.IntN(nUsers)]
 				r := hub.Role(rng.IntN(int(hub.RoleOwner) + 1))
-				if err := a.Share(t.Context(), doc, u, r); err != nil && !errors.Is(err, auth.ErrLastOwner) {
+				if err := a.Share(t.Context(), doc, u, r); err != nil && !errors.Is(err, access.ErrLastOwner) {
 					t.Errorf("Share: %v", err)
 					return
 				}
@@ -929,25 +930,25 @@ func testDocsOfConcurrent(t *testing.T, a auth.ACL) {
 	if t.Failed() {
 		return
 	}
-	want := make(map[string][]auth.UserDoc)
+	want := make(map[string][]access.UserDoc)
 	for _, doc := range docs {
 		for u, r := range mustAccess(t, a, doc).Users {
-			want[u] = append(want[u], auth.UserDoc{ID: doc, Role: r})
+			want[u] = append(want[u], access.UserDoc{ID: doc, Role: r})
 		}
 	}
 	for _, u := range append(users, owners...) {
 		w := want[u]
-		slices.SortFunc(w, func(x, y auth.UserDoc) int { return strings.Compare(string(x.ID), string(y.ID)) })
+		slices.SortFunc(w, func(x, y access.UserDoc) int { return strings.Compare(string(x.ID), string(y.ID)) })
 		checkDocsOf(t, a, u, w)
 	}
 }
 
-func testACLCancelled(t *testing.T, a auth.ACL) {
+func testACLCancelled(t *testing.T, a access.ACL) {
 	ctx := cancelled(t)
 	doc, u := newDoc(), newUser(t)
 	checkCancelled(t, "Claim", a.Claim(ctx, doc, u, time.Now()))
 	_, err := a.Access(t.Context(), doc)
-	checkErr(t, "Access after a cancelled Claim", err, auth.ErrNotFound)
+	checkErr(t, "Access after a cancelled Claim", err, access.ErrNotFound)
 	checkDocsOf(t, a, u, nil)
 
 	doc, owner, at := claimed(t, a)
@@ -1265,7 +1266,7 @@ func testEventsWatchReturns(t *testing.T, a, b auth.Events) {
 // nothing (empty ids and users, a ttl <= 0) before it writes anything.
 func RunInvalidArgumentTests(t *testing.T, s interface {
 	auth.TokenStore
-	auth.ACL
+	access.ACL
 }) {
 	t.Helper()
 	ctx := t.Context()
@@ -1294,7 +1295,7 @@ func RunInvalidArgumentTests(t *testing.T, s interface {
 	if docs, err := s.DocsOf(ctx, ""); err != nil || len(docs) != 0 {
 		t.Errorf("DocsOf(\"\") = %v, %v; want nothing", docs, err)
 	}
-	if _, err := s.Access(ctx, doc); !errors.Is(err, auth.ErrNotFound) {
+	if _, err := s.Access(ctx, doc); !errors.Is(err, access.ErrNotFound) {
 		t.Errorf("Access after refused calls: %v, want ErrNotFound", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -70,10 +71,10 @@ var (
 
 var (
 	_ auth.TokenStore = (*Store)(nil)
-	_ auth.ACL        = (*Store)(nil)
+	_ access.ACL      = (*Store)(nil)
 )
 
-// Store is an auth.TokenStore and auth.ACL in a bbolt file. Create it with
+// Store is an auth.TokenStore and access.ACL in a bbolt file. Create it with
 // Open.
 type Store struct {
 	db     *bolt.DB
@@ -416,7 +417,7 @@ func (s *Store) ConsumeOnce(ctx context.Context, key string, ttl time.Duration) 
 
 // ---- ACL ----
 
-// docAccess is the stored form of an auth.DocAccess: roles by name.
+// docAccess is the stored form of an access.DocAccess: roles by name.
 type docAccess struct {
 	Users   map[string]string `json:"users"`
 	Link    string            `json:"link"`
@@ -426,7 +427,7 @@ type docAccess struct {
 func getDoc(tx *bolt.Tx, doc protocol.DocumentID) (docAccess, error) {
 	v := tx.Bucket(bucketDocs).Get([]byte(doc))
 	if v == nil {
-		return docAccess{}, auth.ErrNotFound
+		return docAccess{}, access.ErrNotFound
 	}
 	var d docAccess
 	if err := json.Unmarshal(v, &d); err != nil {
@@ -489,7 +490,7 @@ func (s *Store) Claim(ctx context.Context, doc protocol.DocumentID, user string,
 	}
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketDocs).Get([]byte(doc)) != nil {
-			return auth.ErrClaimed
+			return access.ErrClaimed
 		}
 		d := docAccess{Users: map[string]string{user: hub.RoleOwner.String()}, Link: hub.RoleNone.String(), Created: at}
 		if err := putDoc(tx, doc, d); err != nil {
@@ -513,7 +514,7 @@ func (s *Store) Share(ctx context.Context, doc protocol.DocumentID, user string,
 		return fmt.Errorf("failed to share %s: empty user", doc)
 	}
 	if role < hub.RoleNone || role > hub.RoleOwner {
-		return fmt.Errorf("failed to share %s: role %d: %w", doc, int(role), auth.ErrInvalidRole)
+		return fmt.Errorf("failed to share %s: role %d: %w", doc, int(role), access.ErrInvalidRole)
 	}
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		d, err := getDoc(tx, doc)
@@ -529,7 +530,7 @@ func (s *Store) Share(ctx context.Context, doc protocol.DocumentID, user string,
 				}
 			}
 			if owners == 1 {
-				return auth.ErrLastOwner
+				return access.ErrLastOwner
 			}
 		}
 		if role == hub.RoleNone {
@@ -554,7 +555,7 @@ func (s *Store) SetLink(ctx context.Context, doc protocol.DocumentID, role hub.R
 		return fmt.Errorf("failed to set the link role of %s: %w", doc, err)
 	}
 	if role != hub.RoleNone && role != hub.RoleViewer && role != hub.RoleEditor {
-		return fmt.Errorf("failed to set the link role of %s: role %d: %w", doc, int(role), auth.ErrInvalidRole)
+		return fmt.Errorf("failed to set the link role of %s: role %d: %w", doc, int(role), access.ErrInvalidRole)
 	}
 	err := s.update(ctx, func(tx *bolt.Tx) error {
 		d, err := getDoc(tx, doc)
@@ -571,47 +572,47 @@ func (s *Store) SetLink(ctx context.Context, doc protocol.DocumentID, role hub.R
 }
 
 // Access returns a copy of the document's access.
-func (s *Store) Access(ctx context.Context, doc protocol.DocumentID) (auth.DocAccess, error) {
+func (s *Store) Access(ctx context.Context, doc protocol.DocumentID) (access.DocAccess, error) {
 	if err := s.checkDoc(ctx, doc); err != nil {
-		return auth.DocAccess{}, fmt.Errorf("failed to read access to %s: %w", doc, err)
+		return access.DocAccess{}, fmt.Errorf("failed to read access to %s: %w", doc, err)
 	}
-	var out auth.DocAccess
+	var out access.DocAccess
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		d, err := getDoc(tx, doc)
 		if err != nil {
 			return err
 		}
-		out = auth.DocAccess{Users: make(map[string]hub.Role, len(d.Users)), Created: d.Created}
+		out = access.DocAccess{Users: make(map[string]hub.Role, len(d.Users)), Created: d.Created}
 		for u, name := range d.Users {
-			r, err := parseRole(name)
+			r, err := access.ParseRole(name)
 			if err != nil || r == hub.RoleNone {
 				return fmt.Errorf("malformed role of %q: %q", u, name)
 			}
 			out.Users[u] = r
 		}
-		out.Link, err = parseRole(d.Link)
+		out.Link, err = access.ParseRole(d.Link)
 		return err
 	})
 	if err != nil {
-		return auth.DocAccess{}, fmt.Errorf("failed to read access to %s: %w", doc, err)
+		return access.DocAccess{}, fmt.Errorf("failed to read access to %s: %w", doc, err)
 	}
 	return out, nil
 }
 
 // DocsOf reads the user's index, which is in document id order.
-func (s *Store) DocsOf(ctx context.Context, user string) ([]auth.UserDoc, error) {
-	var out []auth.UserDoc
+func (s *Store) DocsOf(ctx context.Context, user string) ([]access.UserDoc, error) {
+	var out []access.UserDoc
 	err := s.view(ctx, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketUserDocs).Bucket([]byte(user))
 		if b == nil {
 			return nil
 		}
 		return b.ForEach(func(k, v []byte) error {
-			r, err := parseRole(string(v))
+			r, err := access.ParseRole(string(v))
 			if err != nil {
 				return err
 			}
-			out = append(out, auth.UserDoc{ID: protocol.DocumentID(k), Role: r})
+			out = append(out, access.UserDoc{ID: protocol.DocumentID(k), Role: r})
 			return nil
 		})
 	})
@@ -619,16 +620,6 @@ func (s *Store) DocsOf(ctx context.Context, user string) ([]auth.UserDoc, error)
 		return nil, fmt.Errorf("failed to list the documents of %q: %w", user, err)
 	}
 	return out, nil
-}
-
-// parseRole reads a role stored by name.
-func parseRole(name string) (hub.Role, error) {
-	for _, r := range []hub.Role{hub.RoleNone, hub.RoleViewer, hub.RoleEditor, hub.RoleOwner} {
-		if r.String() == name {
-			return r, nil
-		}
-	}
-	return hub.RoleNone, fmt.Errorf("unknown role %q", name)
 }
 
 // ---- expiry ----

@@ -10,6 +10,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 	"github.com/plaithub/plait/server/auth/authtest"
 )
@@ -29,7 +30,7 @@ func TestTokenStore(t *testing.T) {
 }
 
 func TestACL(t *testing.T) {
-	authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return openTemp(t) })
+	authtest.RunACLTests(t, func(t *testing.T) access.ACL { return openTemp(t) })
 }
 
 func TestPersistence(t *testing.T) {
@@ -99,7 +100,7 @@ func TestPersistence(t *testing.T) {
 	if err != nil || acc.Users["alice"] != hub.RoleOwner || acc.Users["bob"] != hub.RoleEditor || acc.Link != hub.RoleViewer || !acc.Created.Equal(now) {
 		t.Errorf("Access after reopen = %+v, %v", acc, err)
 	}
-	if docs, err := s.DocsOf(ctx, "bob"); err != nil || len(docs) != 1 || docs[0] != (auth.UserDoc{ID: doc, Role: hub.RoleEditor}) {
+	if docs, err := s.DocsOf(ctx, "bob"); err != nil || len(docs) != 1 || docs[0] != (access.UserDoc{ID: doc, Role: hub.RoleEditor}) {
 		t.Errorf("DocsOf after reopen = %v, %v", docs, err)
 	}
 }

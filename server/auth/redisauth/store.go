@@ -16,6 +16,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -38,10 +39,10 @@ var errFamilyExists = errors.New("family already exists")
 
 var (
 	_ auth.TokenStore = (*Store)(nil)
-	_ auth.ACL        = (*Store)(nil)
+	_ access.ACL      = (*Store)(nil)
 )
 
-// Store is an auth.TokenStore and auth.ACL in Redis. Create it with New;
+// Store is an auth.TokenStore and access.ACL in Redis. Create it with New;
 // the zero value is not usable. It holds no state of its own: any number of
 // Stores (one per node) may share a Redis and a prefix.
 type Store struct {
@@ -142,15 +143,6 @@ func newOp() string {
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
-}
-
-func parseRole(name string) (hub.Role, error) {
-	for _, r := range []hub.Role{hub.RoleNone, hub.RoleViewer, hub.RoleEditor, hub.RoleOwner} {
-		if r.String() == name {
-			return r, nil
-		}
-	}
-	return hub.RoleNone, fmt.Errorf("unknown role %q", name)
 }
 
 // reply reads a script's answer: an array of strings whose first is the
@@ -650,7 +642,7 @@ func (s *Store) Claim(ctx context.Context, doc protocol.DocumentID, user string,
 		outcome, err = s.change(ctx, doc, user, true, claimScript, userField(user), atN, newOp())
 	}
 	if err == nil && outcome == "claimed" {
-		err = auth.ErrClaimed
+		err = access.ErrClaimed
 	}
 	if err != nil {
 		return fmt.Errorf("failed to claim %s: %w", doc, err)
@@ -668,7 +660,7 @@ func (s *Store) Share(ctx context.Context, doc protocol.DocumentID, user string,
 		err = errors.New("empty user")
 	}
 	if err == nil && (role < hub.RoleNone || role > hub.RoleOwner) {
-		err = fmt.Errorf("role %d: %w", int(role), auth.ErrInvalidRole)
+		err = fmt.Errorf("role %d: %w", int(role), access.ErrInvalidRole)
 	}
 	var outcome string
 	if err == nil {
@@ -677,9 +669,9 @@ func (s *Store) Share(ctx context.Context, doc protocol.DocumentID, user string,
 	if err == nil {
 		switch outcome {
 		case "notfound":
-			err = auth.ErrNotFound
+			err = access.ErrNotFound
 		case "lastowner":
-			err = auth.ErrLastOwner
+			err = access.ErrLastOwner
 		}
 	}
 	if err != nil {
@@ -693,13 +685,13 @@ func (s *Store) Share(ctx context.Context, doc protocol.DocumentID, user string,
 func (s *Store) SetLink(ctx context.Context, doc protocol.DocumentID, role hub.Role) error {
 	err := hub.CheckStoreCall(ctx, false, doc)
 	if err == nil && role != hub.RoleNone && role != hub.RoleViewer && role != hub.RoleEditor {
-		err = fmt.Errorf("role %d: %w", int(role), auth.ErrInvalidRole)
+		err = fmt.Errorf("role %d: %w", int(role), access.ErrInvalidRole)
 	}
 	if err == nil {
 		var ok int
 		ok, err = setLinkScript.Run(ctx, s.c, []string{s.docKey(doc)}, role.String()).Int()
 		if err == nil && ok != 1 {
-			err = auth.ErrNotFound
+			err = access.ErrNotFound
 		}
 	}
 	if err != nil {
@@ -709,40 +701,40 @@ func (s *Store) SetLink(ctx context.Context, doc protocol.DocumentID, role hub.R
 }
 
 // Access reads the document's hash.
-func (s *Store) Access(ctx context.Context, doc protocol.DocumentID) (auth.DocAccess, error) {
+func (s *Store) Access(ctx context.Context, doc protocol.DocumentID) (access.DocAccess, error) {
 	a, err := s.access(ctx, doc)
 	if err != nil {
-		return auth.DocAccess{}, fmt.Errorf("failed to read access to %s: %w", doc, err)
+		return access.DocAccess{}, fmt.Errorf("failed to read access to %s: %w", doc, err)
 	}
 	return a, nil
 }
 
-func (s *Store) access(ctx context.Context, doc protocol.DocumentID) (auth.DocAccess, error) {
+func (s *Store) access(ctx context.Context, doc protocol.DocumentID) (access.DocAccess, error) {
 	if err := hub.CheckStoreCall(ctx, false, doc); err != nil {
-		return auth.DocAccess{}, err
+		return access.DocAccess{}, err
 	}
 	h, err := s.c.HGetAll(ctx, s.docKey(doc)).Result()
 	if err != nil {
-		return auth.DocAccess{}, err
+		return access.DocAccess{}, err
 	}
 	if len(h) == 0 {
-		return auth.DocAccess{}, auth.ErrNotFound
+		return access.DocAccess{}, access.ErrNotFound
 	}
-	a := auth.DocAccess{Users: make(map[string]hub.Role)}
+	a := access.DocAccess{Users: make(map[string]hub.Role)}
 	if a.Created, err = parseNanos(h["created"]); err != nil {
-		return auth.DocAccess{}, err
+		return access.DocAccess{}, err
 	}
-	if a.Link, err = parseRole(h["link"]); err != nil {
-		return auth.DocAccess{}, err
+	if a.Link, err = access.ParseRole(h["link"]); err != nil {
+		return access.DocAccess{}, err
 	}
 	for k, v := range h {
 		u, ok := strings.CutPrefix(k, "u:")
 		if !ok {
 			continue
 		}
-		r, err := parseRole(v)
+		r, err := access.ParseRole(v)
 		if err != nil || r == hub.RoleNone {
-			return auth.DocAccess{}, fmt.Errorf("malformed role of %q: %q", u, v)
+			return access.DocAccess{}, fmt.Errorf("malformed role of %q: %q", u, v)
 		}
 		a.Users[u] = r
 	}
@@ -753,7 +745,7 @@ func (s *Store) access(ctx context.Context, doc protocol.DocumentID) (auth.DocAc
 // document's hash (pipelined, docsPipelineSize at a time): an entry whose
 // document gives the user no role is stale and skipped, and the role
 // reported is the document's. Sorted by id.
-func (s *Store) DocsOf(ctx context.Context, user string) ([]auth.UserDoc, error) {
+func (s *Store) DocsOf(ctx context.Context, user string) ([]access.UserDoc, error) {
 	docs, err := s.docsOf(ctx, user)
 	if err != nil {
 		return nil, fmt.Errorf("failed to list the documents of %q: %w", user, err)
@@ -761,7 +753,7 @@ func (s *Store) DocsOf(ctx context.Context, user string) ([]auth.UserDoc, error)
 	return docs, nil
 }
 
-func (s *Store) docsOf(ctx context.Context, user string) ([]auth.UserDoc, error) {
+func (s *Store) docsOf(ctx context.Context, user string) ([]access.UserDoc, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -770,7 +762,7 @@ func (s *Store) docsOf(ctx context.Context, user string) ([]auth.UserDoc, error)
 		return nil, err
 	}
 	slices.Sort(ids)
-	var out []auth.UserDoc
+	var out []access.UserDoc
 	field := userField(user)
 	for chunk := range slices.Chunk(ids, docsPipelineSize) {
 		cmds := make([]*redis.StringCmd, len(chunk))
@@ -788,11 +780,11 @@ func (s *Store) docsOf(ctx context.Context, user string) ([]auth.UserDoc, error)
 			if err != nil {
 				return nil, err
 			}
-			r, err := parseRole(v)
+			r, err := access.ParseRole(v)
 			if err != nil {
 				return nil, err
 			}
-			out = append(out, auth.UserDoc{ID: protocol.DocumentID(chunk[i]), Role: r})
+			out = append(out, access.UserDoc{ID: protocol.DocumentID(chunk[i]), Role: r})
 		}
 	}
 	return out, nil

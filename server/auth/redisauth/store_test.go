@@ -13,6 +13,7 @@ import (
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/redistest"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 	"github.com/plaithub/plait/server/auth/authtest"
 )
@@ -38,7 +39,7 @@ func TestStore(t *testing.T) {
 		authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return newStore(t, c) })
 	})
 	t.Run("ACL", func(t *testing.T) {
-		authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return newStore(t, c) })
+		authtest.RunACLTests(t, func(t *testing.T) access.ACL { return newStore(t, c) })
 	})
 }
 
@@ -52,7 +53,7 @@ func TestCluster(t *testing.T) {
 		authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return newStore(t, c) })
 	})
 	t.Run("ACL", func(t *testing.T) {
-		authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return newStore(t, c) })
+		authtest.RunACLTests(t, func(t *testing.T) access.ACL { return newStore(t, c) })
 	})
 	t.Run("Events", func(t *testing.T) {
 		authtest.RunEventsTests(t, func(t *testing.T) (a, b auth.Events) {
@@ -183,7 +184,7 @@ func TestRetriedScriptsFindTheirOwnWork(t *testing.T) {
 			t.Fatalf("claim, run again = %q, %v; want ok", out, err)
 		}
 	}
-	if err := s.Claim(ctx, doc, "u", now); !errors.Is(err, auth.ErrClaimed) {
+	if err := s.Claim(ctx, doc, "u", now); !errors.Is(err, access.ErrClaimed) {
 		t.Fatalf("Claim by another call: %v, want ErrClaimed", err)
 	}
 }
