@@ -25,14 +25,6 @@ func openTemp(t *testing.T) *Store {
 	return s
 }
 
-func TestTokenStore(t *testing.T) {
-	authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return openTemp(t) })
-}
-
-func TestACL(t *testing.T) {
-	authtest.RunACLTests(t, func(t *testing.T) access.ACL { return openTemp(t) })
-}
-
 func TestPersistence(t *testing.T) {
 	ctx := t.Context()
 	path := filepath.Join(t.TempDir(), "data", "auth.db")
@@ -207,24 +199,6 @@ func TestSweepBacklog(t *testing.T) {
 	}
 	if n, ni := count(t, s, bucketOnce), count(t, s, bucketOnceExp); n != 0 || ni != 0 {
 		t.Fatalf("%d keys and %d index entries left after sweeping a backlog", n, ni)
-	}
-}
-
-func TestCreateFamilyRefusesTakenID(t *testing.T) {
-	s := openTemp(t)
-	ctx := t.Context()
-	f := auth.Family{ID: "f", User: "u", Created: time.Now(), Expires: time.Now().Add(time.Hour)}
-	if err := s.CreateFamily(ctx, f); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.RevokeFamily(ctx, f.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.CreateFamily(ctx, f); err == nil {
-		t.Fatal("CreateFamily over an existing family succeeded")
-	}
-	if got, err := s.Family(ctx, f.ID); err != nil || !got.Revoked {
-		t.Fatalf("family after a refused CreateFamily = %+v, %v; want it still revoked", got, err)
 	}
 }
 
