@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/plaithub/plait/hub"
-	"github.com/plaithub/plait/hub/cryptstore"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
@@ -60,17 +58,9 @@ type storeBackend interface {
 // providers.
 func (n *Node) openAuth(ctx context.Context) (*authState, error) {
 	cfg := n.cfg
-	data, err := os.ReadFile(cfg.AuthKeyFile)
+	keys, err := readAuthKeys(cfg.AuthKeyFile)
 	if err != nil {
-		return nil, fmt.Errorf("failed to read auth-key-file: %w", err)
-	}
-	master, err := cryptstore.ParseKeyFile(data)
-	if err != nil {
-		return nil, fmt.Errorf("auth-key-file %s: %w", cfg.AuthKeyFile, err)
-	}
-	keys, err := auth.NewKeys(master)
-	if err != nil {
-		return nil, fmt.Errorf("auth-key-file %s: %w", cfg.AuthKeyFile, err)
+		return nil, err
 	}
 	a := &authState{live: newLiveConns(), users: newConnLimiter[string](cfg.MaxConnsPerUser),
 		secure: strings.EqualFold(publicScheme(cfg.PublicURL), "https"), admins: cfg.AdminUsers}
