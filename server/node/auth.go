@@ -23,14 +23,6 @@ import (
 	"github.com/plaithub/plait/server/auth/redisauth"
 )
 
-// Cookie names. The access cookie is what a browser's WebSocket carries
-// (browsers cannot set headers on one); the refresh cookie goes only to
-// /auth/.
-const (
-	accessCookie  = "plait_access"
-	refreshCookie = "plait_refresh"
-)
-
 // authState is a node's login, tokens and permissions; nil on an anonymous
 // node.
 type authState struct {
@@ -99,11 +91,6 @@ func (n *Node) openAuth(ctx context.Context) (*authState, error) {
 		Providers: providers,
 		Keys:      keys,
 		Store:     st,
-		OnLogin:   n.onLogin,
-		OnFailure: func(c *fiber.Ctx, provider string, err error) {
-			n.auditRequest(c, auditEvent{Event: "login_failed",
-				Reason: provider + ": " + err.Error(), Code: c.Response().StatusCode(), Offense: true})
-		},
 	})
 	if err != nil {
 		_ = a.close()
@@ -333,147 +320,6 @@ func (n *Node) authenticate(c *fiber.Ctx) (auth.Access, error) {
 	}
 	n.auditRequest(c, ev)
 	return auth.Access{}, err
-}
-
-// onLogin runs after a provider vouched for u: a new login session, its
-// tokens in cookies, and back to where the user started.
-func (n *Node) onLogin(c *fiber.Ctx, u auth.User, returnTo string) error {
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-	defer cancel()
-	p, err := n.auth.tokens.Login(ctx, u.ID)
-	if err != nil {
-		n.log.Error("failed to start a login session", "err", err)
-		return fiber.NewError(fiber.StatusServiceUnavailable, "failed to start a login session; retry")
-	}
-	n.auditRequest(c, auditEvent{Event: "login", User: u.ID, Reason: "provider " + u.Provider})
-	n.setTokenCookies(c, p)
-	return c.Redirect(returnTo, fiber.StatusFound)
-}
-
-func (n *Node) setTokenCookies(c *fiber.Ctx, p auth.Pair) {
-	c.Cookie(&fiber.Cookie{Name: accessCookie, Value: p.Access, Path: "/", Expires: p.AccessExpires,
-		HTTPOnly: true, Secure: n.auth.secure, SameSite: fiber.CookieSameSiteStrictMode})
-	c.Cookie(&fiber.Cookie{Name: refreshCookie, Value: p.Refresh, Path: "/auth/", Expires: p.RefreshExpires,
-		HTTPOnly: true, Secure: n.auth.secure, SameSite: fiber.CookieSameSiteStrictMode})
-}
-
-func (n *Node) clearTokenCookies(c *fiber.Ctx) {
-	for _, ck := range []struct{ name, path string }{{accessCookie, "/"}, {refreshCookie, "/auth/"}} {
-		c.Cookie(&fiber.Cookie{Name: ck.name, Value: "", Path: ck.path, Expires: time.Unix(1, 0),
-			HTTPOnly: true, Secure: n.auth.secure, SameSite: fiber.CookieSameSiteStrictMode})
-	}
-}
-
-// tokenJSON is what /auth/refresh answers.
-type tokenJSON struct {
-	User           string    `json:"user"`
-	AccessToken    string    `json:"access_token"`
-	AccessExpires  time.Time `json:"access_expires_at"`
-	RefreshToken   string    `json:"refresh_token,omitempty"`
-	RefreshExpires time.Time `json:"refresh_expires_at"`
-}
-
-// refreshToken reads the refresh token from a JSON body or the cookie.
-func refreshToken(c *fiber.Ctx) (tok string, fromCookie bool) {
-	var body struct {
-		RefreshToken string `json:"refresh_token"`
-	}
-	if len(c.Body()) > 0 && c.BodyParser(&body) == nil && body.RefreshToken != "" {
-		return body.RefreshToken, false
-	}
-	return c.Cookies(refreshCookie), true
-}
-
-// handleRefresh spends a refresh token for a new pair. Reusing a spent
-// token revokes its whole login session, on every node.
-func (n *Node) handleRefresh(c *fiber.Ctx) error {
-	if err := n.checkSameSite(c); err != nil {
-		return err
-	}
-	tok, fromCookie := refreshToken(c)
-	if tok == "" {
-		return fiber.NewError(fiber.StatusUnauthorized, "no refresh token (JSON {\"refresh_token\": ...} or the plait_refresh cookie)")
-	}
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-	defer cancel()
-	p, err := n.auth.tokens.Refresh(ctx, tok)
-	if err != nil {
-		ev := auditEvent{Event: "refresh_failed", Code: fiber.StatusUnauthorized, Reason: err.Error(), Offense: true}
-		if errors.Is(err, auth.ErrTokenReused) {
-			ev.Event = "token_reuse"
-			if fam, ferr := n.auth.tokens.Family(tok); ferr == nil {
-				if f, ferr := n.auth.store.Family(ctx, fam); ferr == nil {
-					ev.User = f.User
-				}
-				_ = n.publish(ctx, auth.Event{Kind: auth.EventRevokeFamily, Family: fam})
-			}
-		}
-		n.auditRequest(c, ev)
-		if fromCookie {
-			n.clearTokenCookies(c)
-		}
-		switch {
-		case errors.Is(err, auth.ErrTokenReused):
-			return fiber.NewError(fiber.StatusUnauthorized, "this refresh token was already used: the login session is revoked; log in again")
-		case errors.Is(err, auth.ErrInvalidToken), errors.Is(err, auth.ErrRevoked), errors.Is(err, auth.ErrExpired), errors.Is(err, auth.ErrNotFound):
-			return fiber.NewError(fiber.StatusUnauthorized, "refresh token invalid, expired or revoked: log in again")
-		}
-		n.log.Error("failed to refresh a token", "err", err)
-		return fiber.NewError(fiber.StatusServiceUnavailable, "cannot refresh right now; retry")
-	}
-	n.auditRequest(c, auditEvent{Event: "token_refresh", User: p.User})
-	if fromCookie {
-		n.setTokenCookies(c, p)
-	}
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	out := tokenJSON{User: p.User, AccessToken: p.Access, AccessExpires: p.AccessExpires, RefreshToken: p.Refresh, RefreshExpires: p.RefreshExpires}
-	if fromCookie {
-		// The refresh token stays in its HttpOnly cookie: a script on the
-		// page must not be able to read a 30-day credential.
-		out.RefreshToken = ""
-	}
-	return c.JSON(out)
-}
-
-// handleLogout revokes the login session of the refresh token (or of the
-// access token) and closes its sockets on every node.
-func (n *Node) handleLogout(c *fiber.Ctx) error {
-	if err := n.checkSameSite(c); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
-	defer cancel()
-	var fam string
-	if tok, _ := refreshToken(c); tok != "" {
-		f, err := n.auth.tokens.Family(tok)
-		if err != nil {
-			return fiber.NewError(fiber.StatusUnauthorized, "invalid refresh token")
-		}
-		fam = f
-	} else if tok := credential(c); tok != "" {
-		a, err := n.auth.tokens.ParseAccess(tok)
-		if err != nil && !errors.Is(err, auth.ErrAccessExpired) {
-			return fiber.NewError(fiber.StatusUnauthorized, "invalid access token")
-		}
-		fam = a.Family
-	} else {
-		return fiber.NewError(fiber.StatusUnauthorized, "no token to log out")
-	}
-	f, err := n.auth.store.Family(ctx, fam)
-	if err != nil && !errors.Is(err, auth.ErrNotFound) {
-		return fiber.NewError(fiber.StatusServiceUnavailable, "cannot log out right now; retry")
-	}
-	if err == nil {
-		if err := n.auth.store.RevokeFamily(ctx, fam); err != nil {
-			return fiber.NewError(fiber.StatusServiceUnavailable, "cannot log out right now; retry")
-		}
-		if err := n.publish(ctx, auth.Event{Kind: auth.EventRevokeFamily, Family: fam, User: f.User}); err != nil {
-			return fiber.NewError(fiber.StatusServiceUnavailable, err.Error())
-		}
-		n.auditRequest(c, auditEvent{Event: "logout", User: f.User})
-	}
-	n.clearTokenCookies(c)
-	return c.SendStatus(fiber.StatusNoContent)
 }
 
 // handleRevokeUser lets an admin revoke every token of a user, on every

@@ -184,8 +184,8 @@ func (n *Node) newApp() *fiber.App {
 	app.Get("/ws", n.handleWS)
 	if n.auth != nil {
 		app.Get("/auth/providers", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"providers": n.auth.login.Providers()}) })
-		app.Get("/auth/:provider/login", n.auth.login.Begin)
-		app.Get("/auth/:provider/callback", n.auth.login.Callback)
+		app.Get("/auth/:provider/login", n.handleLogin)
+		app.Get("/auth/:provider/callback", n.handleLoginCallback)
 		app.Post("/auth/refresh", n.handleRefresh)
 		app.Post("/auth/logout", n.handleLogout)
 		n.apiRoutes(app)
