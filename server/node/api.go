@@ -26,20 +26,6 @@ type docJSON struct {
 	Users      map[string]string `json:"users,omitempty"`
 }
 
-func (n *Node) apiRoutes(app *fiber.App) {
-	api := app.Group("/api")
-	api.Get("/me", n.withUser(func(c *fiber.Ctx, a auth.Access) error {
-		return c.JSON(fiber.Map{"user": a.User, "expires_at": a.Expires})
-	}))
-	api.Post("/docs", n.withUser(n.createDoc))
-	api.Get("/docs", n.withUser(n.listDocs))
-	api.Get("/docs/:id", n.withUser(n.getDoc))
-	api.Put("/docs/:id/users/:user", n.withUser(n.shareDoc))
-	api.Delete("/docs/:id/users/:user", n.withUser(n.unshareDoc))
-	api.Put("/docs/:id/link", n.withUser(n.setLink))
-	api.Post("/admin/revoke-user", n.handleRevokeUser)
-}
-
 // withUser authenticates the request and, for a change, checks it did not
 // come from another site.
 func (n *Node) withUser(h func(*fiber.Ctx, auth.Access) error) fiber.Handler {

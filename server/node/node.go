@@ -20,8 +20,6 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/wstransport"
@@ -156,43 +154,7 @@ func (n *Node) newApp() *fiber.App {
 			return c.Status(code).JSON(fiber.Map{"error": err.Error()})
 		},
 	})
-	app.Use(func(c *fiber.Ctx) error {
-		id := string(c.Request().Header.Peek("X-Request-Id"))
-		if id == "" || len(id) > 64 {
-			id = randomHex(8)
-		}
-		c.Locals("request_id", id)
-		c.Set("X-Request-Id", id)
-		return c.Next()
-	})
-	app.Use(n.audit.middleware)
-	app.Use(n.limitHTTP)
-	app.Get("/healthz", func(c *fiber.Ctx) error {
-		return c.JSON(fiber.Map{"status": "ok"})
-	})
-	app.Get("/readyz", func(c *fiber.Ctx) error {
-		if n.draining.Load() {
-			return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "draining"})
-		}
-		return c.JSON(fiber.Map{"status": "ready", "peerId": n.hub.PeerID(), "storageId": n.hub.StorageID()})
-	})
-	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
-	app.Get("/metrics", func(c *fiber.Ctx) error {
-		metrics(c.Context())
-		return nil
-	})
-	app.Get("/ws", n.handleWS)
-	if n.auth != nil {
-		app.Get("/auth/providers", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"providers": n.auth.login.Providers()}) })
-		app.Get("/auth/:provider/login", n.handleLogin)
-		app.Get("/auth/:provider/callback", n.handleLoginCallback)
-		app.Post("/auth/refresh", n.handleRefresh)
-		app.Post("/auth/logout", n.handleLogout)
-		n.apiRoutes(app)
-	}
-	app.Get("/", func(c *fiber.Ctx) error {
-		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
-	})
+	n.routes(app)
 	return app
 }
 
