@@ -1,6 +1,9 @@
 package node
 
 import (
+	"fmt"
+	"net"
+	"net/http"
 	"net/url"
 	"path"
 	"strings"
@@ -22,4 +25,45 @@ func matchOrigin(pattern, origin, host string) (bool, error) {
 		target = origin
 	}
 	return path.Match(strings.ToLower(pattern), strings.ToLower(target))
+}
+
+// checkOrigin applies coder/websocket's rule (same host, or a listed
+// pattern) before the hijack, so that a refused handshake is a normal 403.
+func (n *Node) checkOrigin(r *http.Request) error {
+	// A node that is anonymous because it listens on loopback only must be
+	// reached by a loopback name: a page whose own host name an attacker
+	// re-points at 127.0.0.1 (DNS rebinding) would otherwise pass the
+	// same-host check below.
+	if n.auth == nil && !n.cfg.AllowAnonymous {
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if !isLoopback(strings.Trim(host, "[]")) {
+			return fmt.Errorf("host %q is not a loopback name: this anonymous node serves loopback only", r.Host)
+		}
+	}
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return nil // not a browser: no cross-site risk
+	}
+	return n.originAllowed(origin, r.Host)
+}
+
+// originAllowed reports whether a browser page of origin may use this node
+// (reached as host): the same host, or one of --allowed-origins.
+func (n *Node) originAllowed(origin, host string) error {
+	u, err := urlHost(origin)
+	if err != nil {
+		return fmt.Errorf("invalid Origin header %q", origin)
+	}
+	if strings.EqualFold(u, host) {
+		return nil
+	}
+	for _, p := range n.cfg.AllowedOrigins {
+		if ok, _ := matchOrigin(p, origin, u); ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("origin %q is not allowed here (see --allowed-origins)", origin)
 }
