@@ -41,7 +41,8 @@ type Node struct {
 	caps    connCaps                 // effective connection caps
 	guard   *connGuard               // connections not (yet) WebSockets
 	wsCap   *connLimiter[struct{}]   // WebSockets on the node (--max-conns)
-	audit   *auditor                 // the audit log; blocks repeat offenders
+	audit   *auditor                 // the security audit log
+	blocks  *blocklist               // blocks repeat offenders
 	auth    *authState               // nil: anonymous node
 
 	closeAudit func() error
@@ -73,7 +74,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: log, be: be, reg: reg, m: m, ctx: nctx, cancel: cancel, closeAudit: closeAudit,
 		conns: newConnLimiter[netip.Addr](cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP),
-		audit: newAuditor(auditW, blockOptions{Threshold: cfg.BlockThreshold, Window: cfg.BlockWindow, Duration: cfg.BlockDuration}, reg, time.Now)}
+		blocks: newBlocklist(blockOptions{Threshold: cfg.BlockThreshold, Window: cfg.BlockWindow, Duration: cfg.BlockDuration}, reg, time.Now)}
+	n.audit = newAuditor(auditW, n.blocks, reg)
 	fail := func(err error) (*Node, error) {
 		cancel()
 		if n.auth != nil {
@@ -119,7 +121,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return fail(err)
 	}
 	go n.httpLim.sweepEvery(nctx, time.Minute)
-	go n.audit.sweepEvery(nctx, time.Minute)
+	go n.blocks.sweepEvery(nctx, time.Minute)
 	if n.auth != nil {
 		go n.watchEvents()
 	}

@@ -23,7 +23,7 @@ func (n *Node) routes(app *fiber.App) {
 		c.Set("X-Request-Id", id)
 		return c.Next()
 	})
-	app.Use(n.audit.middleware)
+	app.Use(n.blocks.middleware)
 	app.Use(n.limitHTTP)
 	app.Get("/healthz", func(c *fiber.Ctx) error {
 		return c.JSON(fiber.Map{"status": "ok"})
