@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"unicode/utf8"
 
+	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/plaithub/plait/hub"
@@ -181,4 +182,16 @@ func clip(s string, n int) string {
 		n--
 	}
 	return s[:n] + "…"
+}
+
+// auditRequest records ev for the HTTP request c: its request id and
+// client address filled in.
+func (n *Node) auditRequest(c *fiber.Ctx, ev auditEvent) {
+	ev.RequestID, ev.Remote = requestID(c), c.Context().RemoteAddr().String()
+	n.audit.record(ev)
+}
+
+func requestID(c *fiber.Ctx) string {
+	id, _ := c.Locals("request_id").(string)
+	return id
 }

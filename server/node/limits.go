@@ -373,3 +373,51 @@ func openFileLimit() int {
 	}
 	return int(min(r.Cur, maxFileLimit))
 }
+
+// userRates are the message limiters shared by each user's WebSockets on
+// this node (--user-message-rate, --user-message-burst): one per user
+// while the user has a socket here. Safe for concurrent use.
+type userRates struct {
+	perSec float64 // <= 0: no limit
+	burst  int
+
+	mu sync.Mutex
+	m  map[string]*userRate
+}
+
+type userRate struct {
+	lim  *rate.Limiter
+	refs int
+}
+
+func newUserRates(perSec float64, burst int) *userRates {
+	return &userRates{perSec: perSec, burst: burst, m: make(map[string]*userRate)}
+}
+
+// acquire returns the message limiter shared by user's connections (nil
+// without a limit); release it with release.
+func (r *userRates) acquire(user string) *rate.Limiter {
+	if r.perSec <= 0 {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.m[user]
+	if u == nil {
+		u = &userRate{lim: rate.NewLimiter(rate.Limit(r.perSec), r.burst)}
+		r.m[user] = u
+	}
+	u.refs++
+	return u.lim
+}
+
+// release drops one connection's hold on user's limiter.
+func (r *userRates) release(user string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if u := r.m[user]; u != nil {
+		if u.refs--; u.refs <= 0 {
+			delete(r.m, user)
+		}
+	}
+}

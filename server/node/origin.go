@@ -7,6 +7,8 @@ import (
 	"net/url"
 	"path"
 	"strings"
+
+	"github.com/gofiber/fiber/v2"
 )
 
 func urlHost(origin string) (string, error) {
@@ -66,4 +68,22 @@ func (n *Node) originAllowed(origin, host string) error {
 		}
 	}
 	return fmt.Errorf("origin %q is not allowed here (see --allowed-origins)", origin)
+}
+
+// checkSameSite refuses a state-changing request a browser sent from
+// another site (cross-site request forgery): its Origin must be the node's
+// own or an allowed one. Programs send no Origin.
+func (n *Node) checkSameSite(c *fiber.Ctx) error {
+	origin := c.Get(fiber.HeaderOrigin)
+	if origin == "" {
+		if c.Get("Sec-Fetch-Site") == "cross-site" {
+			return fiber.NewError(fiber.StatusForbidden, "cross-site request refused")
+		}
+		return nil
+	}
+	if err := n.originAllowed(origin, string(c.Request().Host())); err != nil {
+		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
+		return fiber.NewError(fiber.StatusForbidden, err.Error())
+	}
+	return nil
 }

@@ -114,11 +114,11 @@ func (n *Node) admitUser(c *fiber.Ctx, a *admission) error {
 		n.auditRequest(c, auditEvent{Event: "limit", User: acc.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-user"})
 		return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections for this user (at most %d: --max-conns-per-user)", n.cfg.MaxConnsPerUser))
 	}
-	a.info.UserLimit = n.auth.live.userLimit(acc.User, n.cfg.UserMessageRate, n.cfg.UserMessageBurst)
+	a.info.UserLimit = n.auth.rates.acquire(acc.User)
 	live := a.live
 	a.hold(func() {
 		n.auth.live.remove(live)
-		n.auth.live.dropUserLimit(live.user)
+		n.auth.rates.release(live.user)
 		n.auth.users.release(live.user)
 	})
 	return nil
