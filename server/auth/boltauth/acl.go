@@ -2,7 +2,6 @@ package boltauth
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -21,13 +20,9 @@ type docAccess struct {
 }
 
 func getDoc(tx *bolt.Tx, doc protocol.DocumentID) (docAccess, error) {
-	v := tx.Bucket(bucketDocs).Get([]byte(doc))
-	if v == nil {
-		return docAccess{}, access.ErrNotFound
-	}
-	var d docAccess
-	if err := json.Unmarshal(v, &d); err != nil {
-		return docAccess{}, fmt.Errorf("malformed access record: %w", err)
+	d, err := getRecord[docAccess](tx, bucketDocs, []byte(doc), "access", access.ErrNotFound)
+	if err != nil {
+		return docAccess{}, err
 	}
 	if d.Users == nil {
 		d.Users = make(map[string]string)
@@ -36,11 +31,7 @@ func getDoc(tx *bolt.Tx, doc protocol.DocumentID) (docAccess, error) {
 }
 
 func putDoc(tx *bolt.Tx, doc protocol.DocumentID, d docAccess) error {
-	v, err := json.Marshal(d)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketDocs).Put([]byte(doc), v)
+	return putRecord(tx, bucketDocs, []byte(doc), d)
 }
 
 // index sets user's role on doc in the user's docs index; RoleNone

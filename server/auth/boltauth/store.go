@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -170,6 +171,30 @@ func (s *Store) view(ctx context.Context, fn func(tx *bolt.Tx) error) error {
 		return err
 	}
 	return s.db.View(fn)
+}
+
+// getRecord reads the JSON record at key in bucket; notFound if there is
+// none. what names the record in errors.
+func getRecord[T any](tx *bolt.Tx, bucket, key []byte, what string, notFound error) (T, error) {
+	var rec T
+	v := tx.Bucket(bucket).Get(key)
+	if v == nil {
+		return rec, notFound
+	}
+	if err := json.Unmarshal(v, &rec); err != nil {
+		var zero T
+		return zero, fmt.Errorf("malformed %s record: %w", what, err)
+	}
+	return rec, nil
+}
+
+// putRecord stores rec as JSON at key in bucket.
+func putRecord(tx *bolt.Tx, bucket, key []byte, rec any) error {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucket).Put(key, v)
 }
 
 // ---- expiry ----

@@ -3,7 +3,6 @@ package boltauth
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -27,23 +26,11 @@ func (f family) public(id string) auth.Family {
 }
 
 func getFamily(tx *bolt.Tx, id string) (family, error) {
-	v := tx.Bucket(bucketFamilies).Get([]byte(id))
-	if v == nil {
-		return family{}, auth.ErrNotFound
-	}
-	var f family
-	if err := json.Unmarshal(v, &f); err != nil {
-		return family{}, fmt.Errorf("malformed family record: %w", err)
-	}
-	return f, nil
+	return getRecord[family](tx, bucketFamilies, []byte(id), "family", auth.ErrNotFound)
 }
 
 func putFamily(tx *bolt.Tx, id string, f family) error {
-	v, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketFamilies).Put([]byte(id), v)
+	return putRecord(tx, bucketFamilies, []byte(id), f)
 }
 
 // famExpKey is the sweep index key of family id expiring at exp.

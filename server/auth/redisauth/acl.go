@@ -217,12 +217,9 @@ func (s *Store) access(ctx context.Context, doc protocol.DocumentID) (access.Doc
 	if err := hub.CheckStoreCall(ctx, false, doc); err != nil {
 		return access.DocAccess{}, err
 	}
-	h, err := s.c.HGetAll(ctx, s.docKey(doc)).Result()
+	h, err := s.hash(ctx, s.docKey(doc), access.ErrNotFound)
 	if err != nil {
 		return access.DocAccess{}, err
-	}
-	if len(h) == 0 {
-		return access.DocAccess{}, access.ErrNotFound
 	}
 	a := access.DocAccess{Users: make(map[string]hub.Role)}
 	if a.Created, err = parseNanos(h["created"]); err != nil {

@@ -143,6 +143,18 @@ func newOp() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
+// hash reads the hash at key; notFound if it does not exist.
+func (s *Store) hash(ctx context.Context, key string, notFound error) (map[string]string, error) {
+	h, err := s.c.HGetAll(ctx, key).Result()
+	if err != nil {
+		return nil, err
+	}
+	if len(h) == 0 {
+		return nil, notFound
+	}
+	return h, nil
+}
+
 // reply reads a script's answer: an array of strings whose first is the
 // outcome.
 func reply(v any, err error) ([]string, error) {

@@ -177,12 +177,9 @@ func (s *Store) family(ctx context.Context, id string) (auth.Family, error) {
 	if err := ctx.Err(); err != nil {
 		return auth.Family{}, err
 	}
-	h, err := s.c.HGetAll(ctx, s.familyKey(id)).Result()
+	h, err := s.hash(ctx, s.familyKey(id), auth.ErrNotFound)
 	if err != nil {
 		return auth.Family{}, err
-	}
-	if len(h) == 0 {
-		return auth.Family{}, auth.ErrNotFound
 	}
 	return parseFamily(id, h)
 }
