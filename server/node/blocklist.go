@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
@@ -71,10 +70,9 @@ type blocklist struct {
 	blockedTotal    prometheus.Counter
 	blockedRequests prometheus.Counter
 
-	mu        sync.Mutex
-	offenses  map[netip.Addr]*offenses
-	blocked   map[netip.Addr]time.Time // until when
-	lastSweep time.Time
+	sweeper  // guards offenses and blocked
+	offenses map[netip.Addr]*offenses
+	blocked  map[netip.Addr]time.Time // until when
 }
 
 // newBlocklist registers its metrics with reg, unless reg is nil. now is
@@ -93,6 +91,7 @@ func newBlocklist(opts blockOptions, reg prometheus.Registerer, now func() time.
 		offenses: make(map[netip.Addr]*offenses),
 		blocked:  make(map[netip.Addr]time.Time),
 	}
+	b.drop = b.dropExpired
 	if reg != nil {
 		reg.MustRegister(b.blockedTotal, b.blockedRequests,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plait_blocked_sources",
@@ -132,12 +131,7 @@ func (b *blocklist) offend(k netip.Addr) (int, time.Time) {
 	}
 	o := b.offenses[k]
 	if o == nil {
-		if len(b.offenses) >= b.max {
-			if now.Sub(b.lastSweep) >= time.Second {
-				b.sweepLocked(now)
-			}
-			forgetArbitrary(b.offenses, b.max) // still full: forget an arbitrary source
-		}
+		makeRoom(&b.sweeper, b.offenses, b.max, now)
 		o = &offenses{}
 		b.offenses[k] = o
 	}
@@ -228,16 +222,9 @@ func (b *blocklist) middleware(c *fiber.Ctx) error {
 		"error": fmt.Sprintf("this address is blocked for repeated failures or malformed input; retry in %d s", secs)})
 }
 
-// sweep forgets the offense windows that hold no offense any more and
-// the blocks that ended.
-func (b *blocklist) sweep(now time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.sweepLocked(now)
-}
-
-func (b *blocklist) sweepLocked(now time.Time) {
-	b.lastSweep = now
+// dropExpired forgets the offense windows that hold no offense any more
+// and the blocks that ended.
+func (b *blocklist) dropExpired(now time.Time) {
 	s := int64(now.Sub(b.base) / b.slot)
 	for k, o := range b.offenses {
 		if s-o.last >= offenseSlots {
@@ -264,16 +251,7 @@ func (b *blocklist) sweepEvery(ctx context.Context, d time.Duration) {
 	if b.opts.Threshold <= 0 {
 		return
 	}
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			b.sweep(b.now())
-		}
-	}
+	every(ctx, d, func(time.Time) { b.sweep(b.now()) })
 }
 
 // sourceKey is the source that remote ("ip:port" or "ip") counts under:
