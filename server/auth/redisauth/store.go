@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/plaithub/plait/hub/redisstore"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
@@ -182,8 +183,9 @@ func reply(v any, err error) ([]string, error) {
 
 // luaLess is lt(a, b) for decimal integers (an optional '-', no leading
 // zeros), exact at any size: Lua numbers are doubles, and generations and
-// nanosecond times do not fit them exactly.
-const luaLess = `
+// nanosecond times do not fit them exactly. The digits compare with
+// redisstore's le.
+const luaLess = redisstore.LuaDecimalLE + `
 local function lt(a, b)
   local na, nb = string.sub(a, 1, 1) == '-', string.sub(b, 1, 1) == '-'
   if na ~= nb then
@@ -192,15 +194,6 @@ local function lt(a, b)
   if na then
     a, b = string.sub(b, 2), string.sub(a, 2)
   end
-  if #a ~= #b then
-    return #a < #b
-  end
-  for i = 1, #a do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then
-      return x < y
-    end
-  end
-  return false
+  return not le(b, a)
 end
 `
