@@ -5,6 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/valyala/fasthttp/fasthttpadaptor"
 
+	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -17,7 +18,7 @@ func (n *Node) routes(app *fiber.App) {
 	app.Use(func(c *fiber.Ctx) error {
 		id := string(c.Request().Header.Peek("X-Request-Id"))
 		if id == "" || len(id) > 64 {
-			id = randomHex(8)
+			id = protocol.RandomHex(8)
 		}
 		c.Locals("request_id", id)
 		c.Set("X-Request-Id", id)
