@@ -201,7 +201,7 @@ func (o *Options) fill() error {
 		o.Metrics = NewMetrics(nil)
 	}
 	if o.PeerID == "" {
-		o.PeerID = "plait-" + randomID(8)
+		o.PeerID = "plait-" + protocol.RandomHex(8)
 	}
 	if o.JoinTimeout <= 0 {
 		o.JoinTimeout = 10 * time.Second

@@ -1,17 +1,9 @@
 package hub
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"runtime"
 	"time"
 )
-
-func randomID(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
 
 // gcSoon schedules one garbage collection shortly after documents are
 // evicted: automerge-go frees a document's C memory only in finalizers, so

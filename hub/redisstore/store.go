@@ -233,22 +233,12 @@ func decodeDoc(res []any) (hub.StoredDoc, error) {
 	return doc, nil
 }
 
-// compactScript is Compact: a compare-and-set on the meta field
-// "compacted". ARGV: snapshot, throughSeq (decimal). KEYS: meta, snap,
-// batches. It returns "notfound", "conflict" or "ok".
-//
-// A throughSeq beyond "last" is a conflict too: the snapshot was built from
-// a load whose last batch was throughSeq, so Redis has lost writes since
-// (restarted empty, or failed over to a replica that lacked them) and will
-// hand those seqs out again to other batches, which the stale snapshot must
-// not replace. Past that check throughSeq <= last.
-//
-// Seqs are compared as decimal strings (shorter is smaller, then digit by
-// digit): Lua numbers are doubles, exact only up to 2^53, and throughSeq
-// may be anything up to 2^64-1. Arithmetic on doubles is used only for
-// the number of batches to drop, when throughSeq is below the last seq
-// handed out (a count of appends, far below 2^53).
-var compactScript = redis.NewScript(`
+// LuaDecimalLE defines le(a, b), a <= b for unsigned decimal integers
+// without leading zeros, compared as strings (shorter is smaller, then
+// digit by digit): exact at any size, where Lua's numbers (doubles) are
+// exact only up to 2^53. Scripts that compare sequence numbers, times or
+// generations start with it.
+const LuaDecimalLE = `
 local function le(a, b)
   if #a ~= #b then
     return #a < #b
@@ -261,6 +251,24 @@ local function le(a, b)
   end
   return true
 end
+`
+
+// compactScript is Compact: a compare-and-set on the meta field
+// "compacted". ARGV: snapshot, throughSeq (decimal). KEYS: meta, snap,
+// batches. It returns "notfound", "conflict" or "ok".
+//
+// A throughSeq beyond "last" is a conflict too: the snapshot was built from
+// a load whose last batch was throughSeq, so Redis has lost writes since
+// (restarted empty, or failed over to a replica that lacked them) and will
+// hand those seqs out again to other batches, which the stale snapshot must
+// not replace. Past that check throughSeq <= last.
+//
+// Seqs are compared as decimal strings (LuaDecimalLE): Lua numbers are
+// doubles, exact only up to 2^53, and throughSeq may be anything up to
+// 2^64-1. Arithmetic on doubles is used only for the number of batches to
+// drop, when throughSeq is below the last seq handed out (a count of
+// appends, far below 2^53).
+var compactScript = redis.NewScript(LuaDecimalLE + `
 local last = redis.call('HGET', KEYS[1], 'last')
 if not last then
   return 'notfound'

@@ -3,8 +3,6 @@ package client
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -87,7 +85,7 @@ func (o *Options) fill() error {
 		return errors.New("client: Options.URLs is empty")
 	}
 	if o.PeerID == "" {
-		o.PeerID = "go-" + randomHex(8)
+		o.PeerID = "go-" + protocol.RandomHex(8)
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond
@@ -168,7 +166,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 		docs:      make(map[protocol.DocumentID]*Handle),
 		connected: make(chan struct{}),
 		done:      make(chan struct{}),
-		session:   randomHex(8),
+		session:   protocol.RandomHex(8),
 	}
 	if opts.Dir != "" {
 		st, err := openDiskStore(opts.Dir)
@@ -609,9 +607,3 @@ func (c *Client) open(id protocol.DocumentID, created bool) (*Handle, error) {
 
 // Hash is an Automerge change hash.
 type Hash = syncengine.Hash
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}

@@ -5,24 +5,22 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-
-	"github.com/plaithub/plait/hub/cryptstore"
 )
 
-// Key is one secret derived for one purpose, with the id of the master key
-// it came from.
+// Key is a secret and its id: a master key (NewKeys), or the secret
+// derived from one for one purpose, with the master key's id (Derive).
 type Key struct {
 	ID     string
 	Secret []byte // 32 bytes
 }
 
-// Keys are the node's auth master keys (the --auth-key-file: the same
-// format as the encryption key file). The first key signs and seals; every
+// Keys are the node's auth master keys (the --auth-key-file, read by the
+// node: the same format as the encryption key file). The first key signs and seals; every
 // key verifies and opens, so keys rotate by adding a new first line and
 // removing the old one once what it signed has expired (the refresh token
 // lifetime). Every node of a cluster must have the same keys.
 type Keys struct {
-	master []cryptstore.Key
+	master []Key
 }
 
 // Key purposes: each gets its own derived secret, so a token of one kind
@@ -34,7 +32,7 @@ const (
 )
 
 // NewKeys checks the master keys (at least one, 32 bytes each).
-func NewKeys(master []cryptstore.Key) (Keys, error) {
+func NewKeys(master []Key) (Keys, error) {
 	if len(master) == 0 {
 		return Keys{}, errors.New("no auth keys")
 	}

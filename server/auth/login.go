@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
-	"github.com/gofiber/fiber/v2"
 	"github.com/markbates/goth"
 	"github.com/markbates/goth/providers/github"
 	"github.com/markbates/goth/providers/google"
@@ -24,9 +23,10 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// Login failures. The callback answers with the sentinel's text as
-// {"error": "..."}; OnFailure receives an error wrapping the sentinel (and
-// a cause with tokens and codes removed).
+// Login failures. Finish returns them in a *LoginError: the client is told
+// the sentinel's text (LoginError.Message), the audit gets an error
+// wrapping the sentinel (and a cause with tokens and codes removed). The
+// HTTP status each one answers with is noted after it.
 var (
 	// ErrUnknownProvider: the route names a provider that is not configured
 	// (404).
@@ -69,9 +69,10 @@ const (
 )
 
 const (
-	// LoginCookie holds the sealed state of a login in progress, between
-	// Begin and Callback.
-	LoginCookie = "plait_login"
+	// loginSealName names what the login state is sealed as (the name the
+	// login cookie always had), so a state cannot pass as another sealed
+	// value.
+	loginSealName = "plait_login"
 	// loginConsumePrefix is the TokenStore key that makes a login state
 	// single-use.
 	loginConsumePrefix = "login-state:"
@@ -115,14 +116,6 @@ type LoginOptions struct {
 	Keys Keys
 	// Store makes each login state single-use across nodes (required).
 	Store TokenStore
-	// OnLogin is called once a user is authenticated: the node issues its
-	// tokens and responds (required). returnTo is a local path.
-	OnLogin func(c *fiber.Ctx, u User, returnTo string) error
-	// OnFailure is called for every failed callback, for audit (optional),
-	// after the response status is set and before the body is written.
-	// err wraps one of the Err* sentinels above (or is a store failure,
-	// status 500) and never holds a token or a code.
-	OnFailure func(c *fiber.Ctx, provider string, err error)
 	// HTTPClient makes the calls to providers (discovery, keys, token
 	// exchange, user info). Default: a client with DefaultProviderTimeout.
 	HTTPClient *http.Client
@@ -133,9 +126,10 @@ type LoginOptions struct {
 	StateTTL time.Duration
 }
 
-// Login runs the OAuth 2.0 / OpenID Connect login with goth: Begin sends
-// the browser to the provider, Callback receives it back and hands the
-// authenticated User to OnLogin.
+// Login runs the OAuth 2.0 / OpenID Connect login with goth over plain
+// values, for the HTTP layer to adapt: Start says where to send the browser
+// and what state to keep in its login cookie; Finish takes the callback's
+// parameters and that state back and returns the authenticated User.
 //
 // Nodes are stateless: the state of a login in progress lives in a cookie
 // sealed with the cluster's keys, so the callback may land on any node;
@@ -147,13 +141,11 @@ type LoginOptions struct {
 //
 // A Login is immutable after NewLogin and safe for concurrent use.
 type Login struct {
-	opts       LoginOptions
-	sealer     *Sealer
-	providers  map[string]*loginProvider
-	names      []string
-	client     *http.Client
-	cookiePath string
-	secure     bool
+	opts      LoginOptions
+	sealer    *Sealer
+	providers map[string]*loginProvider
+	names     []string
+	client    *http.Client
 }
 
 type loginProvider struct {
@@ -164,7 +156,7 @@ type loginProvider struct {
 	pkce     bool // goth passes code_verifier to the token endpoint
 }
 
-// loginState is what the login cookie carries between Begin and Callback.
+// loginState is what the login cookie carries between Start and Finish.
 type loginState struct {
 	Provider string `json:"p"`
 	State    string `json:"s"`
@@ -188,9 +180,6 @@ func NewLogin(ctx context.Context, o LoginOptions) (*Login, error) {
 	if o.Store == nil {
 		return nil, errors.New("login: no token store (Store)")
 	}
-	if o.OnLogin == nil {
-		return nil, errors.New("login: no OnLogin handler")
-	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -202,12 +191,10 @@ func NewLogin(ctx context.Context, o LoginOptions) (*Login, error) {
 		client = &http.Client{Timeout: DefaultProviderTimeout}
 	}
 	l := &Login{
-		opts:       o,
-		sealer:     NewSealer(o.Keys),
-		providers:  make(map[string]*loginProvider, len(o.Providers)),
-		client:     client,
-		cookiePath: strings.TrimSuffix(base.Path, "/") + "/auth/",
-		secure:     base.Scheme == "https",
+		opts:      o,
+		sealer:    NewSealer(o.Keys),
+		providers: make(map[string]*loginProvider, len(o.Providers)),
+		client:    client,
 	}
 	for _, pc := range o.Providers {
 		if _, dup := l.providers[pc.Name]; dup {
@@ -329,35 +316,44 @@ func checkIssuer(s string) error {
 // Providers lists the configured provider names, sorted.
 func (l *Login) Providers() []string { return slices.Clone(l.names) }
 
-// Begin starts a login: GET /auth/:provider/login?return_to=/path. It
-// makes a fresh state, nonce and PKCE verifier, seals them (with the
-// provider and return_to) into the login cookie and redirects to the
-// provider.
-func (l *Login) Begin(c *fiber.Ctx) error {
-	p := l.providers[c.Params("provider")]
+// LoginStart is a started login: where to send the browser, and the state
+// the HTTP layer keeps in the browser's login cookie until the callback.
+type LoginStart struct {
+	RedirectURL string        // the provider's authorization URL
+	State       string        // the sealed login state: the login cookie's value
+	TTL         time.Duration // how long State stays valid: the cookie's lifetime
+}
+
+// Start starts a login with provider (GET /auth/:provider/login?return_to=/path).
+// It makes a fresh state, nonce and PKCE verifier and seals them (with the
+// provider and returnTo, kept only if it is a local path) into the state
+// that the login cookie carries. Errors: ErrUnknownProvider, or a failure
+// to make the state.
+func (l *Login) Start(provider, returnTo string) (LoginStart, error) {
+	p := l.providers[provider]
 	if p == nil {
-		return c.Status(fiber.StatusNotFound).JSON(fiber.Map{"error": ErrUnknownProvider.Error()})
+		return LoginStart{}, ErrUnknownProvider
 	}
-	st := loginState{Provider: p.name, ReturnTo: safeReturnTo(c.Query("return_to"))}
+	st := loginState{Provider: p.name, ReturnTo: safeReturnTo(returnTo)}
 	var err error
 	if st.State, err = randomString(); err != nil {
-		return fmt.Errorf("failed to begin login: %w", err)
+		return LoginStart{}, fmt.Errorf("failed to begin login: %w", err)
 	}
 	sess, err := p.goth.BeginAuth(st.State)
 	if err != nil {
-		return fmt.Errorf("failed to begin login: %w", err)
+		return LoginStart{}, fmt.Errorf("failed to begin login: %w", err)
 	}
 	authURL, err := sess.GetAuthURL()
 	if err != nil {
-		return fmt.Errorf("failed to begin login: %w", err)
+		return LoginStart{}, fmt.Errorf("failed to begin login: %w", err)
 	}
 	if p.verifier != nil {
 		if st.Nonce, err = randomString(); err != nil {
-			return fmt.Errorf("failed to begin login: %w", err)
+			return LoginStart{}, fmt.Errorf("failed to begin login: %w", err)
 		}
 		u, err := url.Parse(authURL)
 		if err != nil {
-			return fmt.Errorf("failed to begin login: %w", err)
+			return LoginStart{}, fmt.Errorf("failed to begin login: %w", err)
 		}
 		q := u.Query()
 		q.Set("nonce", st.Nonce)
@@ -369,105 +365,101 @@ func (l *Login) Begin(c *fiber.Ctx) error {
 		u.RawQuery = q.Encode()
 		authURL = u.String()
 	}
-	sealed, err := l.sealer.Seal(LoginCookie, st, l.opts.Now().Add(l.opts.StateTTL))
+	sealed, err := l.sealer.Seal(loginSealName, st, l.opts.Now().Add(l.opts.StateTTL))
 	if err != nil {
-		return fmt.Errorf("failed to begin login: %w", err)
+		return LoginStart{}, fmt.Errorf("failed to begin login: %w", err)
 	}
-	c.Cookie(&fiber.Cookie{
-		Name:     LoginCookie,
-		Value:    sealed,
-		Path:     l.cookiePath,
-		MaxAge:   max(1, int(l.opts.StateTTL/time.Second)),
-		Secure:   l.secure,
-		HTTPOnly: true,
-		SameSite: fiber.CookieSameSiteLaxMode,
-	})
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	return c.Redirect(authURL, fiber.StatusFound)
+	return LoginStart{RedirectURL: authURL, State: sealed, TTL: l.opts.StateTTL}, nil
 }
 
-// Callback finishes a login: GET /auth/:provider/callback. Every outcome
-// clears the login cookie. On success it calls OnLogin; a failure answers
-// {"error": "..."} (see the Err* sentinels for the statuses) and calls
-// OnFailure.
-func (l *Login) Callback(c *fiber.Ctx) error {
-	c.Cookie(&fiber.Cookie{
-		Name:     LoginCookie,
-		Path:     l.cookiePath,
-		Expires:  time.Unix(0, 0),
-		Secure:   l.secure,
-		HTTPOnly: true,
-		SameSite: fiber.CookieSameSiteLaxMode,
-	})
-	// The callback URL carries the code: keep it out of caches and
-	// Referer headers of whatever OnLogin renders.
-	c.Set(fiber.HeaderCacheControl, "no-store")
-	c.Set(fiber.HeaderReferrerPolicy, "no-referrer")
+// Callback is what the provider's redirect back brings (GET
+// /auth/:provider/callback): the provider named in the route, the query's
+// state, code and error, and the login cookie's value (the State of
+// Start). The HTTP layer copies them out of its request buffers.
+type Callback struct {
+	Provider string
+	State    string // the query's state
+	Code     string // the query's code
+	Error    string // the query's error: the provider refused
+	Cookie   string // the login cookie; "" if none came
+}
 
-	name := strings.Clone(c.Params("provider"))
-	p := l.providers[name]
+// LoginError is a failed callback.
+type LoginError struct {
+	// Message is what the client is told: the sentinel's text, and for
+	// ErrProviderRefused the provider's OAuth error code.
+	Message string
+	// Err wraps one of the Err* sentinels (errors.Is) and a cause with
+	// tokens and codes removed: for the audit.
+	Err error
+}
+
+func (e *LoginError) Error() string { return e.Err.Error() }
+func (e *LoginError) Unwrap() error { return e.Err }
+
+// Finish finishes a login: it checks cb against the state of Start,
+// makes the state single-use across nodes, exchanges the code and returns
+// who logged in and the local path to send them back to. A refused login
+// is a *LoginError; any other error is a failure of the TokenStore.
+func (l *Login) Finish(ctx context.Context, cb Callback) (u User, returnTo string, err error) {
+	p := l.providers[cb.Provider]
 	if p == nil {
-		return l.fail(c, name, fiber.StatusNotFound, ErrUnknownProvider, "", nil)
+		return User{}, "", loginError(ErrUnknownProvider, "", nil)
 	}
-	if e := c.Query("error"); e != "" {
-		return l.fail(c, name, fiber.StatusUnauthorized, ErrProviderRefused, oauthErrorCode(e), nil)
+	if cb.Error != "" {
+		return User{}, "", loginError(ErrProviderRefused, oauthErrorCode(cb.Error), nil)
 	}
 	var st loginState
-	sealed := c.Cookies(LoginCookie)
-	if sealed == "" {
-		return l.fail(c, name, fiber.StatusBadRequest, ErrNoLogin, "", errors.New("no login cookie"))
+	if cb.Cookie == "" {
+		return User{}, "", loginError(ErrNoLogin, "", errors.New("no login cookie"))
 	}
-	if err := l.sealer.Open(LoginCookie, sealed, &st, l.opts.Now()); err != nil {
-		return l.fail(c, name, fiber.StatusBadRequest, ErrNoLogin, "", err)
+	if err := l.sealer.Open(loginSealName, cb.Cookie, &st, l.opts.Now()); err != nil {
+		return User{}, "", loginError(ErrNoLogin, "", err)
 	}
 	if st.Provider != p.name {
-		return l.fail(c, name, fiber.StatusBadRequest, ErrWrongProvider, "", nil)
+		return User{}, "", loginError(ErrWrongProvider, "", nil)
 	}
-	if st.State == "" || subtle.ConstantTimeCompare([]byte(c.Query("state")), []byte(st.State)) != 1 {
-		return l.fail(c, name, fiber.StatusBadRequest, ErrStateMismatch, "", nil)
+	if st.State == "" || subtle.ConstantTimeCompare([]byte(cb.State), []byte(st.State)) != 1 {
+		return User{}, "", loginError(ErrStateMismatch, "", nil)
 	}
-	code := strings.Clone(c.Query("code"))
-	if code == "" {
-		return l.fail(c, name, fiber.StatusBadRequest, ErrMissingCode, "", nil)
+	if cb.Code == "" {
+		return User{}, "", loginError(ErrMissingCode, "", nil)
 	}
 
-	ctx, cancel := context.WithTimeout(c.UserContext(), DefaultProviderTimeout)
+	ctx, cancel := context.WithTimeout(ctx, DefaultProviderTimeout)
 	defer cancel()
 	fresh, err := l.opts.Store.ConsumeOnce(ctx, loginConsumePrefix+st.State, l.opts.StateTTL)
 	if err != nil {
-		c.Status(fiber.StatusInternalServerError)
-		l.failure(c, name, fmt.Errorf("failed to record the login state: %w", err))
-		return c.JSON(fiber.Map{"error": "internal error"})
+		return User{}, "", fmt.Errorf("failed to record the login state: %w", err)
 	}
 	if !fresh {
-		return l.fail(c, name, fiber.StatusBadRequest, ErrLoginReplayed, "", nil)
+		return User{}, "", loginError(ErrLoginReplayed, "", nil)
 	}
 
 	sess, err := p.goth.BeginAuth(st.State)
 	if err != nil {
-		return l.fail(c, name, fiber.StatusUnauthorized, ErrCodeExchange, "", err)
+		return User{}, "", loginError(ErrCodeExchange, "", err)
 	}
-	params := url.Values{"code": {code}}
+	params := url.Values{"code": {cb.Code}}
 	if p.pkce {
 		params.Set("code_verifier", st.Verifier)
 	}
 	if err := noPanic(func() error { _, err := sess.Authorize(p.goth, params); return err }); err != nil {
-		return l.fail(c, name, fiber.StatusUnauthorized, ErrCodeExchange, "", err)
+		return User{}, "", loginError(ErrCodeExchange, "", err)
 	}
 
-	var u User
 	if p.verifier != nil {
 		u, err = l.oidcUser(ctx, p, sess, st.Nonce)
 		if err != nil {
-			return l.fail(c, name, fiber.StatusUnauthorized, ErrIDToken, "", err)
+			return User{}, "", loginError(ErrIDToken, "", err)
 		}
 	} else {
 		u, err = fetchUser(p, sess)
 		if err != nil {
-			return l.fail(c, name, fiber.StatusUnauthorized, ErrProviderUser, "", err)
+			return User{}, "", loginError(ErrProviderUser, "", err)
 		}
 	}
-	return l.opts.OnLogin(c, u, st.ReturnTo)
+	return u, st.ReturnTo, nil
 }
 
 // oidcUser verifies the raw ID token of sess and builds the user from its
@@ -564,9 +556,9 @@ func checkSubject(s string) error {
 	return nil
 }
 
-// fail answers a failed callback with status and the sentinel's text (and
-// detail), and reports it to OnFailure.
-func (l *Login) fail(c *fiber.Ctx, provider string, status int, sentinel error, detail string, cause error) error {
+// loginError is the failure sentinel, with detail (told to the client)
+// and cause (redacted, for the audit).
+func loginError(sentinel error, detail string, cause error) *LoginError {
 	msg := sentinel.Error()
 	if detail != "" {
 		msg += ": " + detail
@@ -580,15 +572,7 @@ func (l *Login) fail(c *fiber.Ctx, provider string, status int, sentinel error, 
 	case detail != "":
 		err = fmt.Errorf("%w: %s", sentinel, detail)
 	}
-	c.Status(status) // before OnFailure, which may record it
-	l.failure(c, provider, err)
-	return c.JSON(fiber.Map{"error": msg})
-}
-
-func (l *Login) failure(c *fiber.Ctx, provider string, err error) {
-	if l.opts.OnFailure != nil {
-		l.opts.OnFailure(c, provider, err)
-	}
+	return &LoginError{Message: msg, Err: err}
 }
 
 // redact removes what may carry a secret from a provider error: goth's

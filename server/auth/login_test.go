@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gofiber/fiber/v2"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/oauth2-proxy/mockoidc"
 
@@ -142,48 +141,101 @@ func idTokenClaims(t *testing.T, resp map[string]any) jwt.MapClaims {
 	return claims
 }
 
-// node is one Plait node: a Fiber app serving the login routes.
+// loginCookie is the cookie the test node keeps a login's state in, as
+// the Plait node does.
+const loginCookie = "plait_login"
+
+// node is one Plait node: an HTTP server adapting Login to the login
+// routes as server/node does (the node's Fiber adapter is tested there).
 type node struct {
 	login *auth.Login
 	addr  string
 
 	mu       sync.Mutex
 	failures []error
-	statuses []int // the response status OnFailure saw
+	statuses []int // the response status of each failure
 	logins   []auth.User
 }
 
 func startNode(t *testing.T, o auth.LoginOptions) *node {
 	t.Helper()
 	n := &node{}
-	o.OnLogin = func(c *fiber.Ctx, u auth.User, returnTo string) error {
-		n.mu.Lock()
-		n.logins = append(n.logins, u)
-		n.mu.Unlock()
-		return c.JSON(fiber.Map{"user": u, "return_to": returnTo})
-	}
-	o.OnFailure = func(c *fiber.Ctx, provider string, err error) {
-		n.mu.Lock()
-		n.failures = append(n.failures, err)
-		n.statuses = append(n.statuses, c.Response().StatusCode())
-		n.mu.Unlock()
-	}
 	l, err := auth.NewLogin(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.login = l
-	app := fiber.New(fiber.Config{DisableStartupMessage: true})
-	app.Get("/auth/:provider/login", l.Begin)
-	app.Get("/auth/:provider/callback", l.Callback)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.addr = ln.Addr().String()
-	go func() { _ = app.Listener(ln) }()
-	t.Cleanup(func() { _ = app.ShutdownWithTimeout(5 * time.Second) })
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /auth/{provider}/login", n.begin)
+	mux.HandleFunc("GET /auth/{provider}/callback", n.callback)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	n.addr = srv.Listener.Addr().String()
 	return n
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (n *node) begin(w http.ResponseWriter, r *http.Request) {
+	ls, err := n.login.Start(r.PathValue("provider"), r.URL.Query().Get("return_to"))
+	if errors.Is(err, auth.ErrUnknownProvider) {
+		writeJSON(w, http.StatusNotFound, map[string]any{"error": err.Error()})
+		return
+	}
+	if err != nil {
+		writeJSON(w, http.StatusInternalServerError, map[string]any{"error": err.Error()})
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: ls.State, Path: "/auth/",
+		MaxAge: int(ls.TTL / time.Second), HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, ls.RedirectURL, http.StatusFound)
+}
+
+func (n *node) callback(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Path: "/auth/", Expires: time.Unix(0, 0),
+		HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Referrer-Policy", "no-referrer")
+	q := r.URL.Query()
+	cb := auth.Callback{Provider: r.PathValue("provider"), State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")}
+	if c, err := r.Cookie(loginCookie); err == nil {
+		cb.Cookie = c.Value
+	}
+	u, returnTo, err := n.login.Finish(r.Context(), cb)
+	if err != nil {
+		status, msg := http.StatusInternalServerError, "internal error"
+		var le *auth.LoginError
+		if errors.As(err, &le) {
+			status, msg = loginStatus(le), le.Message
+		}
+		n.mu.Lock()
+		n.failures = append(n.failures, err)
+		n.statuses = append(n.statuses, status)
+		n.mu.Unlock()
+		writeJSON(w, status, map[string]any{"error": msg})
+		return
+	}
+	n.mu.Lock()
+	n.logins = append(n.logins, u)
+	n.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"user": u, "return_to": returnTo})
+}
+
+// loginStatus is the status each refusal is documented to answer with.
+func loginStatus(err error) int {
+	switch {
+	case errors.Is(err, auth.ErrUnknownProvider):
+		return http.StatusNotFound
+	case errors.Is(err, auth.ErrProviderRefused), errors.Is(err, auth.ErrCodeExchange),
+		errors.Is(err, auth.ErrIDToken), errors.Is(err, auth.ErrProviderUser):
+		return http.StatusUnauthorized
+	}
+	return http.StatusBadRequest
 }
 
 func (n *node) lastFailure(t *testing.T) error {
@@ -191,7 +243,7 @@ func (n *node) lastFailure(t *testing.T) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if len(n.failures) == 0 {
-		t.Fatal("OnFailure was not called")
+		t.Fatal("no failure was recorded")
 	}
 	return n.failures[len(n.failures)-1]
 }
@@ -283,7 +335,7 @@ func (b *browser) getWithCookie(rawURL, cookie string) response {
 	b.t.Helper()
 	c := *b.client
 	c.Jar = nil
-	return b.do(&c, rawURL, &http.Cookie{Name: auth.LoginCookie, Value: cookie})
+	return b.do(&c, rawURL, &http.Cookie{Name: loginCookie, Value: cookie})
 }
 
 func (b *browser) do(c *http.Client, rawURL string, cookie *http.Cookie) response {
@@ -317,7 +369,7 @@ func (b *browser) do(c *http.Client, rawURL string, cookie *http.Cookie) respons
 func (b *browser) loginCookie() string {
 	u, _ := url.Parse(publicURL + "/auth/oidc/callback")
 	for _, c := range b.jar.Cookies(u) {
-		if c.Name == auth.LoginCookie {
+		if c.Name == loginCookie {
 			return c.Value
 		}
 	}
@@ -357,7 +409,7 @@ func (b *browser) authorize(authURL *url.URL) string {
 	return r.location
 }
 
-// loginOIDC runs Begin and the provider's authorization and returns the
+// loginOIDC runs Start and the provider's authorization and returns the
 // callback URL, not yet visited.
 func (b *browser) loginOIDC(returnTo string) string {
 	b.t.Helper()
@@ -391,7 +443,7 @@ func wantCookieCleared(t *testing.T, r response) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.Name == auth.LoginCookie {
+		if c.Name == loginCookie {
 			if c.Value != "" || c.Path != "/auth/" || !c.HttpOnly || (c.MaxAge >= 0 && !c.Expires.Before(time.Now())) {
 				t.Errorf("login cookie not deleted: %q", line)
 			}
@@ -475,7 +527,7 @@ func TestLoginStateMismatch(t *testing.T) {
 			wantError(t, r, http.StatusBadRequest, "state mismatch")
 			wantCookieCleared(t, r)
 			if err := n.lastFailure(t); !errors.Is(err, auth.ErrStateMismatch) || n.lastFailureStatus() != http.StatusBadRequest {
-				t.Errorf("OnFailure got %v with status %d", err, n.lastFailureStatus())
+				t.Errorf("failure got %v with status %d", err, n.lastFailureStatus())
 			}
 			if b.loginCookie() != "" {
 				t.Error("the login cookie survived a failed callback")
@@ -522,7 +574,7 @@ func TestLoginReplayedCallback(t *testing.T) {
 	// the provider (which would refuse a used code too).
 	wantError(t, b.getWithCookie(callback, cookie), http.StatusBadRequest, "login already completed (replayed callback)")
 	if err := n.lastFailure(t); !errors.Is(err, auth.ErrLoginReplayed) {
-		t.Errorf("OnFailure got %v", err)
+		t.Errorf("failure got %v", err)
 	}
 	if got := p.tokenCalls.Load(); got != calls {
 		t.Errorf("the replay reached the token endpoint (%d calls, %d before)", got, calls)
@@ -663,7 +715,7 @@ func TestLoginIDTokenChecks(t *testing.T) {
 			}
 			wantError(t, r, http.StatusUnauthorized, tc.want.Error())
 			if err := n.lastFailure(t); !errors.Is(err, tc.want) || n.lastFailureStatus() != http.StatusUnauthorized {
-				t.Errorf("OnFailure got %v with status %d, want %v", err, n.lastFailureStatus(), tc.want)
+				t.Errorf("failure got %v with status %d, want %v", err, n.lastFailureStatus(), tc.want)
 			}
 		})
 	}
@@ -680,12 +732,12 @@ func TestLoginCodeRejectedIsRedacted(t *testing.T) {
 	wantError(t, r, http.StatusUnauthorized, auth.ErrCodeExchange.Error())
 	err := n.lastFailure(t)
 	if !errors.Is(err, auth.ErrCodeExchange) {
-		t.Errorf("OnFailure got %v", err)
+		t.Errorf("failure got %v", err)
 	}
 	// mockoidc answers "Invalid code: <code>": it must not reach the audit
 	// log.
 	if strings.Contains(err.Error(), code) || !strings.Contains(err.Error(), "invalid_grant") {
-		t.Errorf("OnFailure error %q: want the OAuth error code without the code", err)
+		t.Errorf("failure error %q: want the OAuth error code without the code", err)
 	}
 	if p.tokenCalls.Load() == 0 {
 		t.Error("the code never reached the provider")
@@ -702,7 +754,7 @@ func TestLoginCallbackRefusals(t *testing.T) {
 		r := b.get(setQuery(t, setQuery(t, callback, "code", ""), "error", "access_denied"))
 		wantError(t, r, http.StatusUnauthorized, "the identity provider refused the login: access_denied")
 		if err := n.lastFailure(t); !errors.Is(err, auth.ErrProviderRefused) {
-			t.Errorf("OnFailure got %v", err)
+			t.Errorf("failure got %v", err)
 		}
 		if b.loginCookie() != "" {
 			t.Error("the login cookie survived")
@@ -713,7 +765,7 @@ func TestLoginCallbackRefusals(t *testing.T) {
 	t.Run("no cookie", func(t *testing.T) {
 		callback := b.loginOIDC("/")
 		b.jar.SetCookies(&url.URL{Scheme: "http", Host: publicHost, Path: "/auth/"},
-			[]*http.Cookie{{Name: auth.LoginCookie, Path: "/auth/", MaxAge: -1}})
+			[]*http.Cookie{{Name: loginCookie, Path: "/auth/", MaxAge: -1}})
 		wantError(t, b.get(callback), http.StatusBadRequest, auth.ErrNoLogin.Error())
 	})
 	t.Run("tampered cookie", func(t *testing.T) {
@@ -722,7 +774,7 @@ func TestLoginCallbackRefusals(t *testing.T) {
 		c[len(c)/2] ^= 'A' ^ 'B'
 		wantError(t, b.getWithCookie(callback, string(c)), http.StatusBadRequest, auth.ErrNoLogin.Error())
 		if err := n.lastFailure(t); !errors.Is(err, auth.ErrNoLogin) || !errors.Is(err, auth.ErrInvalidToken) {
-			t.Errorf("OnFailure got %v", err)
+			t.Errorf("failure got %v", err)
 		}
 	})
 	t.Run("missing code", func(t *testing.T) {
@@ -779,59 +831,44 @@ func TestLoginReturnTo(t *testing.T) {
 	}
 }
 
-func TestLoginCookieAttributes(t *testing.T) {
+// The login's state fits a cookie (under 4 KiB with its attributes) even
+// with a long return_to, lives StateTTL, and the provider is told the
+// callback under the public URL. The cookie's attributes are the node's
+// (server/node TestLoginCookieAttributes).
+func TestLoginStartState(t *testing.T) {
 	p := startIdP(t)
-	for _, tc := range []struct {
-		public, path string
-		secure       bool
-	}{
-		{"http://plait.test", "/auth/", false},
-		{"https://plait.example.com/", "/auth/", true},
-		{"https://example.com/plait", "/plait/auth/", true},
-	} {
+	for _, public := range []string{"http://plait.test", "https://plait.example.com/", "https://example.com/plait"} {
 		o := oidcOptions(p, newStore(t), testKeys(t, "a-rather-long-key-id-2026-11"))
-		o.PublicURL = tc.public
-		o.OnLogin = func(*fiber.Ctx, auth.User, string) error { return nil }
+		o.PublicURL = public
 		l, err := auth.NewLogin(context.Background(), o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		app := fiber.New()
-		app.Get("/auth/:provider/login", l.Begin)
 		for _, returnTo := range []string{"/", "/" + strings.Repeat("%F0%9F%98%80", 85), "/" + strings.Repeat("x", 3000)} {
-			resp, err := app.Test(httptest.NewRequest(http.MethodGet, "/auth/oidc/login?return_to="+url.QueryEscape(returnTo), nil), -1)
+			ls, err := l.Start("oidc", returnTo)
 			if err != nil {
 				t.Fatal(err)
 			}
-			resp.Body.Close()
-			sc := resp.Header.Values("Set-Cookie")
-			if len(sc) != 1 {
-				t.Fatalf("Set-Cookie %q", sc)
+			if len(ls.State) >= 4096-200 {
+				t.Errorf("login state is %d bytes with a %d-byte return_to", len(ls.State), len(returnTo))
 			}
-			if len(sc[0]) >= 4096 {
-				t.Errorf("login cookie is %d bytes with a %d-byte return_to", len(sc[0]), len(returnTo))
+			if ls.TTL != auth.DefaultStateTTL {
+				t.Errorf("TTL %v", ls.TTL)
 			}
-			c, err := http.ParseSetCookie(sc[0])
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.Name != auth.LoginCookie || c.Path != tc.path || !c.HttpOnly || c.SameSite != http.SameSiteLaxMode ||
-				c.MaxAge != 600 || c.Secure != tc.secure {
-				t.Errorf("%s: cookie %q", tc.public, sc[0])
-			}
-			if loc, _ := url.Parse(resp.Header.Get("Location")); loc.Query().Get("redirect_uri") != strings.TrimSuffix(tc.public, "/")+"/auth/oidc/callback" {
+			if loc, _ := url.Parse(ls.RedirectURL); loc.Query().Get("redirect_uri") != strings.TrimSuffix(public, "/")+"/auth/oidc/callback" {
 				t.Errorf("redirect_uri %q", loc.Query().Get("redirect_uri"))
 			}
 		}
+	}
+	if _, err := startNode(t, oidcOptions(p, newStore(t), testKeys(t, "k1"))).login.Start("facebook", "/"); !errors.Is(err, auth.ErrUnknownProvider) {
+		t.Errorf("Start of an unknown provider: %v", err)
 	}
 }
 
 func TestNewLoginRefuses(t *testing.T) {
 	p := startIdP(t)
 	good := func() auth.LoginOptions {
-		o := oidcOptions(p, newStore(t), testKeys(t, "k1"))
-		o.OnLogin = func(*fiber.Ctx, auth.User, string) error { return nil }
-		return o
+		return oidcOptions(p, newStore(t), testKeys(t, "k1"))
 	}
 	oidc := good().Providers[0]
 	for _, tc := range []struct {
@@ -864,7 +901,6 @@ func TestNewLoginRefuses(t *testing.T) {
 		{"public URL with query", func(o *auth.LoginOptions) { o.PublicURL = "https://plait.example.com/?a=b" }, "PublicURL"},
 		{"no keys", func(o *auth.LoginOptions) { o.Keys = auth.Keys{} }, "Keys"},
 		{"no store", func(o *auth.LoginOptions) { o.Store = nil }, "Store"},
-		{"no OnLogin", func(o *auth.LoginOptions) { o.OnLogin = nil }, "OnLogin"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := good()
@@ -1031,7 +1067,7 @@ func TestLoginGitHubAndGoogle(t *testing.T) {
 		err := n.lastFailure(t)
 		if !errors.Is(err, auth.ErrProviderUser) || strings.Contains(err.Error(), "tok-") ||
 			!strings.Contains(err.Error(), "https://www.googleapis.com/oauth2/v2/userinfo") {
-			t.Errorf("OnFailure got %q: want the endpoint without the access token", err)
+			t.Errorf("failure got %q: want the endpoint without the access token", err)
 		}
 	})
 	t.Run("started with another provider", func(t *testing.T) {
@@ -1039,7 +1075,7 @@ func TestLoginGitHubAndGoogle(t *testing.T) {
 		r := b.get(publicURL + "/auth/oidc/callback?code=x&state=" + authURL.Query().Get("state"))
 		wantError(t, r, http.StatusBadRequest, auth.ErrWrongProvider.Error())
 		if err := n.lastFailure(t); !errors.Is(err, auth.ErrWrongProvider) {
-			t.Errorf("OnFailure got %v", err)
+			t.Errorf("failure got %v", err)
 		}
 	})
 }
@@ -1088,7 +1124,7 @@ func TestLoginStoreFailure(t *testing.T) {
 	wantError(t, r, http.StatusInternalServerError, "internal error")
 	wantCookieCleared(t, r)
 	if err := n.lastFailure(t); err == nil || n.lastFailureStatus() != http.StatusInternalServerError {
-		t.Errorf("OnFailure got %v with status %d", err, n.lastFailureStatus())
+		t.Errorf("failure got %v with status %d", err, n.lastFailureStatus())
 	}
 	if p.tokenCalls.Load() != 0 {
 		t.Error("the code was exchanged although the state could not be spent")

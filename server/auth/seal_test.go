@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/plaithub/plait/hub/cryptstore"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -17,10 +16,10 @@ import (
 // testKeys("old").
 func testKeys(t testing.TB, ids ...string) auth.Keys {
 	t.Helper()
-	var master []cryptstore.Key
+	var master []auth.Key
 	for _, id := range ids {
 		secret := bytes.Repeat([]byte(id+"."), 32)[:32]
-		master = append(master, cryptstore.Key{ID: id, Secret: secret})
+		master = append(master, auth.Key{ID: id, Secret: secret})
 	}
 	k, err := auth.NewKeys(master)
 	if err != nil {
@@ -170,7 +169,7 @@ func TestSealKeyRotation(t *testing.T) {
 	}
 
 	// Same key id, another secret: not authentic.
-	impostor, err := auth.NewKeys([]cryptstore.Key{{ID: "old", Secret: bytes.Repeat([]byte{7}, 32)}})
+	impostor, err := auth.NewKeys([]auth.Key{{ID: "old", Secret: bytes.Repeat([]byte{7}, 32)}})
 	if err != nil {
 		t.Fatal(err)
 	}

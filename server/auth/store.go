@@ -5,13 +5,12 @@ import (
 	"errors"
 	"time"
 
-	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
 // Errors of the stores. What a client sees is decided by the HTTP layer.
 var (
-	// ErrNotFound means the family or document is unknown.
+	// ErrNotFound means the family is unknown.
 	ErrNotFound = errors.New("not found")
 	// ErrRevoked means the login session (token family) was revoked.
 	ErrRevoked = errors.New("revoked")
@@ -20,14 +19,6 @@ var (
 	// ErrTokenReused means a refresh token that was already rotated was
 	// presented again: somebody kept a copy. The whole family is revoked.
 	ErrTokenReused = errors.New("refresh token reused: the login session is revoked")
-	// ErrClaimed means the document already has owners.
-	ErrClaimed = errors.New("document already exists")
-	// ErrLastOwner refuses a change that would leave a document without an
-	// owner.
-	ErrLastOwner = errors.New("a document must keep at least one owner")
-	// ErrInvalidRole refuses a role that cannot be given that way (a link
-	// cannot make owners).
-	ErrInvalidRole = errors.New("invalid role")
 )
 
 // Family is one login session: the chain of refresh tokens issued since one
@@ -74,50 +65,6 @@ type TokenStore interface {
 	// ConsumeOnce records key as used for ttl and reports true; if key is
 	// already recorded (a replay) it reports false. Atomic across nodes.
 	ConsumeOnce(ctx context.Context, key string, ttl time.Duration) (bool, error)
-}
-
-// DocAccess is who may use one document.
-type DocAccess struct {
-	Users   map[string]hub.Role // explicit roles (never RoleNone)
-	Link    hub.Role            // role of any logged-in user who has the link; RoleNone: link sharing off
-	Created time.Time
-}
-
-// Role is user's role: the explicit one, else the link's.
-func (a DocAccess) Role(user string) hub.Role {
-	if r, ok := a.Users[user]; ok {
-		return r
-	}
-	if user == "" {
-		return hub.RoleNone
-	}
-	return a.Link
-}
-
-// UserDoc is one document a user has an explicit role on.
-type UserDoc struct {
-	ID   protocol.DocumentID
-	Role hub.Role
-}
-
-// ACL keeps each document's owners, editors, viewers and link role.
-//
-// Contract: as TokenStore's. A document that was never claimed has no
-// access at all (Access returns ErrNotFound).
-type ACL interface {
-	// Claim makes user the first owner of doc; ErrClaimed if it has one.
-	Claim(ctx context.Context, doc protocol.DocumentID, user string, at time.Time) error
-	// Share gives user role on doc; RoleNone removes the user's role.
-	// ErrNotFound if doc was never claimed; ErrLastOwner if the change
-	// would leave doc without an owner.
-	Share(ctx context.Context, doc protocol.DocumentID, user string, role hub.Role) error
-	// SetLink sets the role of anyone with the link (RoleNone, RoleViewer
-	// or RoleEditor; ErrInvalidRole otherwise); ErrNotFound if unclaimed.
-	SetLink(ctx context.Context, doc protocol.DocumentID, role hub.Role) error
-	// Access returns doc's access, or ErrNotFound.
-	Access(ctx context.Context, doc protocol.DocumentID) (DocAccess, error)
-	// DocsOf lists the documents user has an explicit role on, sorted by id.
-	DocsOf(ctx context.Context, user string) ([]UserDoc, error)
 }
 
 // EventKind says what an Event changed.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -23,20 +24,6 @@ type docJSON struct {
 	Role       string            `json:"role"`           // the caller's
 	Link       string            `json:"link,omitempty"` // owners only: the link role ("none" = off)
 	Users      map[string]string `json:"users,omitempty"`
-}
-
-func (n *Node) apiRoutes(app *fiber.App) {
-	api := app.Group("/api")
-	api.Get("/me", n.withUser(func(c *fiber.Ctx, a auth.Access) error {
-		return c.JSON(fiber.Map{"user": a.User, "expires_at": a.Expires})
-	}))
-	api.Post("/docs", n.withUser(n.createDoc))
-	api.Get("/docs", n.withUser(n.listDocs))
-	api.Get("/docs/:id", n.withUser(n.getDoc))
-	api.Put("/docs/:id/users/:user", n.withUser(n.shareDoc))
-	api.Delete("/docs/:id/users/:user", n.withUser(n.unshareDoc))
-	api.Put("/docs/:id/link", n.withUser(n.setLink))
-	api.Post("/admin/revoke-user", n.handleRevokeUser)
 }
 
 // withUser authenticates the request and, for a change, checks it did not
@@ -84,7 +71,7 @@ func (n *Node) createDoc(c *fiber.Ctx, a auth.Access) error {
 	ctx, cancel := apiCtx(n)
 	defer cancel()
 	if err := n.auth.acl.Claim(ctx, id, a.User, time.Now()); err != nil {
-		if errors.Is(err, auth.ErrClaimed) {
+		if errors.Is(err, access.ErrClaimed) {
 			return fiber.NewError(fiber.StatusConflict, "this document already exists")
 		}
 		return errUnavailable
@@ -110,16 +97,16 @@ func (n *Node) listDocs(c *fiber.Ctx, a auth.Access) error {
 
 // access loads the document of the route and the caller's role on it; a
 // document the caller may not read is 404.
-func (n *Node) access(c *fiber.Ctx, a auth.Access) (protocol.DocumentID, auth.DocAccess, hub.Role, error) {
+func (n *Node) access(c *fiber.Ctx, a auth.Access) (protocol.DocumentID, access.DocAccess, hub.Role, error) {
 	raw, _ := url.PathUnescape(c.Params("id"))
 	id, err := protocol.ParseDocumentID(raw)
 	if err != nil {
-		return "", auth.DocAccess{}, hub.RoleNone, fiber.NewError(fiber.StatusNotFound, "no such document")
+		return "", access.DocAccess{}, hub.RoleNone, fiber.NewError(fiber.StatusNotFound, "no such document")
 	}
 	ctx, cancel := apiCtx(n)
 	defer cancel()
 	acc, err := n.auth.acl.Access(ctx, id)
-	if errors.Is(err, auth.ErrNotFound) {
+	if errors.Is(err, access.ErrNotFound) {
 		return "", acc, hub.RoleNone, fiber.NewError(fiber.StatusNotFound, "no such document")
 	}
 	if err != nil {
@@ -148,15 +135,6 @@ func (n *Node) getDoc(c *fiber.Ctx, a auth.Access) error {
 	return c.JSON(out)
 }
 
-func parseRole(s string) (hub.Role, bool) {
-	for _, r := range []hub.Role{hub.RoleNone, hub.RoleViewer, hub.RoleEditor, hub.RoleOwner} {
-		if r.String() == s {
-			return r, true
-		}
-	}
-	return hub.RoleNone, false
-}
-
 // changeAccess applies an owner's change and tells every node, so open
 // sessions get the new roles at once.
 func (n *Node) changeAccess(c *fiber.Ctx, a auth.Access, id protocol.DocumentID, what string, change func(context.Context) error) error {
@@ -164,11 +142,11 @@ func (n *Node) changeAccess(c *fiber.Ctx, a auth.Access, id protocol.DocumentID,
 	defer cancel()
 	if err := change(ctx); err != nil {
 		switch {
-		case errors.Is(err, auth.ErrLastOwner):
-			return fiber.NewError(fiber.StatusConflict, auth.ErrLastOwner.Error())
-		case errors.Is(err, auth.ErrInvalidRole):
+		case errors.Is(err, access.ErrLastOwner):
+			return fiber.NewError(fiber.StatusConflict, access.ErrLastOwner.Error())
+		case errors.Is(err, access.ErrInvalidRole):
 			return fiber.NewError(fiber.StatusBadRequest, "a link can make viewers or editors, not owners")
-		case errors.Is(err, auth.ErrNotFound):
+		case errors.Is(err, access.ErrNotFound):
 			return fiber.NewError(fiber.StatusNotFound, "no such document")
 		}
 		return errUnavailable
@@ -195,8 +173,8 @@ func (n *Node) shareDoc(c *fiber.Ctx, a auth.Access) error {
 	if err := c.BodyParser(&body); err != nil {
 		return fiber.NewError(fiber.StatusBadRequest, "want JSON {\"role\": \"owner|editor|viewer|none\"}")
 	}
-	role, ok := parseRole(body.Role)
-	if !ok || user == "" {
+	role, err := access.ParseRole(body.Role)
+	if err != nil || user == "" {
 		return fiber.NewError(fiber.StatusBadRequest, "role must be owner, editor, viewer or none")
 	}
 	return n.changeAccess(c, a, id, "share "+user+" "+role.String(), func(ctx context.Context) error {
@@ -234,8 +212,8 @@ func (n *Node) setLink(c *fiber.Ctx, a auth.Access) error {
 	if err := c.BodyParser(&body); err != nil {
 		return fiber.NewError(fiber.StatusBadRequest, "want JSON {\"role\": \"viewer|editor|none\"}")
 	}
-	role, ok := parseRole(body.Role)
-	if !ok {
+	role, err := access.ParseRole(body.Role)
+	if err != nil {
 		return fiber.NewError(fiber.StatusBadRequest, "role must be viewer, editor or none")
 	}
 	return n.changeAccess(c, a, id, "link "+role.String(), func(ctx context.Context) error {

@@ -22,7 +22,6 @@ import (
 	"github.com/coder/websocket"
 	"github.com/oauth2-proxy/mockoidc"
 
-	"github.com/plaithub/plait/hub/cryptstore"
 	"github.com/plaithub/plait/hub/redistest"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/auth"
@@ -326,15 +325,10 @@ func expiredToken(t *testing.T, n *testNode) string {
 // tokenAt logs user in with the node's keys and store as if it were at.
 func tokenAt(t *testing.T, n *testNode, user string, at time.Time) string {
 	t.Helper()
-	data, err := os.ReadFile(n.cfg.AuthKeyFile)
+	keys, err := readAuthKeys(n.cfg.AuthKeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	master, err := cryptstore.ParseKeyFile(data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, _ := auth.NewKeys(master)
 	shift := time.Since(at)
 	tok, err := auth.NewTokens(auth.TokenOptions{Keys: keys, Store: n.auth.store, AccessTTL: n.cfg.AccessTTL,
 		Now: func() time.Time { return time.Now().Add(-shift) }})

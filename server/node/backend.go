@@ -38,12 +38,9 @@ type backend struct {
 func openBackend(ctx context.Context, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*backend, error) {
 	var keys []cryptstore.Key
 	if cfg.EncryptionKeys != "" {
-		data, err := os.ReadFile(cfg.EncryptionKeys)
-		if err != nil {
-			return nil, fmt.Errorf("failed to read encryption-key-file: %w", err)
-		}
-		if keys, err = cryptstore.ParseKeyFile(data); err != nil {
-			return nil, fmt.Errorf("encryption-key-file %s: %w", cfg.EncryptionKeys, err)
+		var err error
+		if keys, err = readKeyFile("encryption-key-file", cfg.EncryptionKeys); err != nil {
+			return nil, err
 		}
 	}
 	be, err := openPlainBackend(ctx, cfg, log, reg)

@@ -182,13 +182,14 @@ type httpLimiter struct {
 	burst int
 	max   int // tracked addresses
 
-	mu        sync.Mutex
-	ips       map[netip.Addr]*rate.Limiter
-	lastSweep time.Time
+	sweeper // guards ips
+	ips     map[netip.Addr]*rate.Limiter
 }
 
 func newHTTPLimiter(perSec float64, burst int) *httpLimiter {
-	return &httpLimiter{rate: rate.Limit(perSec), burst: burst, max: maxTrackedIPs, ips: make(map[netip.Addr]*rate.Limiter)}
+	l := &httpLimiter{rate: rate.Limit(perSec), burst: burst, max: maxTrackedIPs, ips: make(map[netip.Addr]*rate.Limiter)}
+	l.drop = l.dropFull
+	return l
 }
 
 // allow takes a token of k's bucket at now. If there is none it returns
@@ -201,12 +202,7 @@ func (l *httpLimiter) allow(k netip.Addr, now time.Time) (bool, time.Duration) {
 	defer l.mu.Unlock()
 	lim := l.ips[k]
 	if lim == nil {
-		if len(l.ips) >= l.max {
-			if now.Sub(l.lastSweep) >= time.Second {
-				l.sweepLocked(now)
-			}
-			forgetArbitrary(l.ips, l.max) // still full: forget an arbitrary address
-		}
+		makeRoom(&l.sweeper, l.ips, l.max, now)
 		lim = rate.NewLimiter(l.rate, l.burst)
 		l.ips[k] = lim
 	}
@@ -215,6 +211,40 @@ func (l *httpLimiter) allow(k netip.Addr, now time.Time) (bool, time.Duration) {
 	}
 	wait := time.Duration((1 - lim.TokensAt(now)) / float64(l.rate) * float64(time.Second))
 	return false, wait
+}
+
+// sweeper is what the per-source maps share (the HTTP limiter's buckets,
+// the blocklist's offenses and blocks): their lock, and a sweep that
+// forgets the entries that no longer matter, run every minute and, at
+// most once a second, when a map is full (makeRoom).
+type sweeper struct {
+	mu        sync.Mutex
+	lastSweep time.Time
+	drop      func(now time.Time) // under mu: forgets what no longer matters
+}
+
+// sweep forgets what no longer matters at now.
+func (s *sweeper) sweep(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sweepLocked(now)
+}
+
+func (s *sweeper) sweepLocked(now time.Time) {
+	s.lastSweep = now
+	s.drop(now)
+}
+
+// makeRoom bounds m, under s.mu, before a key is added: a full m is swept
+// (at most once a second) and, if still full, loses arbitrary keys.
+func makeRoom[K comparable, V any](s *sweeper, m map[K]V, max int, now time.Time) {
+	if len(m) < max {
+		return
+	}
+	if now.Sub(s.lastSweep) >= time.Second {
+		s.sweepLocked(now)
+	}
+	forgetArbitrary(m, max)
 }
 
 // forgetArbitrary deletes arbitrary keys of m until it holds fewer than
@@ -228,16 +258,9 @@ func forgetArbitrary[K comparable, V any](m map[K]V, max int) {
 	}
 }
 
-// sweep forgets the addresses whose bucket is full again: a new bucket
-// would be the same.
-func (l *httpLimiter) sweep(now time.Time) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sweepLocked(now)
-}
-
-func (l *httpLimiter) sweepLocked(now time.Time) {
-	l.lastSweep = now
+// dropFull forgets the addresses whose bucket is full again: a new
+// bucket would be the same.
+func (l *httpLimiter) dropFull(now time.Time) {
 	for k, lim := range l.ips {
 		if lim.TokensAt(now) >= float64(l.burst) {
 			delete(l.ips, k)
@@ -256,6 +279,11 @@ func (l *httpLimiter) sweepEvery(ctx context.Context, d time.Duration) {
 	if l.rate <= 0 {
 		return
 	}
+	every(ctx, d, l.sweep)
+}
+
+// every calls f with the time of each tick, every d until ctx is done.
+func every(ctx context.Context, d time.Duration, f func(tick time.Time)) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
@@ -263,7 +291,7 @@ func (l *httpLimiter) sweepEvery(ctx context.Context, d time.Duration) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			l.sweep(now)
+			f(now)
 		}
 	}
 }
@@ -372,4 +400,52 @@ func openFileLimit() int {
 		return unknownFiles
 	}
 	return int(min(r.Cur, maxFileLimit))
+}
+
+// userRates are the message limiters shared by each user's WebSockets on
+// this node (--user-message-rate, --user-message-burst): one per user
+// while the user has a socket here. Safe for concurrent use.
+type userRates struct {
+	perSec float64 // <= 0: no limit
+	burst  int
+
+	mu sync.Mutex
+	m  map[string]*userRate
+}
+
+type userRate struct {
+	lim  *rate.Limiter
+	refs int
+}
+
+func newUserRates(perSec float64, burst int) *userRates {
+	return &userRates{perSec: perSec, burst: burst, m: make(map[string]*userRate)}
+}
+
+// acquire returns the message limiter shared by user's connections (nil
+// without a limit); release it with release.
+func (r *userRates) acquire(user string) *rate.Limiter {
+	if r.perSec <= 0 {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	u := r.m[user]
+	if u == nil {
+		u = &userRate{lim: rate.NewLimiter(rate.Limit(r.perSec), r.burst)}
+		r.m[user] = u
+	}
+	u.refs++
+	return u.lim
+}
+
+// release drops one connection's hold on user's limiter.
+func (r *userRates) release(user string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if u := r.m[user]; u != nil {
+		if u.refs--; u.refs <= 0 {
+			delete(r.m, user)
+		}
+	}
 }

@@ -2,8 +2,6 @@ package node
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,21 +9,14 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/gofiber/fiber/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/valyala/fasthttp/fasthttpadaptor"
 
 	"github.com/plaithub/plait/hub"
-	"github.com/plaithub/plait/hub/wstransport"
-	"github.com/plaithub/plait/pkg/protocol"
 )
 
 // wsBufferBytes sizes each WebSocket connection's read and write buffers.
@@ -48,7 +39,8 @@ type Node struct {
 	caps    connCaps                 // effective connection caps
 	guard   *connGuard               // connections not (yet) WebSockets
 	wsCap   *connLimiter[struct{}]   // WebSockets on the node (--max-conns)
-	audit   *auditor                 // the audit log; blocks repeat offenders
+	audit   *auditor                 // the security audit log
+	blocks  *blocklist               // blocks repeat offenders
 	auth    *authState               // nil: anonymous node
 
 	closeAudit func() error
@@ -80,7 +72,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: log, be: be, reg: reg, m: m, ctx: nctx, cancel: cancel, closeAudit: closeAudit,
 		conns: newConnLimiter[netip.Addr](cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP),
-		audit: newAuditor(auditW, blockOptions{Threshold: cfg.BlockThreshold, Window: cfg.BlockWindow, Duration: cfg.BlockDuration}, reg, time.Now)}
+		blocks: newBlocklist(blockOptions{Threshold: cfg.BlockThreshold, Window: cfg.BlockWindow, Duration: cfg.BlockDuration}, reg, time.Now)}
+	n.audit = newAuditor(auditW, n.blocks, reg)
 	fail := func(err error) (*Node, error) {
 		cancel()
 		if n.auth != nil {
@@ -127,7 +120,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return fail(err)
 	}
 	go n.httpLim.sweepEvery(nctx, time.Minute)
-	go n.audit.sweepEvery(nctx, time.Minute)
+	go n.blocks.sweepEvery(nctx, time.Minute)
 	if n.auth != nil {
 		go n.watchEvents()
 	}
@@ -157,223 +150,8 @@ func (n *Node) newApp() *fiber.App {
 			return c.Status(code).JSON(fiber.Map{"error": err.Error()})
 		},
 	})
-	app.Use(func(c *fiber.Ctx) error {
-		id := string(c.Request().Header.Peek("X-Request-Id"))
-		if id == "" || len(id) > 64 {
-			id = randomHex(8)
-		}
-		c.Locals("request_id", id)
-		c.Set("X-Request-Id", id)
-		return c.Next()
-	})
-	app.Use(n.audit.middleware)
-	app.Use(n.limitHTTP)
-	app.Get("/healthz", func(c *fiber.Ctx) error {
-		return c.JSON(fiber.Map{"status": "ok"})
-	})
-	app.Get("/readyz", func(c *fiber.Ctx) error {
-		if n.draining.Load() {
-			return c.Status(fiber.StatusServiceUnavailable).JSON(fiber.Map{"status": "draining"})
-		}
-		return c.JSON(fiber.Map{"status": "ready", "peerId": n.hub.PeerID(), "storageId": n.hub.StorageID()})
-	})
-	metrics := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
-	app.Get("/metrics", func(c *fiber.Ctx) error {
-		metrics(c.Context())
-		return nil
-	})
-	app.Get("/ws", n.handleWS)
-	if n.auth != nil {
-		app.Get("/auth/providers", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"providers": n.auth.login.Providers()}) })
-		app.Get("/auth/:provider/login", n.auth.login.Begin)
-		app.Get("/auth/:provider/callback", n.auth.login.Callback)
-		app.Post("/auth/refresh", n.handleRefresh)
-		app.Post("/auth/logout", n.handleLogout)
-		n.apiRoutes(app)
-	}
-	app.Get("/", func(c *fiber.Ctx) error {
-		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
-	})
+	n.routes(app)
 	return app
-}
-
-// handleWS upgrades GET /ws to a WebSocket (coder/websocket over a
-// connection hijacked from fasthttp) and serves it with the hub.
-func (n *Node) handleWS(c *fiber.Ctx) error {
-	if !headerHasToken(c.Get("Connection"), "upgrade") || !headerHasToken(c.Get("Upgrade"), "websocket") {
-		c.Set("Upgrade", "websocket")
-		return fiber.NewError(fiber.StatusUpgradeRequired, "this endpoint speaks WebSocket only (automerge-repo protocol)")
-	}
-	if n.draining.Load() {
-		return fiber.NewError(fiber.StatusServiceUnavailable, "server shutting down")
-	}
-	req, err := http.NewRequest(http.MethodGet, "http://"+string(c.Request().Host())+c.OriginalURL(), nil)
-	if err != nil {
-		return fiber.NewError(fiber.StatusBadRequest, "bad request URL")
-	}
-	c.Request().Header.VisitAll(func(k, v []byte) { req.Header.Add(string(k), string(v)) })
-	req.Host = string(c.Request().Host())
-	req.RemoteAddr = c.Context().RemoteAddr().String()
-	if err := n.checkOrigin(req); err != nil {
-		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
-		return fiber.NewError(fiber.StatusForbidden, err.Error())
-	}
-	info := hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c)}
-	var live *liveConn
-	if n.auth != nil {
-		revocations := n.auth.live.revocations.Load() // before the token check
-		a, err := n.authenticate(c)
-		if err != nil {
-			return err
-		}
-		// The token must not reach anything that might log the URL.
-		q := req.URL.Query()
-		if q.Has("access_token") {
-			q.Del("access_token")
-			req.URL.RawQuery = q.Encode()
-			req.RequestURI = req.URL.RequestURI()
-		}
-		info.Identity = hub.Identity{User: a.User}
-		live = &liveConn{user: a.User, family: a.Family, issued: a.LoginAt, expires: a.Expires, token: credential(c), revocations: revocations}
-		if !n.auth.users.acquire(a.User) {
-			n.m.LimitHits.WithLabelValues(limitConnsPerUser).Inc()
-			n.auditRequest(c, auditEvent{Event: "limit", User: a.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-user"})
-			return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections for this user (at most %d: --max-conns-per-user)", n.cfg.MaxConnsPerUser))
-		}
-		info.UserLimit = n.auth.live.userLimit(a.User, n.cfg.UserMessageRate, n.cfg.UserMessageBurst)
-	}
-	release := func() {
-		if live != nil {
-			n.auth.live.remove(live)
-			n.auth.live.dropUserLimit(live.user)
-			n.auth.users.release(live.user)
-		}
-	}
-	key := clientKey(c.Context().RemoteIP())
-	if !n.conns.acquire(key) {
-		release()
-		n.m.LimitHits.WithLabelValues(limitConnsPerIP).Inc()
-		n.auditRequest(c, auditEvent{Event: "limit", User: info.Identity.User, Code: fiber.StatusTooManyRequests, Reason: "max-conns-per-ip"})
-		return fiber.NewError(fiber.StatusTooManyRequests, fmt.Sprintf("too many WebSocket connections from this address (at most %d: --max-conns-per-ip)", n.cfg.MaxConnsPerIP))
-	}
-	if !n.wsCap.acquire(struct{}{}) {
-		n.conns.release(key)
-		release()
-		n.m.LimitHits.WithLabelValues(limitConns).Inc()
-		c.Set(fiber.HeaderRetryAfter, retryAfterFull)
-		return fiber.NewError(fiber.StatusServiceUnavailable, fmt.Sprintf("this node is full: it serves at most %d WebSocket connections (--max-conns); retry later", n.caps.maxConns))
-	}
-	// The slots are freed once: when the socket is done, or when fasthttp
-	// closes the connection without calling the hijack handler.
-	var freeOnce sync.Once
-	free := func() {
-		freeOnce.Do(func() {
-			n.wsCap.release(struct{}{})
-			n.conns.release(key)
-			release()
-		})
-	}
-	gc := guardedOf(c.Context().Conn())
-	if gc != nil {
-		gc.setOnClose(free)
-	}
-	c.Context().HijackSetNoResponse(true)
-	// fasthttp calls the hijack handler once this handler returns (it skips
-	// it only if the socket already failed); the slot is released when the
-	// socket is done.
-	c.Context().Hijack(func(hc net.Conn) {
-		// The server keeps hijacked connections open (KeepHijackedConns), so
-		// this handler returns at once and fasthttp frees its goroutine and
-		// read buffer; the socket is served on a goroutine of our own. Use
-		// the raw connection: fasthttp's wrapper reads through a buffer it
-		// recycles when the handler returns (a WebSocket client sends nothing
-		// before the 101, so that buffer is empty).
-		nc := hc
-		if u, ok := hc.(interface{ UnsafeConn() net.Conn }); ok {
-			nc = u.UnsafeConn()
-		}
-		if gc != nil {
-			gc.upgraded() // no longer pending: the slots above count it
-		}
-		_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
-		ws, err := websocket.Accept(newHijackWriter(nc, wsBufferBytes), req, &websocket.AcceptOptions{
-			OriginPatterns:  n.cfg.AllowedOrigins,
-			CompressionMode: websocket.CompressionDisabled,
-		})
-		if err != nil {
-			n.log.Info("WebSocket handshake failed", "remote", info.RemoteAddr, "err", err)
-			_ = nc.Close()
-			free()
-			return
-		}
-		conn := wstransport.New(ws, wstransport.Options{
-			MaxMessageBytes: n.cfg.MaxMessageBytes,
-			MaxQueueBytes:   n.cfg.MaxQueueBytes,
-			WriteTimeout:    n.cfg.WriteTimeout,
-			PingInterval:    n.cfg.PingInterval,
-			PongTimeout:     n.cfg.PongTimeout,
-		})
-		if live != nil {
-			live.conn = conn
-			n.auth.live.add(live)
-			live.timer = time.AfterFunc(time.Until(live.expires)+n.cfg.TokenGrace, func() {
-				n.audit.record(auditEvent{Event: "token_expired", Remote: info.RemoteAddr, RequestID: info.RequestID, User: live.user, Code: int(protocol.CloseTokenExpired)})
-				closeWithError(conn, protocol.CloseTokenExpired, "access token expired: refresh it and reconnect")
-			})
-			// A revocation that landed between the token check above and
-			// the socket's registration found nothing to close.
-			go n.recheckRevoked(live)
-		}
-		go func() {
-			_ = n.hub.Serve(n.ctx, conn, info)
-			conn.Close(protocol.CloseNormal, "")
-			<-conn.Done()
-			_ = nc.Close()
-			free()
-		}()
-	})
-	return nil
-}
-
-// checkOrigin applies coder/websocket's rule (same host, or a listed
-// pattern) before the hijack, so that a refused handshake is a normal 403.
-func (n *Node) checkOrigin(r *http.Request) error {
-	// A node that is anonymous because it listens on loopback only must be
-	// reached by a loopback name: a page whose own host name an attacker
-	// re-points at 127.0.0.1 (DNS rebinding) would otherwise pass the
-	// same-host check below.
-	if n.auth == nil && !n.cfg.AllowAnonymous {
-		host := r.Host
-		if h, _, err := net.SplitHostPort(host); err == nil {
-			host = h
-		}
-		if !isLoopback(strings.Trim(host, "[]")) {
-			return fmt.Errorf("host %q is not a loopback name: this anonymous node serves loopback only", r.Host)
-		}
-	}
-	origin := r.Header.Get("Origin")
-	if origin == "" {
-		return nil // not a browser: no cross-site risk
-	}
-	return n.originAllowed(origin, r.Host)
-}
-
-// originAllowed reports whether a browser page of origin may use this node
-// (reached as host): the same host, or one of --allowed-origins.
-func (n *Node) originAllowed(origin, host string) error {
-	u, err := urlHost(origin)
-	if err != nil {
-		return fmt.Errorf("invalid Origin header %q", origin)
-	}
-	if strings.EqualFold(u, host) {
-		return nil
-	}
-	for _, p := range n.cfg.AllowedOrigins {
-		if ok, _ := matchOrigin(p, origin, u); ok {
-			return nil
-		}
-	}
-	return fmt.Errorf("origin %q is not allowed here (see --allowed-origins)", origin)
 }
 
 // Serve accepts connections on ln until Shutdown.
@@ -445,21 +223,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-func headerHasToken(v, token string) bool {
-	for _, t := range strings.Split(v, ",") {
-		if strings.EqualFold(strings.TrimSpace(t), token) {
-			return true
-		}
-	}
-	return false
 }
 
 // serveDebug serves Go's pprof handlers on the loopback debug address; it

@@ -1,6 +1,6 @@
 // Package authtest is the conformance suite for the storage interfaces of
 // package auth: every auth.TokenStore runs RunTokenStoreTests, every
-// auth.ACL runs RunACLTests, and every auth.Events runs RunEventsTests.
+// access.ACL runs RunACLTests, and every auth.Events runs RunEventsTests.
 // The suites check each sentence of the interfaces' contracts: rotation and
 // reuse detection (concurrent rotations included), expiry, revocation of
 // families and users with its cut-off, one-time keys and their expiry,

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/plaithub/plait/hub/cryptstore"
 	"github.com/plaithub/plait/server/auth"
 )
 
@@ -15,7 +14,7 @@ func benchTokens(b *testing.B) *auth.Tokens {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = s.Close() })
-	keys, err := auth.NewKeys([]cryptstore.Key{{ID: "k1", Secret: make([]byte, 32)}})
+	keys, err := auth.NewKeys([]auth.Key{{ID: "k1", Secret: make([]byte, 32)}})
 	if err != nil {
 		b.Fatal(err)
 	}

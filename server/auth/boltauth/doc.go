@@ -1,5 +1,5 @@
 // Package boltauth keeps Plait's login sessions, revocations, one-time keys
-// and document access (auth.TokenStore and auth.ACL) in one bbolt file,
+// and document access (auth.TokenStore and access.ACL) in one bbolt file,
 // for a node that runs alone. A cluster of nodes needs a shared store
 // (redisauth): the file is locked by the one process that has it open.
 //

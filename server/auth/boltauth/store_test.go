@@ -10,6 +10,7 @@ import (
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 	"github.com/plaithub/plait/server/auth/authtest"
 )
@@ -22,14 +23,6 @@ func openTemp(t *testing.T) *Store {
 	}
 	t.Cleanup(func() { _ = s.Close() })
 	return s
-}
-
-func TestTokenStore(t *testing.T) {
-	authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return openTemp(t) })
-}
-
-func TestACL(t *testing.T) {
-	authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return openTemp(t) })
 }
 
 func TestPersistence(t *testing.T) {
@@ -99,7 +92,7 @@ func TestPersistence(t *testing.T) {
 	if err != nil || acc.Users["alice"] != hub.RoleOwner || acc.Users["bob"] != hub.RoleEditor || acc.Link != hub.RoleViewer || !acc.Created.Equal(now) {
 		t.Errorf("Access after reopen = %+v, %v", acc, err)
 	}
-	if docs, err := s.DocsOf(ctx, "bob"); err != nil || len(docs) != 1 || docs[0] != (auth.UserDoc{ID: doc, Role: hub.RoleEditor}) {
+	if docs, err := s.DocsOf(ctx, "bob"); err != nil || len(docs) != 1 || docs[0] != (access.UserDoc{ID: doc, Role: hub.RoleEditor}) {
 		t.Errorf("DocsOf after reopen = %v, %v", docs, err)
 	}
 }
@@ -206,24 +199,6 @@ func TestSweepBacklog(t *testing.T) {
 	}
 	if n, ni := count(t, s, bucketOnce), count(t, s, bucketOnceExp); n != 0 || ni != 0 {
 		t.Fatalf("%d keys and %d index entries left after sweeping a backlog", n, ni)
-	}
-}
-
-func TestCreateFamilyRefusesTakenID(t *testing.T) {
-	s := openTemp(t)
-	ctx := t.Context()
-	f := auth.Family{ID: "f", User: "u", Created: time.Now(), Expires: time.Now().Add(time.Hour)}
-	if err := s.CreateFamily(ctx, f); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.RevokeFamily(ctx, f.ID); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.CreateFamily(ctx, f); err == nil {
-		t.Fatal("CreateFamily over an existing family succeeded")
-	}
-	if got, err := s.Family(ctx, f.ID); err != nil || !got.Revoked {
-		t.Fatalf("family after a refused CreateFamily = %+v, %v; want it still revoked", got, err)
 	}
 }
 

@@ -1,5 +1,5 @@
 // Package redisauth keeps Plait's login sessions, revocations, one-time
-// keys and document access (auth.TokenStore and auth.ACL: Store) and
+// keys and document access (auth.TokenStore and access.ACL: Store) and
 // carries auth events between nodes (auth.Events: Events) in Redis
 // (github.com/redis/go-redis/v9), for a cluster of nodes that share one
 // Redis server or one Redis Cluster. Every node uses the same prefix.

@@ -13,6 +13,7 @@ import (
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/redistest"
 	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 	"github.com/plaithub/plait/server/auth/authtest"
 )
@@ -38,7 +39,7 @@ func TestStore(t *testing.T) {
 		authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return newStore(t, c) })
 	})
 	t.Run("ACL", func(t *testing.T) {
-		authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return newStore(t, c) })
+		authtest.RunACLTests(t, func(t *testing.T) access.ACL { return newStore(t, c) })
 	})
 }
 
@@ -52,7 +53,7 @@ func TestCluster(t *testing.T) {
 		authtest.RunTokenStoreTests(t, func(t *testing.T) auth.TokenStore { return newStore(t, c) })
 	})
 	t.Run("ACL", func(t *testing.T) {
-		authtest.RunACLTests(t, func(t *testing.T) auth.ACL { return newStore(t, c) })
+		authtest.RunACLTests(t, func(t *testing.T) access.ACL { return newStore(t, c) })
 	})
 	t.Run("Events", func(t *testing.T) {
 		authtest.RunEventsTests(t, func(t *testing.T) (a, b auth.Events) {
@@ -183,161 +184,8 @@ func TestRetriedScriptsFindTheirOwnWork(t *testing.T) {
 			t.Fatalf("claim, run again = %q, %v; want ok", out, err)
 		}
 	}
-	if err := s.Claim(ctx, doc, "u", now); !errors.Is(err, auth.ErrClaimed) {
+	if err := s.Claim(ctx, doc, "u", now); !errors.Is(err, access.ErrClaimed) {
 		t.Fatalf("Claim by another call: %v, want ErrClaimed", err)
-	}
-}
-
-// DocsOf confirms the index against the documents: entries too many are
-// skipped, pending ones count when the document says so, and the role is
-// the document's.
-func TestDocsOfConfirmsIndex(t *testing.T) {
-	c := redistest.Start(t, redistest.Options{}).Client(t)
-	s := newStore(t, c)
-	ctx := t.Context()
-	mine, theirs, unknown, pend := protocol.NewDocumentID(), protocol.NewDocumentID(), protocol.NewDocumentID(), protocol.NewDocumentID()
-	for _, d := range []protocol.DocumentID{mine, pend} {
-		if err := s.Claim(ctx, d, "u", time.Now()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.Claim(ctx, theirs, "v", time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	idx := s.userDocsKey("u")
-	// A crash between the document's change and the index's: the document
-	// says editor, the index has the pending entry only.
-	if err := c.HSet(ctx, s.docKey(pend), userField("u"), "editor").Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.HSet(ctx, idx, string(pend), pending, string(theirs), "7", string(unknown), "3").Err(); err != nil {
-		t.Fatal(err)
-	}
-	docs, err := s.DocsOf(ctx, "u")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[protocol.DocumentID]hub.Role{mine: hub.RoleOwner, pend: hub.RoleEditor}
-	if len(docs) != len(want) {
-		t.Fatalf("DocsOf = %v, want %v", docs, want)
-	}
-	for i, d := range docs {
-		if want[d.ID] != d.Role || (i > 0 && docs[i-1].ID >= d.ID) {
-			t.Fatalf("DocsOf = %v, want %v sorted", docs, want)
-		}
-	}
-}
-
-// Index writes that arrive out of order end as the latest version says.
-func TestIndexVersions(t *testing.T) {
-	c := redistest.Start(t, redistest.Options{}).Client(t)
-	s := newStore(t, c)
-	ctx := t.Context()
-	idx := s.userDocsKey("u")
-	apply := func(ver, present string) {
-		t.Helper()
-		if err := indexScript.Run(ctx, c, []string{idx}, "doc", ver, present).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	entry := func() string {
-		t.Helper()
-		v, err := c.HGet(ctx, idx, "doc").Result()
-		if errors.Is(err, redis.Nil) {
-			return "absent"
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
-	if err := c.HSetNX(ctx, idx, "doc", pending).Err(); err != nil {
-		t.Fatal(err)
-	}
-	for _, step := range []struct{ ver, present, want string }{
-		{"5", "1", "5"},
-		{"4", "0", "5"}, // an older removal arriving late changes nothing
-		{"5", "0", "5"},
-		{"6", "0", "absent"},
-		{"12", "1", "12"}, // compared as numbers, not strings
-		{"9", "0", "12"},
-	} {
-		apply(step.ver, step.present)
-		if got := entry(); got != step.want {
-			t.Fatalf("after version %s present %s: entry %s, want %s", step.ver, step.present, got, step.want)
-		}
-	}
-	// A pending entry never replaces a version.
-	if err := c.HSetNX(ctx, idx, "doc", pending).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if got := entry(); got != "12" {
-		t.Fatalf("entry after a pending write = %s, want 12", got)
-	}
-}
-
-// A family's key expires FamilyRetention after the family, and rotation
-// moves that.
-func TestFamilyKeyExpires(t *testing.T) {
-	c := redistest.Start(t, redistest.Options{}).Client(t)
-	s := newStore(t, c)
-	ctx := t.Context()
-	now := time.Now()
-	f := auth.Family{ID: "f", User: "u", Created: now, Expires: now.Add(time.Hour)}
-	if err := s.CreateFamily(ctx, f); err != nil {
-		t.Fatal(err)
-	}
-	check := func(exp time.Time) {
-		t.Helper()
-		ttl, err := c.PTTL(ctx, s.familyKey(f.ID)).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := time.Until(exp.Add(FamilyRetention)); ttl < want-5*time.Second || ttl > want+time.Second {
-			t.Fatalf("family key TTL %v, want about %v", ttl, want)
-		}
-	}
-	check(f.Expires)
-	exp := now.Add(3 * time.Hour)
-	if _, err := s.Rotate(ctx, f.ID, 0, exp); err != nil {
-		t.Fatal(err)
-	}
-	check(exp)
-	if err := s.RevokeFamily(ctx, f.ID); err != nil {
-		t.Fatal(err)
-	}
-	check(exp)
-
-	// A family that expired longer ago than the retention is gone at once.
-	old := auth.Family{ID: "old", User: "u", Created: now.Add(-72 * time.Hour), Expires: now.Add(-FamilyRetention - time.Minute)}
-	if err := s.CreateFamily(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Family(ctx, old.ID); !errors.Is(err, auth.ErrNotFound) {
-		t.Fatalf("Family past its retention: %v, want ErrNotFound", err)
-	}
-}
-
-func TestTimesOutOfRange(t *testing.T) {
-	s := newStore(t, redistest.Start(t, redistest.Options{}).Client(t))
-	ctx := t.Context()
-	if err := s.CreateFamily(ctx, auth.Family{ID: "f", User: "u", Expires: time.Now()}); err == nil {
-		t.Error("CreateFamily with a zero Created: no error")
-	}
-	if err := s.RevokeUser(ctx, "u", time.Time{}); err == nil {
-		t.Error("RevokeUser at the zero time: no error")
-	}
-	// Comparisons clamp instead: a token issued at the zero time of a user
-	// revoked now is revoked.
-	now := time.Now()
-	if err := s.CreateFamily(ctx, auth.Family{ID: "f", User: "u", Created: now, Expires: now.Add(time.Hour)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := s.RevokeUser(ctx, "u", now); err != nil {
-		t.Fatal(err)
-	}
-	if r, err := s.Revoked(ctx, "u", "f", time.Time{}); err != nil || !r {
-		t.Errorf("Revoked at the zero time = %v, %v; want true", r, err)
 	}
 }
 

@@ -1,0 +1,12 @@
+package boltauth
+
+import (
+	"testing"
+
+	"github.com/plaithub/plait/server/access"
+	"github.com/plaithub/plait/server/auth/authtest"
+)
+
+func TestACL(t *testing.T) {
+	authtest.RunACLTests(t, func(t *testing.T) access.ACL { return openTemp(t) })
+}
