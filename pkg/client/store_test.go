@@ -401,3 +401,41 @@ func TestChangeAfterClose(t *testing.T) {
 		t.Fatalf("Change after Close: %v, want ErrClosed", err)
 	}
 }
+
+// BenchmarkChange measures Change with Dir, durable (the default) and
+// NoSync, from 1 and from 8 goroutines each changing its own document
+// (whose fsyncs the committer batches). ns/op is per change.
+func BenchmarkChange(b *testing.B) {
+	for _, noSync := range []bool{false, true} {
+		for _, g := range []int{1, 8} {
+			b.Run(fmt.Sprintf("nosync=%v/goroutines=%d", noSync, g), func(b *testing.B) {
+				c := offline(b, b.TempDir(), noSync)
+				defer c.Close()
+				hs := make([]*client.Handle, g)
+				for i := range hs {
+					h, err := c.Create(nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					hs[i] = h
+				}
+				b.ResetTimer()
+				done := make(chan error, g)
+				for w, h := range hs {
+					go func() {
+						var err error
+						for i := w; i < b.N && err == nil; i += g {
+							err = h.Change(func(d *automerge.Doc) error { return d.RootMap().Set("n", int64(i)) })
+						}
+						done <- err
+					}()
+				}
+				for range hs {
+					if err := <-done; err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
