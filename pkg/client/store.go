@@ -315,22 +315,29 @@ func (s *diskStore) compact(id protocol.DocumentID, snapshot []byte) (bool, erro
 	s.mu.Unlock()
 	path := s.docPath(id, ".changes")
 	f, err := createSync(path+".tmp", snapshot, os.O_APPEND)
-	if err != nil {
-		return false, fmt.Errorf("failed to write a snapshot: %w", err)
-	}
-	if err := renameSync(path+".tmp", path); err != nil {
-		f.Close()
-		return false, fmt.Errorf("failed to replace the changes by a snapshot: %w", err)
+	if err == nil {
+		if err = os.Rename(path+".tmp", path); err != nil {
+			f.Close()
+		}
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing { // close has closed df.f
-		return true, f.Close()
+	if err != nil {
+		df.nextCheck = 2 * df.size // not at every append
+		s.mu.Unlock()
+		return false, fmt.Errorf("failed to replace the changes by a snapshot: %w", err)
 	}
-	df.f.Close()
-	df.f, df.size, df.created = f, int64(len(snapshot)), false
-	df.nextCheck = max(compactMin, 2*df.size)
-	return true, nil
+	// The snapshot is the file now: appends go to it.
+	if s.closing { // close has closed df.f
+		f.Close()
+	} else {
+		df.f.Close()
+		df.f, df.size = f, int64(len(snapshot))
+		df.nextCheck = max(compactMin, 2*df.size)
+	}
+	s.mu.Unlock()
+	// Until the directory is fsynced, a power loss may bring back the old
+	// file (whole, with every change of the snapshot).
+	return true, syncDir(filepath.Dir(path))
 }
 
 func (s *diskStore) loadSyncState(id protocol.DocumentID, storageID string) ([]byte, error) {
