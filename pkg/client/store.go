@@ -64,6 +64,7 @@ type docFile struct {
 	size      int64    // bytes written: whole chunks only
 	nextCheck int64    // size past which compaction is considered again
 	created   bool     // the directory entry is not fsynced yet
+	broken    error    // set if a partial write could not be cut off
 }
 
 // commitBatch is one fsync round of the committer.
@@ -220,12 +221,21 @@ func (s *diskStore) appendChanges(id protocol.DocumentID, raw []byte, durable bo
 		df = &docFile{f: f, nextCheck: compactMin, created: true}
 		s.files[id] = df
 	}
-	n, err := df.f.Write(raw)
-	df.size += int64(n)
-	if err != nil {
+	if df.broken != nil {
+		s.mu.Unlock()
+		return false, df.broken
+	}
+	if _, err := df.f.Write(raw); err != nil {
+		// A partial write (disk full) would leave a torn chunk that later
+		// appends follow, and loading drops everything from a torn chunk
+		// on: cut it off, or append nothing more to this file.
+		if terr := df.f.Truncate(df.size); terr != nil {
+			df.broken = fmt.Errorf("failed to cut off a partial write: %w", terr)
+		}
 		s.mu.Unlock()
 		return false, err
 	}
+	df.size += int64(len(raw))
 	compact = df.size > df.nextCheck
 	if !durable || !s.sync {
 		s.mu.Unlock()
@@ -274,25 +284,20 @@ func (s *diskStore) syncFiles(files map[*docFile]struct{}) error {
 		df.created = false
 	}
 	s.mu.Unlock()
-	errs := make(chan error, len(files)+1)
+	n := len(files)
+	errs := make(chan error, n+1)
 	for df := range files {
 		go func() { errs <- df.f.Sync() }()
 	}
 	if created {
+		n++
 		go func() { errs <- syncDir(filepath.Join(s.dir, "docs")) }()
 	}
-	var all []error
-	for range len(files) + boolInt(created) {
-		all = append(all, <-errs)
+	all := make([]error, n)
+	for i := range all {
+		all[i] = <-errs
 	}
 	return errors.Join(all...)
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // compact replaces the file of id by snapshot (the document as automerge's
