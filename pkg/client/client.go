@@ -40,6 +40,14 @@ type Options struct {
 	// Dir, if set, keeps documents and sync states on disk, so a restarted
 	// client resumes where it stopped. Default: memory only.
 	Dir string
+	// NoSync, with Dir, lets Change return before its change is fsynced:
+	// changes reach the disk when the OS writes them back, or at Close.
+	// Faster (no disk flush on the path of Change), but a power loss or OS
+	// crash can lose the last changes made, including ones never synced
+	// to a server; a crash of the process alone loses nothing. Default:
+	// false: Change returns once its change is on disk, and concurrent
+	// Changes share their fsyncs.
+	NoSync bool
 	// StorageID is announced to the server, which then keeps this client's
 	// sync state across connections. Default: with Dir, an id created once
 	// and kept in Dir; without Dir, none (an ephemeral peer).
@@ -169,7 +177,7 @@ func New(ctx context.Context, opts Options) (*Client, error) {
 		session:   protocol.RandomHex(8),
 	}
 	if opts.Dir != "" {
-		st, err := openDiskStore(opts.Dir)
+		st, err := openDiskStore(opts.Dir, !opts.NoSync)
 		if err != nil {
 			return nil, err
 		}

@@ -16,7 +16,16 @@
 //
 // With Options.Dir set the client keeps each document (its changes) and
 // its sync state with each server storage on disk: a restarted client
-// loads them and resumes by exchanging only what is missing.
+// loads them and resumes by exchanging only what is missing. Change
+// returns once its change is on disk (fsynced), so a power loss right
+// after loses nothing Change reported done; concurrent Changes, on any
+// documents, share their fsyncs (group commit). Options.NoSync trades
+// that guarantee for speed: Change returns before the fsync, and a power
+// loss can lose the last changes (a crash of the process alone cannot).
+// A document's file is compacted into a snapshot once it outgrows the
+// document, atomically (a crash leaves the old file or the new one); a
+// change torn by a crash mid-write is dropped when the file is next
+// loaded, and every whole change before it is kept.
 //
 // Authentication: a server that requires login takes an access token in
 // the handshake. Options.Token supplies it before every connection attempt;

@@ -65,27 +65,57 @@ func newHandle(c *Client, id protocol.DocumentID, created bool) (*Handle, error)
 		ephs:    map[int]func(string, []byte){},
 	}
 	if c.store != nil && !created {
-		raws, err := c.store.loadChanges(id)
-		if err != nil {
+		if err := h.load(); err != nil {
 			return nil, err
-		}
-		if len(raws) > 0 {
-			if _, err := h.eng.AddChanges(local, raws...); err != nil {
-				return nil, fmt.Errorf("failed to read the kept changes of %s: %w", id, err)
-			}
-			var all []byte
-			h.eng.All(func(raw []byte) bool { all = append(all, raw...); return true })
-			doc, err := automerge.Load(all)
-			if err != nil {
-				return nil, fmt.Errorf("failed to load the kept document %s: %w", id, err)
-			}
-			h.doc = doc
 		}
 	}
 	if created || h.eng.Len() > 0 {
 		close(h.ready)
 	}
 	return h, nil
+}
+
+// load reads the document kept on disk (a snapshot and the changes
+// appended after it) into the sync engine and the automerge-go document.
+func (h *Handle) load() error {
+	snapshot, raws, err := h.c.store.loadChanges(h.id)
+	if err != nil {
+		return err
+	}
+	if snapshot != nil {
+		doc, err := automerge.Load(snapshot)
+		if err != nil {
+			return fmt.Errorf("failed to load the kept snapshot of %s: %w", h.id, err)
+		}
+		chs, err := doc.Changes()
+		if err != nil {
+			return fmt.Errorf("failed to read the kept snapshot of %s: %w", h.id, err)
+		}
+		saved := make([][]byte, 0, len(chs)+len(raws))
+		for _, ch := range chs {
+			saved = append(saved, ch.Save())
+		}
+		raws = append(saved, raws...)
+	}
+	if len(raws) == 0 {
+		return nil
+	}
+	if _, err := h.eng.AddChanges(local, raws...); err != nil {
+		return fmt.Errorf("failed to read the kept changes of %s: %w", h.id, err)
+	}
+	doc, err := automerge.Load(h.allLocked())
+	if err != nil {
+		return fmt.Errorf("failed to load the kept document %s: %w", h.id, err)
+	}
+	h.doc = doc
+	return nil
+}
+
+// allLocked returns every change of the sync engine, concatenated.
+func (h *Handle) allLocked() []byte {
+	var all []byte
+	h.eng.All(func(raw []byte) bool { all = append(all, raw...); return true })
+	return all
 }
 
 // ID returns the document id.
@@ -146,7 +176,7 @@ func (h *Handle) change(msg string, fn func(d *automerge.Doc) error, allowEmpty 
 		if _, err := h.eng.AddChanges(local, raw); err != nil {
 			return fmt.Errorf("the new change does not pass the sync engine's checks: %w", err)
 		}
-		if err := h.keep(raw); err != nil {
+		if err := h.keep(raw, true); err != nil {
 			return err
 		}
 		h.markReady()
@@ -269,15 +299,39 @@ func (h *Handle) waitReady(ctx context.Context) error {
 	}
 }
 
-// keep appends raw to the document's changes on disk (with Dir).
-func (h *Handle) keep(raw []byte) error {
+// keep appends raw to the document's changes on disk (with Dir); with
+// durable set (a local change) it returns once they are fsynced, unless
+// Options.NoSync. Then it compacts the document's file if it has outgrown
+// the document: a failed compaction is logged, the file stays as it was.
+func (h *Handle) keep(raw []byte, durable bool) error {
 	if h.c.store == nil {
 		return nil
 	}
-	if err := h.c.store.appendChanges(h.id, raw); err != nil {
+	compact, err := h.c.store.appendChanges(h.id, raw, durable)
+	if err != nil {
 		return fmt.Errorf("failed to keep the change on disk: %w", err)
 	}
+	if compact {
+		if err := h.compactLocked(); err != nil {
+			h.c.log.Warn("failed to compact the kept document", "doc", string(h.id), "err", err)
+		}
+	}
 	return nil
+}
+
+// compactLocked offers the store a snapshot of everything kept: the
+// automerge-go document, or with IndexOnly (whose document may lack
+// changes the engine has) one built from the engine's changes.
+func (h *Handle) compactLocked() error {
+	doc := h.doc
+	if h.c.opts.IndexOnly {
+		var err error
+		if doc, err = automerge.Load(h.allLocked()); err != nil {
+			return err
+		}
+	}
+	_, err := h.c.store.compact(h.id, doc.Save())
+	return err
 }
 
 // connect starts the document's sync on cn: with the sync state kept for
@@ -369,7 +423,7 @@ func (h *Handle) receive(cn *conn, data []byte) error {
 				return fmt.Errorf("failed to apply changes to %s: %w", h.id, err)
 			}
 		}
-		if err := h.keep(all); err != nil {
+		if err := h.keep(all, false); err != nil {
 			h.c.log.Warn("failed to keep changes on disk", "doc", string(h.id), "err", err)
 		}
 		h.markReady()
