@@ -30,6 +30,7 @@ func writeHTML(w io.Writer, r *Report) error {
 	row("server CPU", r.Server.cpuLine())
 	row("errors / disconnects", fmt.Sprintf("%d / %d", r.Errors.Count, r.Disconnects.Count))
 	row("converged / ok", fmt.Sprintf("%v / %v", r.Converged, r.OK))
+	r.eachExtra(row) // the scenario's own figures (-history's upload, storms, ...)
 	b.WriteString("</table>\n<h2>Edit-to-peer latency per second (ms)</h2>\n")
 	b.WriteString(chartSVG(r.Timeline))
 	b.WriteString("\n</body></html>\n")

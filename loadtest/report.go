@@ -229,14 +229,20 @@ func (r *Report) printSummary(w io.Writer) {
 		}
 	}
 	p("  converged    %s", conv)
-	for _, k := range slices.Sorted(maps.Keys(r.ScenarioExtra)) {
-		b, _ := json.Marshal(r.ScenarioExtra[k])
-		p("  %-12s %s", k, b)
-	}
+	r.eachExtra(func(k, v string) { p("  %-12s %s", k, v) })
 	if r.OK {
 		p("  OK")
 	} else {
 		p("  NOT OK")
+	}
+}
+
+// eachExtra calls fn with each scenarioExtra entry, by key, its value as
+// JSON.
+func (r *Report) eachExtra(fn func(k, v string)) {
+	for _, k := range slices.Sorted(maps.Keys(r.ScenarioExtra)) {
+		b, _ := json.Marshal(r.ScenarioExtra[k])
+		fn(k, string(b))
 	}
 }
 

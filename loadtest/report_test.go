@@ -94,7 +94,7 @@ func TestWriteFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := string(h)
-	for _, want := range []string{"<!doctype html>", "<svg", "</svg>", "p50", "p90", "p99", "ws://127.0.0.1:8080/ws"} {
+	for _, want := range []string{"<!doctype html>", "<svg", "</svg>", "p50", "p90", "p99", "ws://127.0.0.1:8080/ws", "stormMs", "server CPU", "n/a (no process_cpu_seconds_total)"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}
