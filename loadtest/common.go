@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net"
@@ -18,8 +19,18 @@ import (
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
-// serverRSS reads process_resident_memory_bytes from a Prometheus endpoint.
-func serverRSS(ctx context.Context, metricsURL string) (float64, error) {
+// Metric names the harness reads from every server of the target.
+const (
+	metricRSS = "process_resident_memory_bytes"
+	metricCPU = "process_cpu_seconds_total"
+)
+
+// errNoMetric: the server's metrics lack the metric (it does not report it).
+var errNoMetric = errors.New("metric not reported")
+
+// serverMetric reads the unlabelled sample name from a Prometheus text
+// endpoint.
+func serverMetric(ctx context.Context, metricsURL, name string) (float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
 	if err != nil {
 		return 0, err
@@ -32,11 +43,14 @@ func serverRSS(ctx context.Context, metricsURL string) (float64, error) {
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "process_resident_memory_bytes "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, fmt.Errorf("no process_resident_memory_bytes in %s", metricsURL)
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("failed to read metrics: %w", err)
+	}
+	return 0, fmt.Errorf("no %s in %s: %w", name, metricsURL, errNoMetric)
 }
 
 // sourceDialer spreads outgoing connections over 127.0.0.1..127.0.0.k so
@@ -143,10 +157,18 @@ func (t *target) metricsURLs() []string {
 }
 
 // rss returns the summed RSS of every server of the target.
-func (t *target) rss(ctx context.Context) (float64, error) {
+func (t *target) rss(ctx context.Context) (float64, error) { return t.sum(ctx, metricRSS) }
+
+// cpu returns the CPU seconds (user+system) every server of the target has
+// used, summed. A server without process_cpu_seconds_total is an error
+// (wrapping errNoMetric): a sum over part of the nodes would mislead.
+func (t *target) cpu(ctx context.Context) (float64, error) { return t.sum(ctx, metricCPU) }
+
+// sum returns the metric name summed over every server of the target.
+func (t *target) sum(ctx context.Context, name string) (float64, error) {
 	var sum float64
 	for _, u := range t.metricsURLs() {
-		v, err := serverRSS(ctx, u)
+		v, err := serverMetric(ctx, u, name)
 		if err != nil {
 			return 0, err
 		}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/automerge/automerge-go"
-	"github.com/coder/websocket"
 
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -29,87 +28,25 @@ func runDocs(args []string) error {
 		return err
 	}
 	peerID := "docs-" + fmt.Sprint(time.Now().UnixNano())
-	ws, peer, err := joinedConn(ctx, nil, tg.urls()[0], peerID)
+	p, err := dialRawPeer(ctx, nil, tg.urls()[0], peerID)
 	if err != nil {
 		return err
 	}
-	defer ws.Close(websocket.StatusNormalClosure, "")
-	// Send the first sync message of every document, then answer the
-	// server until every document has been acknowledged with our heads.
-	type docState struct {
-		doc *automerge.Doc
-		ss  *automerge.SyncState
-	}
-	docs := make(map[protocol.DocumentID]*docState, tg.n)
-	send := func(id protocol.DocumentID, d *docState) error {
-		sm, ok := d.ss.GenerateMessage()
-		if !ok {
-			return nil
-		}
-		b, err := protocol.Encode(&protocol.Message{Type: protocol.TypeSync, SenderID: peerID, TargetID: peer.SenderID, DocumentID: id, Data: sm.Bytes()})
-		if err != nil {
-			return err
-		}
-		return ws.Write(ctx, websocket.MessageBinary, b)
-	}
+	defer p.close()
 	start := time.Now()
-	// One reader goroutine: coder/websocket closes a connection whose read
-	// context ends, so reads must not time out.
-	in := make(chan *protocol.Message, 1024)
-	go func() {
-		defer close(in)
-		for {
-			_, b, err := ws.Read(ctx)
-			if err != nil {
-				return
-			}
-			if m, err := protocol.Decode(b); err == nil {
-				in <- m
-			}
-		}
-	}()
-	acked := 0
+	ids := make([]protocol.DocumentID, 0, tg.n)
 	for i := 0; i < tg.n; i++ {
-		d := &docState{doc: automerge.New()}
-		if err := d.doc.RootMap().Set("title", fmt.Sprintf("document %d", i)); err != nil {
+		doc := automerge.New()
+		if err := doc.RootMap().Set("title", fmt.Sprintf("document %d", i)); err != nil {
 			return err
 		}
-		if _, err := d.doc.Commit("create"); err != nil {
+		if _, err := doc.Commit("create"); err != nil {
 			return err
 		}
-		d.ss = automerge.NewSyncState(d.doc)
-		id := protocol.NewDocumentID()
-		docs[id] = d
-		if err := send(id, d); err != nil {
-			return err
-		}
+		ids = append(ids, p.add(doc))
 	}
-	done := map[protocol.DocumentID]bool{}
-	for acked < tg.n {
-		var m *protocol.Message
-		select {
-		case m = <-in:
-		case <-time.After(30 * time.Second):
-			return fmt.Errorf("server stopped answering after %d of %d documents", acked, tg.n)
-		}
-		if m == nil {
-			return fmt.Errorf("connection closed after %d of %d documents", acked, tg.n)
-		}
-		d := docs[m.DocumentID]
-		if m.Type != protocol.TypeSync || d == nil {
-			continue
-		}
-		sm, err := d.ss.ReceiveMessage(m.Data)
-		if err != nil {
-			return err
-		}
-		if !done[m.DocumentID] && len(sm.Heads()) == 1 && sm.Heads()[0] == d.doc.Heads()[0] {
-			done[m.DocumentID] = true
-			acked++
-		}
-		if err := send(m.DocumentID, d); err != nil {
-			return err
-		}
+	if err := p.push(ctx, ids, 30*time.Second); err != nil {
+		return err
 	}
 	setup := time.Since(start)
 	after, err := settle(ctx, tg, tg.hold)
@@ -119,7 +56,7 @@ func runDocs(args []string) error {
 	fmt.Printf("docs: %d documents created and stored in %s (%.0f/s)\n", tg.n, setup.Round(time.Millisecond), float64(tg.n)/setup.Seconds())
 	fmt.Printf("docs: server RSS %.1f MiB -> %.1f MiB: %.1f KiB per open document\n", before/(1<<20), after/(1<<20), (after-before)/float64(tg.n)/1024)
 	if *evictWait > 0 {
-		ws.Close(websocket.StatusNormalClosure, "")
+		p.close()
 		evicted, err := settle(ctx, tg, *evictWait)
 		if err != nil {
 			return err

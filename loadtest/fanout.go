@@ -19,24 +19,35 @@ func runFanout(args []string) error {
 	per := r.fs.Int("clients", 5, "clients per document")
 	rate := r.fs.Float64("rate", 1, "edits per second per client")
 	dur := r.fs.Duration("duration", 10*time.Second, "editing time")
+	r.historyFlag()
 	return r.exec(args, func(ctx context.Context) error {
 		return r.editing(ctx, *docs, *per, *rate, *dur, nil, nil)
 	})
 }
 
-// editing connects docs*per clients, shares each document among per of
-// them, has every client edit at rate for dur, and checks convergence.
+// editing uploads the documents' -history (if any), connects docs*per
+// clients, shares each document among per of them, has every client edit at rate for dur, and checks convergence.
 // init and extra (may be nil) shape the documents and each edit.
 func (r *run) editing(ctx context.Context, docs, per int, rate float64, dur time.Duration, init, extra func(d *automerge.Doc) error) error {
 	if docs < 1 || per < 1 || rate <= 0 || dur <= 0 {
 		return errors.New("docs, clients, rate and duration must be positive")
 	}
+	if r.history < 0 {
+		return errors.New("-history must not be negative")
+	}
 	r.size(docs*per, docs)
+	urls := make([]string, docs) // "": share creates the document
+	if r.history > 0 {
+		var err error
+		if urls, err = r.uploadHistory(ctx, docs, init); err != nil {
+			return err
+		}
+	}
 	cs := r.dialAll(ctx, docs*per, func(i int) string { return fmt.Sprintf("%s-d%d-c%d", r.name, i/per, i%per) })
 	r.setPhase("sharing")
 	groups := make([]*docGroup, docs)
 	r.each(ctx, docs, func(d int) {
-		g, err := share(ctx, cs[d*per:(d+1)*per], init)
+		g, err := share(ctx, cs[d*per:(d+1)*per], init, urls[d])
 		if err != nil {
 			r.fail(err.Error())
 		}

@@ -15,6 +15,7 @@ func runHotdoc(args []string) error {
 	typists := r.fs.Int("typists", 10, "clients on the document")
 	rate := r.fs.Float64("rate", 5, "edits per second per typist")
 	dur := r.fs.Duration("duration", 10*time.Second, "editing time")
+	r.historyFlag()
 	return r.exec(args, func(ctx context.Context) error {
 		return r.editing(ctx, 1, *typists, *rate, *dur, newText, typeChar)
 	})

@@ -2,6 +2,7 @@
 //
 //	fanout     -docs D x -clients C per doc, every client editing at -rate
 //	hotdoc     -typists N typing into one document at -rate each
+//	           (both: -history N starts each document with N stored changes)
 //	reconnect  -clients N dropped at once -storms K times; time to re-sync
 //	offline    -clients N pairs; one goes offline, both edit, it resumes
 //	idle       -n idle joined connections; server RSS per connection
@@ -12,7 +13,9 @@
 // Every scenario but docs prints a summary, shows progress on stderr, and
 // with -out PREFIX writes PREFIX.json (the report) and PREFIX.html (a
 // latency chart); it exits 1 if the run had errors or did not converge.
-// The server's RSS is read from its /metrics (process_resident_memory_bytes).
+// The server's RSS is read from its /metrics (process_resident_memory_bytes),
+// and its CPU per edit and per delivery over the measured phase from
+// process_cpu_seconds_total ("n/a" if a server does not report it).
 package main
 
 import (

@@ -91,7 +91,7 @@ func (p *pair) run(ctx context.Context) error {
 	if a == nil || b == nil {
 		return errors.New("pair not connected")
 	}
-	g, err := share(ctx, []*client.Client{a, b}, nil)
+	g, err := share(ctx, []*client.Client{a, b}, nil, "")
 	if err != nil {
 		return err
 	}

@@ -64,23 +64,28 @@ type docGroup struct {
 	hs      []*client.Handle
 }
 
-// share creates a document on the first client (with a title, then init), waits until the server
-// has it, and finds it on the others. Nil clients are skipped. It returns
-// the clients that have it.
-func share(ctx context.Context, cs []*client.Client, init func(d *automerge.Doc) error) (*docGroup, error) {
-	g := &docGroup{}
+// initDoc makes a new document's first change: a title, then init (may be
+// nil).
+func initDoc(d *automerge.Doc, init func(d *automerge.Doc) error) error {
+	if err := d.RootMap().Set("title", "loadtest"); err != nil || init == nil {
+		return err
+	}
+	return init(d)
+}
+
+// share gives the clients cs a document: the one at url (already on the
+// server) if url is set, else one it creates on the first client (initDoc
+// with init) and waits until the server has. The others find it. Nil
+// clients are skipped. It returns the clients that have it.
+func share(ctx context.Context, cs []*client.Client, init func(d *automerge.Doc) error, url string) (*docGroup, error) {
+	g := &docGroup{url: url}
 	for _, c := range cs {
 		if c == nil {
 			continue
 		}
 		if g.url == "" {
 			// A document needs a change to exist on the server.
-			h, err := c.Create(func(d *automerge.Doc) error {
-				if err := d.RootMap().Set("title", "loadtest"); err != nil || init == nil {
-					return err
-				}
-				return init(d)
-			})
+			h, err := c.Create(func(d *automerge.Doc) error { return initDoc(d, init) })
 			if err != nil {
 				return g, fmt.Errorf("create: %w", err)
 			}

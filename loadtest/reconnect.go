@@ -36,7 +36,7 @@ func runReconnect(args []string) error {
 			if cs[i] == nil {
 				return
 			}
-			g, err := share(ctx, []*client.Client{cs[i], cs[(i+1)%*n]}, nil)
+			g, err := share(ctx, []*client.Client{cs[i], cs[(i+1)%*n]}, nil, "")
 			if err != nil {
 				r.fail(err.Error())
 			}

@@ -67,10 +67,65 @@ type NotConverged struct {
 	Clients []string `json:"clients"`
 }
 
+// ServerStats is what the servers' metrics say, summed over the nodes.
+// The CPU figures cover the measured phase only; they are null (and
+// CPUUnavailable says why) when a server does not report
+// process_cpu_seconds_total or the scenario has no measured phase.
 type ServerStats struct {
 	RSSBeforeBytes float64 `json:"rssBeforeBytes"`
 	RSSAfterBytes  float64 `json:"rssAfterBytes"`
 	RSSPeakBytes   float64 `json:"rssPeakBytes"`
+	// CPUSeconds is the servers' user+system CPU over the measured phase.
+	CPUSeconds *float64 `json:"cpuSeconds"`
+	// CPUMsPerEdit and CPUMsPerDelivery divide it by the edits sent and the
+	// deliveries counted in the same window (null if there were none).
+	CPUMsPerEdit        *float64 `json:"cpuMsPerEdit"`
+	CPUMsPerDelivery    *float64 `json:"cpuMsPerDelivery"`
+	CPUWindowEdits      int64    `json:"cpuWindowEdits"`
+	CPUWindowDeliveries int64    `json:"cpuWindowDeliveries"`
+	CPUUnavailable      string   `json:"cpuUnavailable,omitempty"`
+}
+
+// cpuStats fills the CPU figures of s from the values read at the start
+// and the end of the measured phase (measured false: there was none).
+func (s *ServerStats) cpuStats(start, end window, measured bool) {
+	switch {
+	case !measured:
+		s.CPUUnavailable = "no measured phase"
+		return
+	case start.cpuErr != nil:
+		s.CPUUnavailable = start.cpuErr.Error()
+		return
+	case end.cpuErr != nil:
+		s.CPUUnavailable = end.cpuErr.Error()
+		return
+	}
+	round := func(v float64) *float64 { v = math.Round(v*1000) / 1000; return &v }
+	sec := end.cpu - start.cpu
+	s.CPUSeconds = round(sec)
+	s.CPUWindowEdits, s.CPUWindowDeliveries = end.edits-start.edits, end.deliveries-start.deliveries
+	if s.CPUWindowEdits > 0 {
+		s.CPUMsPerEdit = round(sec * 1000 / float64(s.CPUWindowEdits))
+	}
+	if s.CPUWindowDeliveries > 0 {
+		s.CPUMsPerDelivery = round(sec * 1000 / float64(s.CPUWindowDeliveries))
+	}
+}
+
+// cpuLine formats the CPU figures for the summaries: "n/a (why)" if the
+// servers do not report CPU.
+func (s ServerStats) cpuLine() string {
+	if s.CPUSeconds == nil {
+		return "n/a (" + s.CPUUnavailable + ")"
+	}
+	per := func(v *float64, what string) string {
+		if v == nil {
+			return "n/a per " + what
+		}
+		return fmt.Sprintf("%.3f ms per %s", *v, what)
+	}
+	return fmt.Sprintf("%.2f s in the measured phase: %s (%d), %s (%d)", *s.CPUSeconds,
+		per(s.CPUMsPerEdit, "edit"), s.CPUWindowEdits, per(s.CPUMsPerDelivery, "delivery"), s.CPUWindowDeliveries)
 }
 
 // report builds the report; rssAfter is the server's RSS at the end.
@@ -115,6 +170,7 @@ func (r *run) report(rssAfter float64) *Report {
 		Server:        ServerStats{RSSBeforeBytes: r.rssBefore, RSSAfterBytes: rssAfter, RSSPeakBytes: max(r.rssPeak, rssAfter)},
 		ScenarioExtra: r.extra,
 	}
+	rep.Server.cpuStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
 	rep.OK = rep.Errors.Count == 0 && rep.Converged
 	return rep
 }
@@ -158,6 +214,7 @@ func (r *Report) printSummary(w io.Writer) {
 	p("  latency      p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms (%d samples)", l.P50, l.P90, l.P99, l.Max, l.Count)
 	s := r.Server
 	p("  server RSS   %.1f MiB -> %.1f MiB (peak %.1f MiB)", s.RSSBeforeBytes/(1<<20), s.RSSAfterBytes/(1<<20), s.RSSPeakBytes/(1<<20))
+	p("  server CPU   %s", s.cpuLine())
 	p("  errors       %d%s", r.Errors.Count, reasons(r.Errors.ByReason))
 	p("  disconnects  %d%s", r.Disconnects.Count, reasons(r.Disconnects.ByReason))
 	conv := "yes"
@@ -172,14 +229,20 @@ func (r *Report) printSummary(w io.Writer) {
 		}
 	}
 	p("  converged    %s", conv)
-	for _, k := range slices.Sorted(maps.Keys(r.ScenarioExtra)) {
-		b, _ := json.Marshal(r.ScenarioExtra[k])
-		p("  %-12s %s", k, b)
-	}
+	r.eachExtra(func(k, v string) { p("  %-12s %s", k, v) })
 	if r.OK {
 		p("  OK")
 	} else {
 		p("  NOT OK")
+	}
+}
+
+// eachExtra calls fn with each scenarioExtra entry, by key, its value as
+// JSON.
+func (r *Report) eachExtra(fn func(k, v string)) {
+	for _, k := range slices.Sorted(maps.Keys(r.ScenarioExtra)) {
+		b, _ := json.Marshal(r.ScenarioExtra[k])
+		fn(k, string(b))
 	}
 }
 

@@ -22,7 +22,7 @@ func sampleReport() *Report {
 		Timeline:   []TimelinePoint{{T: 0, Count: 20, P50: 1, P90: 2, P99: 3}, {T: 1}, {T: 2, Count: 34, P50: 1.5, P90: 2.5, P99: 4}},
 		Errors:     Counts{ByReason: map[string]int{}}, Disconnects: Counts{Count: 1, ByReason: map[string]int{"connection to URL ended: EOF": 1}},
 		Converged: false, NotConverged: []NotConverged{{Doc: "automerge:abc", Clients: []string{"fanout-d1-c2"}}},
-		Server:        ServerStats{RSSBeforeBytes: 1 << 20, RSSAfterBytes: 2 << 20, RSSPeakBytes: 3 << 20},
+		Server:        ServerStats{RSSBeforeBytes: 1 << 20, RSSAfterBytes: 2 << 20, RSSPeakBytes: 3 << 20, CPUUnavailable: "no process_cpu_seconds_total"},
 		ScenarioExtra: map[string]any{"stormMs": []float64{1, 2}}, OK: false,
 	}
 }
@@ -53,7 +53,7 @@ func TestReportJSONNames(t *testing.T) {
 		"latencyMs":   {"count", "max", "p50", "p90", "p99"},
 		"errors":      {"byReason", "count"},
 		"disconnects": {"byReason", "count"},
-		"server":      {"rssAfterBytes", "rssBeforeBytes", "rssPeakBytes"},
+		"server":      {"cpuMsPerDelivery", "cpuMsPerEdit", "cpuSeconds", "cpuUnavailable", "cpuWindowDeliveries", "cpuWindowEdits", "rssAfterBytes", "rssBeforeBytes", "rssPeakBytes"},
 	}
 	for k, w := range want {
 		v := any(m)
@@ -94,7 +94,7 @@ func TestWriteFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	page := string(h)
-	for _, want := range []string{"<!doctype html>", "<svg", "</svg>", "p50", "p90", "p99", "ws://127.0.0.1:8080/ws"} {
+	for _, want := range []string{"<!doctype html>", "<svg", "</svg>", "p50", "p90", "p99", "ws://127.0.0.1:8080/ws", "stormMs", "server CPU", "n/a (no process_cpu_seconds_total)"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("page lacks %q", want)
 		}

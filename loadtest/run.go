@@ -49,6 +49,8 @@ type run struct {
 	connectFails         int
 	members              map[*client.Client]int64 // disconnects already counted
 	rssBefore, rssPeak   float64
+	cpuStart, cpuEnd     window // server CPU and counts at phaseStart and phaseEnd
+	history              int    // -history: changes each edited document starts with
 	clients, docs        int
 	notConverged         []NotConverged
 	extra                map[string]any
@@ -124,19 +126,38 @@ func (r *run) setPhase(p string) {
 	r.mu.Unlock()
 }
 
-// beginPhase starts the measured phase: rates and the timeline count from
-// here.
+// window is what is read at each end of the measured phase: the servers'
+// CPU seconds (cpuErr if not reported) and the edits and deliveries so far.
+type window struct {
+	cpu               float64
+	cpuErr            error
+	edits, deliveries int64
+}
+
+// mark reads the window's values now.
+func (r *run) mark() window {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w := window{edits: r.edits.Load(), deliveries: r.deliveries.Load()}
+	w.cpu, w.cpuErr = r.tg.cpu(ctx)
+	return w
+}
+
+// beginPhase starts the measured phase: rates, the timeline and the server
+// CPU per edit count from here.
 func (r *run) beginPhase(name string) {
+	w := r.mark()
 	now := time.Now()
 	r.lat.restart(now)
 	r.mu.Lock()
-	r.phase, r.phaseStart = name, now
+	r.phase, r.phaseStart, r.cpuStart = name, now, w
 	r.mu.Unlock()
 }
 
 func (r *run) endPhase() {
+	w := r.mark()
 	r.mu.Lock()
-	r.phaseEnd = time.Now()
+	r.phaseEnd, r.cpuEnd = time.Now(), w
 	r.mu.Unlock()
 }
 

@@ -136,8 +136,10 @@ verdict() {
     if (typeof p99 !== "number" || !(r.latencyMs?.count > 0)) why.push("no latency samples")
     else if (p99 > Number(bound)) why.push(`p99 ${n(p99)} ms > ${bound} ms`)
     if (rc !== "0" && r.ok === true) why.push(`exit ${rc}`)
+    const cpu = x => typeof x === "number" ? x.toFixed(3) : "n/a"
     const s = `${n(r.edits?.perSec)} edits/s, p50 ${n(r.latencyMs?.p50)} ms, p99 ${n(p99)} ms, ` +
-      `RSS peak ${n((r.server?.rssPeakBytes ?? NaN) / 2 ** 20)} MiB`
+      `RSS peak ${n((r.server?.rssPeakBytes ?? NaN) / 2 ** 20)} MiB, ` +
+      `CPU ${cpu(r.server?.cpuMsPerEdit)} ms/edit ${cpu(r.server?.cpuMsPerDelivery)} ms/delivery`
     console.log(why.length ? `FAIL\t${s}: ${why.join("; ")}` : `PASS\t${s}`)
   ' "$1" "$bound" "$2"
 }
@@ -198,16 +200,20 @@ node -e '
     return {
       server, rate: best?.rate, perSec: rep?.edits?.perSec, p50: rep?.latencyMs?.p50,
       p99: rep?.latencyMs?.p99, rss: rep?.server?.rssPeakBytes, clients: rep?.clients, docs: rep?.docs,
+      cpuEdit: rep?.server?.cpuMsPerEdit, cpuDelivery: rep?.server?.cpuMsPerDelivery,
       stop: fail ? `failed at ${fail.rate}/s: ${fail.reason}` : "never failed: raise --rates",
       saturated: !!fail,
     }
   })
   const f = (x, d = 1) => typeof x === "number" && isFinite(x) ? x.toFixed(d) : "-"
-  const head = ["server", "rate/client", "edits/s", "p50 ms", "p99 ms", "peak RSS MiB", "clients", "docs"]
+  // server CPU over the measured phase; n/a: the server does not report it
+  const cpu = (r, x) => r.rate === undefined ? "-" : typeof x === "number" ? x.toFixed(3) : "n/a"
+  const head = ["server", "rate/client", "edits/s", "p50 ms", "p99 ms", "peak RSS MiB", "CPU ms/edit", "CPU ms/delivery", "clients", "docs"]
   const body = res.map(r => [r.server, r.rate ?? "none", f(r.perSec), f(r.p50), f(r.p99),
-    f(r.rss / 2 ** 20), r.clients ?? "-", r.docs ?? "-"].map(String))
+    f(r.rss / 2 ** 20), cpu(r, r.cpuEdit), cpu(r, r.cpuDelivery), r.clients ?? "-", r.docs ?? "-"].map(String))
   const P = res.find(r => r.server === "plait"), Q = res.find(r => r.server === "automerge-repo")
-  const load = rep => rep && { perSec: rep.edits?.perSec, p50: rep.latencyMs?.p50, p99: rep.latencyMs?.p99, rss: rep.server?.rssPeakBytes }
+  const load = rep => rep && { perSec: rep.edits?.perSec, p50: rep.latencyMs?.p50, p99: rep.latencyMs?.p99, rss: rep.server?.rssPeakBytes,
+    cpuEdit: rep.server?.cpuMsPerEdit, cpuDelivery: rep.server?.cpuMsPerDelivery }
   let ratios = null, eqRate = null
   if (P && Q) {
     // equal load: the highest rate both servers ran with a report, sustainable or not
@@ -222,7 +228,9 @@ node -e '
     ratios = [["edits/s", q(P.perSec, Q.perSec) + note, EP ? q(EP.perSec, EQ.perSec) : "n/a", "higher is better"],
       ["p50", q(P.p50, Q.p50), EP ? q(EP.p50, EQ.p50) : "n/a", "lower is better"],
       ["p99", q(P.p99, Q.p99), EP ? q(EP.p99, EQ.p99) : "n/a", "lower is better"],
-      ["peak RSS", q(P.rss, Q.rss), EP ? q(EP.rss, EQ.rss) : "n/a", "lower is better"]]
+      ["peak RSS", q(P.rss, Q.rss), EP ? q(EP.rss, EQ.rss) : "n/a", "lower is better"],
+      ["CPU per edit", q(P.cpuEdit, Q.cpuEdit), EP ? q(EP.cpuEdit, EQ.cpuEdit) : "n/a", "lower is better"],
+      ["CPU per delivery", q(P.cpuDelivery, Q.cpuDelivery), EP ? q(EP.cpuDelivery, EQ.cpuDelivery) : "n/a", "lower is better"]]
   }
   const rhead = ["Plait / automerge-repo", "at max sustainable", `at equal load (${eqRate ?? "-"}/client)`, ""]
   const w = head.map((h, i) => Math.max(h.length, ...body.map(b => b[i].length)))

@@ -25,9 +25,12 @@ const repo = new Repo({
 
 const server = http.createServer((req, res) => {
   if (req.method === "GET" && req.url === "/metrics") {
+    const { user, system } = process.cpuUsage() // microseconds, since the process started
     res.writeHead(200, { "content-type": "text/plain; version=0.0.4" })
     res.end("# TYPE process_resident_memory_bytes gauge\n" +
-      `process_resident_memory_bytes ${process.memoryUsage().rss}\n`)
+      `process_resident_memory_bytes ${process.memoryUsage().rss}\n` +
+      "# TYPE process_cpu_seconds_total counter\n" +
+      `process_cpu_seconds_total ${(user + system) / 1e6}\n`)
   } else {
     res.end("👍 @automerge/automerge-repo-sync-server is running\n")
   }
