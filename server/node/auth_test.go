@@ -520,13 +520,29 @@ func TestPerUserLimits(t *testing.T) {
 	// 40 on each connection: below each connection's limit (1,000 burst)
 	// and below the user's burst of 60 for either alone, but above it for
 	// both together: the second connection is the one cut off.
-	for _, p := range []*goPeer{f1, f2} {
+	const read = `plait_messages_in_total{type="doc-unavailable"}`
+	if err := gp.sendRaw(websocket.MessageBinary, frame(gp)); err != nil { // the series exists from here on
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(metricsText(t, n), read); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in /metrics", read)
+		}
+	}
+	before := metricValue(t, n, read)
+	for i, p := range []*goPeer{f1, f2} {
 		for range 40 {
 			if err := p.sendRaw(websocket.MessageBinary, frame(p)); err != nil {
 				break
 			}
 		}
-		time.Sleep(100 * time.Millisecond) // the node reads f1's before f2's
+		if i == 0 { // the node reads f1's before f2's
+			for deadline := time.Now().Add(10 * time.Second); metricValue(t, n, read) < before+40; time.Sleep(5 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the node did not read the first connection's 40 messages")
+				}
+			}
+		}
 	}
 	cut := f2
 	if msg, code := cut.expectClose(); code != websocket.StatusCode(protocol.CloseRateLimited) || !strings.Contains(msg, "this user") {
@@ -662,4 +678,14 @@ func TestCookieRefreshKeepsRefreshTokenInCookie(t *testing.T) {
 	if !set {
 		t.Fatal("refresh by cookie set no new refresh cookie")
 	}
+}
+
+// metricsText returns the node's /metrics page.
+func metricsText(t *testing.T, n *testNode) string {
+	t.Helper()
+	body, code := httpGet(t, n.HTTP+"/metrics", nil)
+	if code != 200 {
+		t.Fatalf("/metrics: %d", code)
+	}
+	return body
 }
