@@ -234,7 +234,13 @@ func TestClusterRedisFaults(t *testing.T) {
 			nodes := startClusterNodes(t, srv.URL(), 3)
 			run := startClusterJS(t, wsURLs(nodes), "--docs", "2", "--clients", "1", "--edits", "40", "--interval-ms", "100")
 			<-run.editing
-			time.Sleep(1500 * time.Millisecond)
+			// Some edits are through before the fault (40 in all, 10/s per client).
+			base := metricSum(t, nodes, "plait_changes_accepted_total")
+			for deadline := time.Now().Add(20 * time.Second); metricSum(t, nodes, "plait_changes_accepted_total") < base+10; time.Sleep(20 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("no edits reached the nodes before the fault")
+				}
+			}
 			tc.fault(t, srv)
 			res := run.wait(t)
 			t.Logf("%s: edits %vms, converged %vms after; reconnects %v", tc.name, res["editMs"], res["convergeMs"], res["reconnects"])
