@@ -49,8 +49,8 @@ type compactResult struct {
 
 // maybeCompact starts replacing the stored snapshot and incremental
 // changes by one new snapshot once the incremental changes outgrow the
-// snapshot. The work (automerge-go builds the document from every change
-// and saves it: O(history)) runs on its own goroutine, off the hot path;
+// snapshot. The work (the sync engine indexes every stored change, which
+// are then written out: O(history)) runs on its own goroutine, off the hot path;
 // compactDone takes its result.
 func (d *document) maybeCompact() {
 	c := &d.compaction
@@ -59,7 +59,7 @@ func (d *document) maybeCompact() {
 	}
 	n := d.eng.Bytes()
 	if n > d.h.opts.MaxCompactBytes {
-		// automerge-go would hold a multiple of it: leave the changes as
+		// indexing it would hold a multiple of it: leave the changes as
 		// they are (they load and sync as they are), and say so once.
 		c.skipped = true
 		d.h.m.LimitHits.WithLabelValues(LimitCompactBytes).Inc()
@@ -67,7 +67,7 @@ func (d *document) maybeCompact() {
 		return
 	}
 	// Compactions on the node together hold at most MaxCompactBytes of
-	// documents (automerge-go holds a multiple): one that does not fit
+	// documents (indexing holds a multiple): one that does not fit
 	// now is tried again after the next write.
 	n = max(n, 1)
 	if !d.h.compacts.tryAcquire(n) {
@@ -104,7 +104,7 @@ func compactStored(store Store, id protocol.DocumentID, timeout time.Duration, m
 	}
 	// The engine puts the changes in dependency order: after a store lost
 	// data, batches may hold changes before their dependencies (stored
-	// again later), which automerge-go's incremental load refuses.
+	// again later); a snapshot holds each change after its dependencies.
 	raws, err := sd.Changes()
 	if err != nil {
 		return compactResult{err: err}
@@ -148,7 +148,7 @@ func compactStored(store Store, id protocol.DocumentID, timeout time.Duration, m
 func (d *document) compactDone(r compactResult) {
 	c := &d.compaction
 	c.running = false
-	d.h.gcSoon()                               // automerge-go's memory is freed by finalizers
+	d.h.gcSoon()                               // return what indexing the history took
 	c.incBytes = max(0, c.incBytes-r.incBytes) // a failure: retry only after as many new changes again
 	if r.err != nil {
 		d.h.m.StoreErrors.WithLabelValues("compact").Inc()

@@ -171,8 +171,9 @@ type Options struct {
 	EphemeralRelayBytes int
 
 	// MaxCompactBytes is the largest document (as MaxDocBytes counts it)
-	// that is compacted: building a snapshot loads the whole history into
-	// automerge-go, whose memory is a multiple of it (about ten times). A
+	// that is compacted: building a snapshot indexes the whole history in
+	// the sync engine, whose memory is a multiple of it (BenchmarkOpenLargeDocument:
+	// about 6.5 KB per change, transient). A
 	// larger document keeps its changes as they are, and is reported once
 	// per opening. It also bounds the documents compacting at once on the
 	// node, by their bytes together: a compaction that does not fit waits

@@ -131,7 +131,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&c.MaxStateBytes, "max-state-bytes", 256<<20, "bytes of sync state (peers' Bloom filters and hash lists) the node keeps, all connections together; a message adding to it past this closes its connection with 1013")
 	fs.IntVar(&c.MaxEphemeralBytes, "max-ephemeral-bytes", 64<<10, "largest ephemeral message (presence, cursors); larger: dropped, the sender gets an error message")
 	fs.IntVar(&c.EphemeralRelayBytes, "ephemeral-relay-bytes", 16<<20, "ephemeral bytes relayed per document per second (size times receivers); more: dropped and counted")
-	fs.IntVar(&c.MaxCompactBytes, "max-compact-bytes", 32<<20, "largest document compacted into a snapshot (compaction holds about ten times it in memory), and the bytes of documents compacting at once on the node; larger ones keep their changes as they are")
+	fs.IntVar(&c.MaxCompactBytes, "max-compact-bytes", 32<<20, "largest document compacted into a snapshot (compaction indexes the whole history: a multiple of it in memory), and the bytes of documents compacting at once on the node; larger ones keep their changes as they are")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 20*time.Second, "graceful shutdown deadline")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "run as one node of a cluster: Redis (redis://[user:password@]host:port[/db], rediss:// for TLS) carries changes between nodes and stores documents instead of data-dir; prefer PLAIT_REDIS_URL for a password")
 	fs.BoolVar(&c.RedisCluster, "redis-cluster", false, "redis-url names a Redis Cluster: redis://host1:port?addr=host2:port&addr=host3:port")
