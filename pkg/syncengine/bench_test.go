@@ -39,6 +39,7 @@ var benchSizes = []int{1_000, 10_000, 100_000}
 // benchMaxEdits bounds the edits of one sub-benchmark run.
 const benchMaxEdits = 100_000
 
+// benchPeers is the peers of a document in BenchmarkServerEdit.
 const benchPeers = 5
 
 // ---------------------------------------------------------------------
@@ -214,7 +215,7 @@ func mustActor(tb testing.TB, hexID string) []byte {
 // ---------------------------------------------------------------------
 // Servers
 
-// benchServer is the server side of one document with benchPeers peers.
+// benchServer is the server side of one document with its peers.
 type benchServer interface {
 	receive(peer int, msg []byte) error
 	generate(peer int) []byte
@@ -226,7 +227,7 @@ type engineServer struct {
 	st []*State
 }
 
-func newEngineServer(tb testing.TB, chunks [][]byte) *engineServer {
+func newEngineServer(tb testing.TB, chunks [][]byte, peers int) *engineServer {
 	d := New(Options{})
 	if _, err := d.AddChanges(nil, chunks...); err != nil {
 		tb.Fatal(err)
@@ -235,7 +236,7 @@ func newEngineServer(tb testing.TB, chunks [][]byte) *engineServer {
 		tb.Fatalf("engine applied %d of %d changes", d.Len(), len(chunks))
 	}
 	s := &engineServer{d: d}
-	for range benchPeers {
+	for range peers {
 		s.st = append(s.st, NewState())
 	}
 	return s
@@ -253,13 +254,13 @@ type amServer struct {
 	st []*automerge.SyncState
 }
 
-func newAMServer(tb testing.TB, chunks [][]byte) *amServer {
+func newAMServer(tb testing.TB, chunks [][]byte, peers int) *amServer {
 	d, err := automerge.Load(slices.Concat(chunks...))
 	if err != nil {
 		tb.Fatal(err)
 	}
 	s := &amServer{d: d}
-	for range benchPeers {
+	for range peers {
 		s.st = append(s.st, automerge.NewSyncState(d))
 	}
 	return s
@@ -281,7 +282,7 @@ func (s *amServer) heads() []Hash { return hashes(s.d.Heads()) }
 // ---------------------------------------------------------------------
 // Peers
 
-// benchPeerSet is the benchPeers peers of a server. They hold the same
+// benchPeerSet is the peers of a server. They hold the same
 // changes at the end of every edit, so they share one Doc, with one State
 // each (their sync state for the server): receiving a change the Doc
 // already has is a no-op, and what each peer says to the server is what
@@ -300,19 +301,19 @@ type benchPeerSet struct {
 	ops     []amsync.Op
 }
 
-func newBenchPeers(tb testing.TB, chunks [][]byte, maxOp uint64, textObj amsync.OpID) *benchPeerSet {
+func newBenchPeers(tb testing.TB, chunks [][]byte, maxOp uint64, textObj amsync.OpID, peers int) *benchPeerSet {
 	d := New(Options{})
 	if _, err := d.AddChanges(nil, chunks...); err != nil {
 		tb.Fatal(err)
 	}
 	ps := &benchPeerSet{doc: d, maxOp: maxOp, textObj: textObj}
-	for i := range benchPeers {
+	for i := range peers {
 		ps.st = append(ps.st, NewState())
 		ps.actors = append(ps.actors, []byte(fmt.Sprintf("peer-%d-actor-id", i)))
 	}
-	ps.seq = make([]uint64, benchPeers)
-	ps.lastPut = make([]amsync.OpID, benchPeers)
-	ps.cursor = make([]amsync.OpID, benchPeers)
+	ps.seq = make([]uint64, peers)
+	ps.lastPut = make([]amsync.OpID, peers)
+	ps.cursor = make([]amsync.OpID, peers)
 	ps.ops = make([]amsync.Op, 1)
 	return ps
 }
@@ -348,8 +349,8 @@ func (ps *benchPeerSet) edit(tb testing.TB, p int) {
 // returns the time spent in the server's calls and the number of messages.
 func exchange(tb testing.TB, srv benchServer, ps *benchPeerSet, from ...int) (time.Duration, int) {
 	var spent time.Duration
-	in := make([][]byte, benchPeers)
-	out := make([][]byte, benchPeers)
+	in := make([][]byte, len(ps.st))
+	out := make([][]byte, len(ps.st))
 	msgs := 0
 	for _, p := range from {
 		if in[p] = ps.doc.GenerateMessage(ps.st[p]); in[p] == nil {
@@ -397,13 +398,13 @@ func exchange(tb testing.TB, srv benchServer, ps *benchPeerSet, from ...int) (ti
 	}
 }
 
-func benchSetup(b *testing.B, n int, mk func(testing.TB, [][]byte) benchServer) (benchServer, *benchPeerSet) {
+func benchSetup(b *testing.B, n, peers int, mk func(testing.TB, [][]byte, int) benchServer) (benchServer, *benchPeerSet) {
 	chunks, maxOp, textObj := benchHist.prefix(b, n)
-	srv := mk(b, chunks)
-	ps := newBenchPeers(b, chunks, maxOp, textObj)
+	srv := mk(b, chunks, peers)
+	ps := newBenchPeers(b, chunks, maxOp, textObj, peers)
 	// The peers connect: each sends its heads and a Bloom filter of the
 	// whole history, the server acknowledges.
-	all := make([]int, benchPeers)
+	all := make([]int, peers)
 	for p := range all {
 		all[p] = p
 	}
@@ -412,9 +413,9 @@ func benchSetup(b *testing.B, n int, mk func(testing.TB, [][]byte) benchServer) 
 	// it has no shared heads, and each message it generates for the peer
 	// (engine and core alike) carries a Bloom filter of the whole history.
 	// Two edits of each peer, outside the timer, reach the steady state.
-	for i := range 2 * benchPeers {
-		ps.edit(b, i%benchPeers)
-		exchange(b, srv, ps, i%benchPeers)
+	for i := range 2 * peers {
+		ps.edit(b, i%peers)
+		exchange(b, srv, ps, i%peers)
 	}
 	if !slices.Equal(srv.heads(), ps.doc.Heads()) {
 		b.Fatal("server and peers differ after the initial sync")
@@ -424,10 +425,10 @@ func benchSetup(b *testing.B, n int, mk func(testing.TB, [][]byte) benchServer) 
 
 var benchImpls = []struct {
 	name string
-	mk   func(testing.TB, [][]byte) benchServer
+	mk   func(testing.TB, [][]byte, int) benchServer
 }{
-	{"engine", func(tb testing.TB, c [][]byte) benchServer { return newEngineServer(tb, c) }},
-	{"automerge-go", func(tb testing.TB, c [][]byte) benchServer { return newAMServer(tb, c) }},
+	{"engine", func(tb testing.TB, c [][]byte, peers int) benchServer { return newEngineServer(tb, c, peers) }},
+	{"automerge-go", func(tb testing.TB, c [][]byte, peers int) benchServer { return newAMServer(tb, c, peers) }},
 }
 
 // BenchmarkServerEdit measures the server's CPU per edit with five peers
@@ -446,7 +447,7 @@ func BenchmarkServerEdit(b *testing.B) {
 		b.Run(impl.name, func(b *testing.B) {
 			for _, n := range benchSizes {
 				b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
-					srv, ps := benchSetup(b, n, impl.mk)
+					srv, ps := benchSetup(b, n, benchPeers, impl.mk)
 					var server time.Duration
 					edits, msgs := 0, 0
 					for b.Loop() {
@@ -471,13 +472,43 @@ func BenchmarkServerEdit(b *testing.B) {
 	}
 }
 
+// BenchmarkHotDoc is BenchmarkServerEdit with many peers on one document
+// (the loadtest's hotdoc scenario): every edit is a message to each other
+// peer and an acknowledgement back from each. Peers in the same state get
+// the same message.
+func BenchmarkHotDoc(b *testing.B) {
+	for _, peers := range []int{16, 50} {
+		for _, n := range []int{1_000, 10_000} {
+			b.Run(fmt.Sprintf("peers=%d/history=%d", peers, n), func(b *testing.B) {
+				srv, ps := benchSetup(b, n, peers, benchImpls[0].mk)
+				var server time.Duration
+				edits := 0
+				for b.Loop() {
+					if edits++; edits > benchMaxEdits {
+						b.Fatalf("more than %d edits", benchMaxEdits)
+					}
+					p := edits % peers
+					ps.edit(b, p)
+					spent, _ := exchange(b, srv, ps, p)
+					server += spent
+				}
+				if !slices.Equal(srv.heads(), ps.doc.Heads()) {
+					b.Fatal("server and peers differ")
+				}
+				b.ReportMetric(float64(server.Nanoseconds())/float64(edits), "server-ns/edit")
+				b.ReportMetric(float64(server.Nanoseconds())/float64(edits*(peers-1)), "server-ns/delivery")
+			})
+		}
+	}
+}
+
 // BenchmarkReceiveChange measures Doc.ReceiveMessage of a message from a
 // peer in sync carrying one new change (as the peer's GenerateMessage
 // writes it), into a document of N changes.
 func BenchmarkReceiveChange(b *testing.B) {
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
-			srv, ps := benchSetup(b, n, benchImpls[0].mk)
+			srv, ps := benchSetup(b, n, benchPeers, benchImpls[0].mk)
 			d, st := srv.(*engineServer).d, srv.(*engineServer).st[0]
 			if b.N > benchMaxEdits {
 				b.Fatalf("more than %d edits: run with -benchtime %dx or less", benchMaxEdits, benchMaxEdits)
@@ -514,7 +545,7 @@ func BenchmarkReceiveChange(b *testing.B) {
 func BenchmarkGenerateInSync(b *testing.B) {
 	for _, n := range benchSizes {
 		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
-			srv, _ := benchSetup(b, n, benchImpls[0].mk)
+			srv, _ := benchSetup(b, n, benchPeers, benchImpls[0].mk)
 			es := srv.(*engineServer)
 			for b.Loop() {
 				if es.d.GenerateMessage(es.st[0]) != nil {

@@ -164,6 +164,8 @@ type Doc struct {
 	// compare the engine with the core byte for byte).
 	coreStrict bool
 
+	memo memo // walks and Bloom filters shared by peers in the same state (memo.go)
+
 	// scratch of the walks (owner goroutine only)
 	epoch uint32
 	seen  []uint32 // epoch a node was last pushed in

@@ -154,12 +154,7 @@ func allIn(hs, set []Hash) bool {
 
 // makeHave summarizes the changes since lastSync in a Bloom filter.
 func (d *Doc) makeHave(lastSync []Hash) amsync.Have {
-	since := d.changesSince(lastSync)
-	hashes := make([]Hash, len(since))
-	for k, i := range since {
-		hashes[k] = d.nodes[i].hash
-	}
-	return amsync.Have{LastSync: lastSync, Bloom: amsync.NewBloom(hashes).Encode()}
+	return amsync.Have{LastSync: lastSync, Bloom: d.bloomSince(lastSync)}
 }
 
 // changesToSend is the core's get_changes_to_send: what the peer lacks
@@ -183,7 +178,7 @@ func (d *Doc) changesToSend(haves []have, need []Hash) []int32 {
 	for _, h := range haves {
 		lastSync = append(lastSync, h.lastSync...)
 	}
-	since := d.changesSince(lastSync)
+	since := d.changesSinceShared(lastSync)
 	// A change goes if no filter has it, or if it depends on one that goes.
 	send := make(map[int32]bool)
 	for _, i := range since {
