@@ -131,7 +131,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 		return
 	}
 	if heads, ok := ps.st.TheirHeads(); ok && !s.ephemeral {
-		d.learnHeads(s, s.storageID, knownHeads{heads: wireHeads(heads), timestamp: uint64(time.Now().UnixMilli())})
+		d.learnHeads(s, s.storageID, knownHeads{raw: heads, timestamp: uint64(time.Now().UnixMilli())})
 	}
 	// Answer now, not after the rest of the batch: a later message from the
 	// same peer can make the engine believe the peer already knows our

@@ -265,7 +265,7 @@ func (d *document) handle(m docMsg) {
 		for _, sid := range m.storageIDs {
 			if sid == d.h.storageID {
 				if d.stored {
-					d.sendHeads(m.s, sid, knownHeads{heads: wireHeads(d.heads), timestamp: uint64(time.Now().UnixMilli())})
+					d.sendHeads(m.s, sid, knownHeads{raw: d.heads, timestamp: uint64(time.Now().UnixMilli())})
 				}
 			} else if kh, ok := d.remote[sid]; ok {
 				d.sendHeads(m.s, sid, kh)
@@ -286,7 +286,7 @@ func (d *document) handle(m docMsg) {
 				d.h.m.Dropped.WithLabelValues("remote_heads_bounds").Inc()
 				continue
 			}
-			d.learnHeads(m.s, sid, knownHeads{heads: ha.Heads, timestamp: ha.Timestamp})
+			d.learnHeads(m.s, sid, knownHeads{wire: ha.Heads, timestamp: ha.Timestamp})
 		}
 	}
 }
@@ -309,9 +309,10 @@ func (d *document) flush() error {
 		for _, ps := range d.peers {
 			ps.dirty = true
 		}
-		kh := knownHeads{heads: wireHeads(heads), timestamp: uint64(time.Now().UnixMilli())}
+		kh := knownHeads{raw: heads, timestamp: uint64(time.Now().UnixMilli())}
 		for s := range d.peers {
 			if s.watches(d.h.storageID) {
+				kh = kh.encoded() // once, for every subscriber
 				d.sendHeads(s, d.h.storageID, kh)
 			}
 		}

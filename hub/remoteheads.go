@@ -7,10 +7,32 @@ import (
 	"github.com/plaithub/plait/pkg/syncengine"
 )
 
-// knownHeads are the heads of one storage for this document, as last heard.
+// knownHeads are the heads of one storage for this document, as last heard:
+// as hashes (from a peer's sync message, where they arrive on every
+// message) or as automerge-repo writes them (bs58check, from gossip). The
+// wire form is made only when a subscriber is sent them: encoding every
+// head of every incoming sync message cost more than the rest of its
+// handling on a document with many concurrent heads.
 type knownHeads struct {
-	heads     []string
+	raw       []syncengine.Hash
+	wire      []string
 	timestamp uint64
+}
+
+// encoded returns kh with its wire form made.
+func (kh knownHeads) encoded() knownHeads {
+	if kh.wire == nil && kh.raw != nil {
+		kh.wire = wireHeads(kh.raw)
+	}
+	return kh
+}
+
+// sameHeads reports whether a and b name the same heads.
+func sameHeads(a, b knownHeads) bool {
+	if a.wire == nil && b.wire == nil {
+		return slices.Equal(a.raw, b.raw)
+	}
+	return slices.Equal(a.encoded().wire, b.encoded().wire)
 }
 
 // Bounds of the remote-heads gossip one document keeps: storages, heads
@@ -26,12 +48,17 @@ const (
 // the other peers subscribed to sid.
 func (d *document) learnHeads(from *session, sid string, kh knownHeads) {
 	old, ok := d.remote[sid]
-	if ok && (old.timestamp > kh.timestamp || slices.Equal(old.heads, kh.heads)) {
+	if ok && (old.timestamp > kh.timestamp || sameHeads(old, kh)) {
 		return
 	}
 	d.remote[sid] = kh
+	encoded := false
 	for s := range d.peers {
 		if s != from && s.watches(sid) {
+			if !encoded {
+				kh, encoded = kh.encoded(), true
+				d.remote[sid] = kh
+			}
 			d.sendHeads(s, sid, kh)
 		}
 	}
@@ -43,7 +70,7 @@ func (d *document) sendHeads(s *session, sid string, kh knownHeads) {
 		SenderID:   d.h.opts.PeerID,
 		TargetID:   s.peerID,
 		DocumentID: d.id,
-		NewHeads:   map[string]protocol.HeadsAt{sid: {Heads: kh.heads, Timestamp: kh.timestamp}},
+		NewHeads:   map[string]protocol.HeadsAt{sid: {Heads: kh.encoded().wire, Timestamp: kh.timestamp}},
 	})
 }
 

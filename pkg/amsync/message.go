@@ -1,6 +1,9 @@
 package amsync
 
-import "encoding/hex"
+import (
+	"encoding/binary"
+	"encoding/hex"
+)
 
 // HashLen is the length of an Automerge change hash.
 const HashLen = 32
@@ -161,7 +164,17 @@ func (r *reader) hashes(what string) ([]Hash, error) {
 
 // Encode writes m in the sync message format (Trailer included as is).
 func (m *Message) Encode() []byte {
-	b := []byte{m.Type}
+	// One allocation of the final size (a message of a document with many
+	// heads is mostly hashes).
+	n := 1 + 3*binary.MaxVarintLen64 + HashLen*(len(m.Heads)+len(m.Need)) + len(m.Trailer)
+	for _, h := range m.Have {
+		n += 2*binary.MaxVarintLen64 + HashLen*len(h.LastSync) + len(h.Bloom)
+	}
+	for _, c := range m.Changes {
+		n += binary.MaxVarintLen64 + len(c)
+	}
+	b := make([]byte, 1, n)
+	b[0] = m.Type
 	b = appendHashes(b, m.Heads)
 	b = appendHashes(b, m.Need)
 	b = appendULEB(b, uint64(len(m.Have)))

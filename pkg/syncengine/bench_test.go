@@ -299,6 +299,12 @@ type benchPeerSet struct {
 	maxOp   uint64
 	textObj amsync.OpID
 	ops     []amsync.Op
+	// branches makes each peer's change depend on its own last change
+	// only, as a client that does not apply others' changes writes them
+	// (the loadtest's index-only clients): the document keeps one head
+	// per peer.
+	branches bool
+	last     [][]Hash
 }
 
 func newBenchPeers(tb testing.TB, chunks [][]byte, maxOp uint64, textObj amsync.OpID, peers int) *benchPeerSet {
@@ -314,6 +320,7 @@ func newBenchPeers(tb testing.TB, chunks [][]byte, maxOp uint64, textObj amsync.
 	ps.seq = make([]uint64, peers)
 	ps.lastPut = make([]amsync.OpID, peers)
 	ps.cursor = make([]amsync.OpID, peers)
+	ps.last = make([][]Hash, peers)
 	ps.ops = make([]amsync.Op, 1)
 	return ps
 }
@@ -325,7 +332,7 @@ func (ps *benchPeerSet) edit(tb testing.TB, p int) {
 	ps.maxOp++
 	id := amsync.OpID{Counter: ps.maxOp, Actor: string(ps.actors[p])}
 	op := &ps.ops[0]
-	if ps.seq[p]%2 == 1 {
+	if ps.seq[p]%2 == 1 || ps.branches {
 		*op = amsync.Op{ID: id, Key: amsync.Key{Kind: amsync.KeyProp, Prop: fmt.Sprintf("peer%d", p)},
 			Action: amsync.ActionPut, Value: amsync.IntValue(int64(ps.seq[p]))}
 		if !ps.lastPut[p].IsZero() {
@@ -337,10 +344,18 @@ func (ps *benchPeerSet) edit(tb testing.TB, p int) {
 			Insert: true, Action: amsync.ActionPut, Value: amsync.StringValue("x")}
 		ps.cursor[p] = id
 	}
-	c := &amsync.Change{Deps: slices.Clone(ps.doc.Heads()), Actor: ps.actors[p], Seq: ps.seq[p], StartOp: ps.maxOp}
+	deps := slices.Clone(ps.doc.Heads())
+	if ps.branches && ps.last[p] != nil {
+		deps = ps.last[p]
+	}
+	c := &amsync.Change{Deps: deps, Actor: ps.actors[p], Seq: ps.seq[p], StartOp: ps.maxOp}
 	c.SetOps(ps.ops)
-	if _, err := ps.doc.AddChanges(nil, c.Encode()); err != nil {
+	raw := c.Encode()
+	if _, err := ps.doc.AddChanges(nil, raw); err != nil {
 		tb.Fatalf("peer %d edit: %v", p, err)
+	}
+	if parsed, err := amsync.ParseChange(raw); err == nil {
+		ps.last[p] = []Hash{parsed.Hash}
 	}
 }
 
@@ -476,11 +491,17 @@ func BenchmarkServerEdit(b *testing.B) {
 // (the loadtest's hotdoc scenario): every edit is a message to each other
 // peer and an acknowledgement back from each. Peers in the same state get
 // the same message.
+//
+// With branches, each peer's change depends on its own last change only
+// (as the loadtest's index-only clients write them): the document has a
+// head per peer, and every message carries them all.
 func BenchmarkHotDoc(b *testing.B) {
-	for _, peers := range []int{16, 50} {
-		for _, n := range []int{1_000, 10_000} {
-			b.Run(fmt.Sprintf("peers=%d/history=%d", peers, n), func(b *testing.B) {
+	for _, branches := range []bool{false, true} {
+		for _, peers := range []int{16, 50} {
+			b.Run(fmt.Sprintf("branches=%v/peers=%d", branches, peers), func(b *testing.B) {
+				n := 1_000
 				srv, ps := benchSetup(b, n, peers, benchImpls[0].mk)
+				ps.branches = branches
 				var server time.Duration
 				edits := 0
 				for b.Loop() {
@@ -497,6 +518,7 @@ func BenchmarkHotDoc(b *testing.B) {
 				}
 				b.ReportMetric(float64(server.Nanoseconds())/float64(edits), "server-ns/edit")
 				b.ReportMetric(float64(server.Nanoseconds())/float64(edits*(peers-1)), "server-ns/delivery")
+				b.ReportMetric(float64(len(srv.heads())), "heads")
 			})
 		}
 	}

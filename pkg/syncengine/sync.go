@@ -294,18 +294,27 @@ func (d *Doc) ReceiveMessage(s *State, msg []byte, origin any) ([]*amsync.Change
 }
 
 // advanceHeads is the core's advance_heads: our new heads that are not
-// old ones, plus the old shared heads that are still heads.
+// old ones, plus the old shared heads that are still heads. Heads are
+// sorted, so membership is a binary search: a document with many
+// concurrent heads (one per typist who does not merge the others'
+// changes) pays O(n log n) per message, not O(n²).
 func advanceHeads(oldHeads, newHeads, oldShared []Hash) []Hash {
-	var out []Hash
+	out := make([]Hash, 0, len(newHeads))
 	for _, h := range newHeads {
-		if !slices.Contains(oldHeads, h) {
+		if !sortedHas(oldHeads, h) {
 			out = append(out, h)
 		}
 	}
 	for _, h := range oldShared {
-		if slices.Contains(newHeads, h) {
+		if sortedHas(newHeads, h) {
 			out = append(out, h)
 		}
 	}
 	return sortedUnique(out)
+}
+
+// sortedHas reports whether the sorted list hs holds h.
+func sortedHas(hs []Hash, h Hash) bool {
+	_, found := slices.BinarySearchFunc(hs, h, cmpHash)
+	return found
 }
