@@ -39,6 +39,11 @@ type Options struct {
 	// PongTimeout is how long to wait for a pong before closing the
 	// connection as dead. Default: 15s.
 	PongTimeout time.Duration
+
+	// Batch, if set, is the socket under the WebSocket (a BatchConn):
+	// frames queued together go out in one write of at most
+	// maxBatchBytes. Nil: one write per frame.
+	Batch Batcher
 }
 
 func (o *Options) fill() {
@@ -216,11 +221,13 @@ func (c *Conn) writer() {
 			return
 		}
 		c.mu.Unlock()
-		for _, f := range batch {
-			if err := c.write(f); err != nil {
+		for len(batch) > 0 {
+			n := c.group(batch)
+			if err := c.writeGroup(batch[:n]); err != nil {
 				c.finish(0, "")
 				return
 			}
+			batch = batch[n:]
 		}
 		if closing {
 			c.finish(code, msg)
@@ -229,10 +236,41 @@ func (c *Conn) writer() {
 	}
 }
 
-func (c *Conn) write(f []byte) error {
+// group returns how many of the first frames of batch go out in one
+// write: as many as fit in maxBatchBytes (at least one), or one without a
+// Batcher.
+func (c *Conn) group(batch [][]byte) int {
+	if c.opts.Batch == nil {
+		return 1
+	}
+	n, size := 1, len(batch[0])
+	for n < len(batch) && size+len(batch[n]) <= maxBatchBytes {
+		size += len(batch[n])
+		n++
+	}
+	return n
+}
+
+// writeGroup writes frames, in one socket write if there are several.
+// Each group has WriteTimeout, as each frame had before.
+func (c *Conn) writeGroup(frames [][]byte) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.WriteTimeout)
 	defer cancel()
-	return c.ws.Write(ctx, websocket.MessageBinary, f)
+	if len(frames) == 1 {
+		return c.ws.Write(ctx, websocket.MessageBinary, frames[0])
+	}
+	c.opts.Batch.Hold()
+	var err error
+	for _, f := range frames {
+		if err = c.ws.Write(ctx, websocket.MessageBinary, f); err != nil {
+			break
+		}
+	}
+	deadline, _ := ctx.Deadline()
+	if rerr := c.opts.Batch.Release(deadline); err == nil {
+		err = rerr
+	}
+	return err
 }
 
 // pingTick runs on the ping timer: it pings, waits for the pong, and

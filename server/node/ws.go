@@ -166,7 +166,9 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 // own; a is released when the socket is done.
 func (n *Node) serveSocket(a *admission, nc net.Conn) {
 	_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
-	ws, err := websocket.Accept(newHijackWriter(nc, wsBufferBytes), a.req, &websocket.AcceptOptions{
+	// Frames queued together for this client go out in one write.
+	bc := wstransport.NewBatchConn(nc)
+	ws, err := websocket.Accept(newHijackWriter(bc, wsBufferBytes), a.req, &websocket.AcceptOptions{
 		OriginPatterns:  n.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -182,6 +184,7 @@ func (n *Node) serveSocket(a *admission, nc net.Conn) {
 		WriteTimeout:    n.cfg.WriteTimeout,
 		PingInterval:    n.cfg.PingInterval,
 		PongTimeout:     n.cfg.PongTimeout,
+		Batch:           bc,
 	})
 	if live := a.live; live != nil {
 		live.conn = conn
