@@ -140,7 +140,7 @@ func (h *Hub) SubmitChanges(ctx context.Context, id protocol.DocumentID, user st
 		if err != nil {
 			if errors.Is(err, syncengine.ErrLimitExceeded) {
 				d.h.m.LimitHits.WithLabelValues(limitOf(err)).Inc()
-				ferr = fmt.Errorf("changes refused: %w", err)
+				ferr = limitError{err}
 			} else {
 				ferr = fmt.Errorf("invalid changes: %w", err)
 			}
@@ -193,3 +193,9 @@ func (d *document) depsPresent(chunks [][]byte) error {
 	}
 	return nil
 }
+
+// limitError is an engine's limit error that also wraps ErrLimitExceeded.
+type limitError struct{ err error }
+
+func (e limitError) Error() string   { return "changes refused: " + e.err.Error() }
+func (e limitError) Unwrap() []error { return []error{ErrLimitExceeded, e.err} }
