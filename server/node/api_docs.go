@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/automerge/automerge-go"
@@ -54,8 +56,9 @@ const (
 )
 
 type docAPI struct {
-	n    *Node
-	sema chan struct{}
+	n         *Node
+	sema      chan struct{}
+	gcPending atomic.Bool
 }
 
 func newDocAPI(n *Node) *docAPI {
@@ -133,13 +136,28 @@ func hubError(err error) error {
 }
 
 // turn waits for one of the API's document slots; release with done.
+// Each turn builds an automerge-go document, whose C memory only Go
+// finalizers free: done schedules a collection (one a second at most),
+// else a stream of reads grows the node's memory while its Go heap stays
+// small.
 func (d *docAPI) turn(ctx context.Context) (done func(), err error) {
 	select {
 	case d.sema <- struct{}{}:
-		return func() { <-d.sema }, nil
+		return func() { <-d.sema; d.gcSoon() }, nil
 	case <-ctx.Done():
 		return nil, fiber.NewError(fiber.StatusServiceUnavailable, "the node is busy with other documents; retry")
 	}
+}
+
+func (d *docAPI) gcSoon() {
+	if !d.gcPending.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(time.Second, func() {
+		d.gcPending.Store(false)
+		runtime.GC()
+		releaseFreedMemory()
+	})
 }
 
 func (d *docAPI) ctx() (context.Context, context.CancelFunc) {
