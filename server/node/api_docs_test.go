@@ -377,6 +377,9 @@ func TestDocAPIOneNode(t *testing.T) {
 			t.Logf("import %s: %s", name, r.body)
 		}
 	}
+	if r := call(t, "POST", n.HTTP+"/api/docs/import", "", "application/octet-stream", make([]byte, 5<<20), nil); r.code != 413 {
+		t.Errorf("a 5 MiB import: %d, want 413", r.code)
+	}
 	waitAudit(t, n, `"event":"doc_change"`)
 	waitAudit(t, n, `"event":"doc_import"`)
 	if !strings.Contains(auditLog(t, n), apiHash) {
