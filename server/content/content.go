@@ -11,17 +11,20 @@ package content
 import (
 	"bytes"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/automerge/automerge-go"
 
 	"github.com/plaithub/plait/pkg/jsonpatch"
+	"github.com/plaithub/plait/pkg/protocol"
 )
 
 // ErrTooLarge is wrapped by ToJSON when the JSON would exceed its bound.
@@ -555,4 +558,28 @@ func Save(changes [][]byte) ([]byte, error) {
 		return nil, err
 	}
 	return doc.Save(), nil
+}
+
+// ParseHeads parses a list of heads from a request (?heads=):
+// comma-separated change hashes, each 64 hex digits (Automerge.getHeads)
+// or bs58check (automerge-repo's handle.heads()); at most 64 of them.
+func ParseHeads(s string) ([]automerge.ChangeHash, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) > 64 {
+		return nil, errors.New("at most 64 heads")
+	}
+	out := make([]automerge.ChangeHash, 0, len(parts))
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
+		var h automerge.ChangeHash
+		if b, err := hex.DecodeString(p); err == nil && len(b) == len(h) {
+			copy(h[:], b)
+		} else if hb, err := protocol.DecodeHead(p); err == nil {
+			h = hb
+		} else {
+			return nil, fmt.Errorf("head %q is neither 64 hex digits nor a bs58check change hash", truncate(p))
+		}
+		out = append(out, h)
+	}
+	return out, nil
 }

@@ -1,10 +1,12 @@
 package content
 
 import (
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/plaithub/plait/pkg/jsonpatch"
+	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/pkg/syncengine"
 )
 
@@ -54,6 +56,33 @@ func FuzzEdit(f *testing.F) {
 		}
 		if _, err := ToJSON(doc, 0); err != nil {
 			t.Fatal(err)
+		}
+	})
+}
+
+// FuzzParseHeads: any ?heads= value is parsed or refused, never a panic;
+// what parses is at most 64 heads, each of which reads back from its hex
+// form.
+func FuzzParseHeads(f *testing.F) {
+	for _, s := range []string{
+		strings.Repeat("ab", 32), strings.Repeat("ab", 32) + "," + strings.Repeat("0", 64),
+		protocol.EncodeHead([32]byte{1, 2, 3}), "", ",", "zz", strings.Repeat("1", 70),
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		hs, err := ParseHeads(s)
+		if err != nil {
+			return
+		}
+		if len(hs) == 0 || len(hs) > 64 {
+			t.Fatalf("%d heads", len(hs))
+		}
+		for _, h := range hs {
+			back, err := ParseHeads(h.String())
+			if err != nil || len(back) != 1 || back[0] != h {
+				t.Fatalf("%s does not read back: %v %v", h, back, err)
+			}
 		}
 	})
 }

@@ -197,29 +197,6 @@ func notModified(c *fiber.Ctx, tag string) bool {
 	return false
 }
 
-// parseHeads parses ?heads=: comma-separated change hashes, each 64 hex
-// digits (Automerge.getHeads) or bs58check (automerge-repo's UrlHeads).
-func parseHeads(s string) ([]automerge.ChangeHash, error) {
-	parts := strings.Split(s, ",")
-	if len(parts) > 64 {
-		return nil, errors.New("at most 64 heads")
-	}
-	out := make([]automerge.ChangeHash, 0, len(parts))
-	for _, p := range parts {
-		p = strings.TrimSpace(p)
-		var h automerge.ChangeHash
-		if b, err := hex.DecodeString(p); err == nil && len(b) == 32 {
-			copy(h[:], b)
-		} else if hb, err := protocol.DecodeHead(p); err == nil {
-			h = hb
-		} else {
-			return nil, fmt.Errorf("head %q is neither 64 hex digits nor a bs58check change hash", truncate(p, 80))
-		}
-		out = append(out, h)
-	}
-	return out, nil
-}
-
 func truncate(s string, n int) string {
 	if len(s) > n {
 		return s[:n] + "..."
@@ -236,7 +213,7 @@ func (d *docAPI) getContent(c *fiber.Ctx, a auth.Access) error {
 	}
 	var at []automerge.ChangeHash
 	if q := c.Query("heads"); q != "" {
-		if at, err = parseHeads(q); err != nil {
+		if at, err = content.ParseHeads(q); err != nil {
 			return fiber.NewError(fiber.StatusBadRequest, "heads: "+err.Error())
 		}
 	}
