@@ -119,6 +119,21 @@ type apiOrigin struct{ user string }
 // nothing is applied (ErrMissingDeps). A document that does not exist is
 // created by its first changes.
 func (h *Hub) SubmitChanges(ctx context.Context, id protocol.DocumentID, user string, chunks [][]byte) ([]syncengine.Hash, error) {
+	return h.submit(ctx, id, user, chunks, false)
+}
+
+// ErrDocExists is returned by CreateDocument for a document that exists.
+var ErrDocExists = errors.New("the document already exists")
+
+// CreateDocument is SubmitChanges for a document that must not exist yet
+// (an import): if it is stored, or a peer is creating it, nothing is
+// applied and the error is ErrDocExists. The check and the write are one
+// step of the owner, so two creations of one id cannot both succeed.
+func (h *Hub) CreateDocument(ctx context.Context, id protocol.DocumentID, user string, chunks [][]byte) ([]syncengine.Hash, error) {
+	return h.submit(ctx, id, user, chunks, true)
+}
+
+func (h *Hub) submit(ctx context.Context, id protocol.DocumentID, user string, chunks [][]byte, create bool) ([]syncengine.Hash, error) {
 	if len(chunks) == 0 {
 		return nil, errors.New("no changes to submit")
 	}
@@ -129,6 +144,10 @@ func (h *Hub) SubmitChanges(ctx context.Context, id protocol.DocumentID, user st
 	err := h.call(ctx, id, func(d *document) {
 		if d == nil || d.eng == nil {
 			ferr = errDocFailed
+			return
+		}
+		if create && (d.exists || d.eng.Len() > 0) {
+			ferr = ErrDocExists
 			return
 		}
 		if err := d.depsPresent(chunks); err != nil {

@@ -104,7 +104,17 @@ func TestSubmitAndReadChanges(t *testing.T) {
 	if _, err := h.SubmitChanges(ctx, id, "alice", [][]byte{[]byte("junk")}); err == nil {
 		t.Fatalf("junk accepted")
 	}
+	if _, err := h.CreateDocument(ctx, id, "bob", changeChunks(t, other)); !errors.Is(err, hub.ErrDocExists) {
+		t.Fatalf("creating a document that exists: %v", err)
+	}
 	if sd, err := store.LoadDoc(ctx, id); err != nil || len(sd.Batches) != 2 {
 		t.Fatalf("refused changes were stored: %d batches, %v", len(sd.Batches), err)
+	}
+	fresh := protocol.NewDocumentID()
+	if _, err := h.CreateDocument(ctx, fresh, "bob", changeChunks(t, other)); err != nil {
+		t.Fatalf("creating a new document: %v", err)
+	}
+	if _, err := h.CreateDocument(ctx, fresh, "carol", changeChunks(t, doc)); !errors.Is(err, hub.ErrDocExists) {
+		t.Fatalf("creating it again: %v", err)
 	}
 }

@@ -418,12 +418,11 @@ func (d *docAPI) postImport(c *fiber.Ctx, a auth.Access) error {
 		}
 		d.n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: "created by import"})
 		_ = d.n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id})
-	} else if dc, err := d.n.hub.ReadChanges(ctx, id, 1); err != nil && !errors.Is(err, hub.ErrTooLargeToRead) {
-		return hubError(err)
-	} else if err != nil || dc.Exists {
+	}
+	heads, err := d.n.hub.CreateDocument(ctx, id, a.User, chunks)
+	if errors.Is(err, hub.ErrDocExists) {
 		return fiber.NewError(fiber.StatusConflict, "this document already exists")
 	}
-	heads, err := d.n.hub.SubmitChanges(ctx, id, a.User, chunks)
 	if err != nil {
 		e := hubError(err)
 		var fe *fiber.Error
