@@ -123,8 +123,10 @@ func hubError(err error) error {
 	switch {
 	case errors.Is(err, hub.ErrTooLargeToRead):
 		return fiber.NewError(fiber.StatusRequestEntityTooLarge, err.Error())
-	case errors.Is(err, hub.ErrLimitExceeded):
+	case errors.Is(err, syncengine.ErrLimitExceeded): // the change's own size
 		return fiber.NewError(fiber.StatusRequestEntityTooLarge, err.Error())
+	case errors.Is(err, hub.ErrLimitExceeded): // the node's (documents open)
+		return fiber.NewError(fiber.StatusServiceUnavailable, err.Error()+"; retry later")
 	case errors.Is(err, hub.ErrMissingDeps):
 		return fiber.NewError(fiber.StatusBadRequest, err.Error())
 	case errors.Is(err, syncengine.ErrInvalidChange), errors.Is(err, syncengine.ErrInvalidMessage):
