@@ -32,7 +32,7 @@ func Split(ctx context.Context, doc []byte, maxBytes int) ([][]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, splitTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), splitEnv+"=1")
+	cmd.Env = []string{splitEnv + "=1"} // nothing of the node's environment (its secrets)
 	cmd.Stdin = bytes.NewReader(doc)
 	var stderr bytes.Buffer
 	cmd.Stderr = &limited{w: &stderr, left: 4096}
