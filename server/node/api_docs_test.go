@@ -45,13 +45,22 @@ func (r apiResp) json(t *testing.T) map[string]any {
 // call makes one request; token "" sends none, ctype "" no body type.
 func call(t *testing.T, method, u, token, ctype string, body []byte, hdr map[string]string) apiResp {
 	t.Helper()
+	r, err := tryCall(method, u, token, ctype, body, hdr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// tryCall is call for goroutines other than the test's.
+func tryCall(method, u, token, ctype string, body []byte, hdr map[string]string) (apiResp, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequest(method, u, rd)
 	if err != nil {
-		t.Fatal(err)
+		return apiResp{}, err
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
@@ -65,11 +74,11 @@ func call(t *testing.T, method, u, token, ctype string, body []byte, hdr map[str
 	c := &http.Client{Timeout: 30 * time.Second}
 	resp, err := c.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, u, err)
+		return apiResp{}, fmt.Errorf("%s %s: %v", method, u, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return apiResp{code: resp.StatusCode, body: b, hdr: resp.Header}
+	return apiResp{code: resp.StatusCode, body: b, hdr: resp.Header}, nil
 }
 
 const patchType = "application/json-patch+json"
@@ -414,6 +423,40 @@ func TestDocAPICluster(t *testing.T) {
 	ra := waitContent(t, a, id, "", want)
 	if tag := r.hdr.Get("ETag"); ra.hdr.Get("ETag") != tag {
 		t.Fatalf("node A's ETag %s, node B answered %s", ra.hdr.Get("ETag"), tag)
+	}
+
+	// Concurrent patches on both nodes: each is its own change by its
+	// own actor, and the counter adds them all up.
+	if r := patchDoc(t, a, id, "", `[{"op":"add","path":"/hits","value":0,"datatype":"counter"}]`); r.code != 200 {
+		t.Fatalf("counter: %d %s", r.code, r.body)
+	}
+	waitContent(t, b, id, "", strings.TrimSuffix(want, "}")+`,"hits":0}`)
+	errs := make(chan string, 20)
+	for i := range 20 {
+		go func() {
+			n := []*testNode{a, b}[i%2]
+			r, err := tryCall("POST", n.HTTP+"/api/docs/"+id+"/changes", "", patchType, []byte(`[{"op":"increment","path":"/hits","value":1}]`), nil)
+			if err != nil {
+				errs <- err.Error()
+				return
+			}
+			if r.code != 200 {
+				errs <- fmt.Sprintf("increment on %s: %d %s", n.HTTP, r.code, r.body)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range 20 {
+		if e := <-errs; e != "" {
+			t.Error(e)
+		}
+	}
+	want = strings.TrimSuffix(want, "}") + `,"hits":20}`
+	waitContent(t, a, id, "", want)
+	waitContent(t, b, id, "", want)
+	if r := call(t, "GET", a.HTTP+"/api/docs/"+id+"/history?limit=1000", "", "", nil, nil); r.json(t)["total"] != float64(23) {
+		t.Fatalf("history on A after 21 API changes: %s", trunc(string(r.body)))
 	}
 
 	exp := call(t, "GET", b.HTTP+"/api/docs/"+id+"/export", "", "", nil, nil)
