@@ -23,6 +23,7 @@ import (
 
 	"github.com/automerge/automerge-go"
 
+	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/jsonpatch"
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -582,4 +583,22 @@ func ParseHeads(s string) ([]automerge.ChangeHash, error) {
 		out = append(out, h)
 	}
 	return out, nil
+}
+
+// WithExtra returns the change chunk with its extra bytes (the part of a
+// change that Automerge keeps and ignores) set to extra, re-encoded as an
+// uncompressed chunk, and the new chunk's hash. Only a change nobody has
+// yet may be rewritten: its hash changes.
+func WithExtra(chunk, extra []byte) ([]byte, automerge.ChangeHash, error) {
+	c, err := amsync.ParseChange(chunk)
+	if err != nil {
+		return nil, automerge.ChangeHash{}, err
+	}
+	c.Extra = extra
+	out := c.Encode()
+	c2, err := amsync.ParseChange(out)
+	if err != nil {
+		return nil, automerge.ChangeHash{}, err
+	}
+	return out, automerge.ChangeHash(c2.Hash), nil
 }

@@ -59,10 +59,11 @@ type docAPI struct {
 	n         *Node
 	sema      chan struct{}
 	gcPending atomic.Bool
+	authors   *auth.Sealer // seals the user into API changes (api_authors.go); nil: anonymous
 }
 
 func newDocAPI(n *Node) *docAPI {
-	return &docAPI{n: n, sema: make(chan struct{}, docAPIConcurrency)}
+	return &docAPI{n: n, sema: make(chan struct{}, docAPIConcurrency), authors: newAuthorSealer(n)}
 }
 
 func (d *docAPI) routes(app *fiber.App) {
@@ -301,6 +302,11 @@ func (d *docAPI) postChanges(c *fiber.Ctx, a auth.Access) error {
 	if err != nil {
 		return err
 	}
+	if chunk != nil {
+		if chunk, hash, err = d.attribute(string(id), a.User, chunk, hash); err != nil {
+			return err
+		}
+	}
 	if chunk == nil { // only tests, or nothing
 		heads := hexHeads(dc.Heads)
 		c.Set(fiber.HeaderETag, etag(heads))
@@ -450,13 +456,17 @@ type historyEntry struct {
 	Time    string   `json:"time,omitempty"` // RFC 3339; absent if the change has none
 	Message string   `json:"message,omitempty"`
 	Deps    []string `json:"deps"`
+	// User made the change through POST changes (owners see it; see
+	// api_authors.go).
+	User string `json:"user,omitempty"`
 }
 
 // getHistory: GET /api/docs/{id}/history[?limit=N][&before=hash]: the
 // changes, newest first (the reverse of an order in which each change
-// follows its dependencies), a page at a time.
+// follows its dependencies), a page at a time; for owners, the user who
+// made each change through the API.
 func (d *docAPI) getHistory(c *fiber.Ctx, a auth.Access) error {
-	id, _, err := d.doc(c, a)
+	id, role, err := d.doc(c, a)
 	if err != nil {
 		return err
 	}
@@ -500,6 +510,9 @@ func (d *docAPI) getHistory(c *fiber.Ctx, a auth.Access) error {
 		e := historyEntry{Hash: ch.Hash.String(), Actor: hex.EncodeToString(ch.Actor), Seq: ch.Seq, Message: ch.Message, Deps: hexHeads(ch.Deps)}
 		if ch.Time != 0 {
 			e.Time = time.UnixMilli(ch.Time).UTC().Format(time.RFC3339Nano)
+		}
+		if role == hub.RoleOwner {
+			e.User = d.authorOf(string(id), ch)
 		}
 		out = append(out, e)
 	}

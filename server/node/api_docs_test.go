@@ -474,8 +474,9 @@ func TestDocAPICluster(t *testing.T) {
 
 // TestDocAPIRoles: with login, the API needs a token; a stranger gets
 // 404, a viewer reads but may not change (403), an editor changes; the
-// importer owns what it imports; a client session of the owner sees an
-// editor's server-side change.
+// owner's clients (Go and automerge-repo) see the editor's server-side
+// change, and the owner's history names its author; the importer owns
+// what it imports.
 func TestDocAPIRoles(t *testing.T) {
 	e := startOIDC(t)
 	n := startNode(t, t.TempDir(), e.configure(""))
@@ -513,22 +514,42 @@ func TestDocAPIRoles(t *testing.T) {
 	p := dialPeer(t, withToken(n, owner), "owner-go")
 	ss := automerge.NewSyncState(doc)
 	p.syncDoc(did, doc, ss, true)
-	if r := patchDoc(t, n, id, editor, `[{"op":"add","path":"/items/-","value":"by eddie"}]`); r.code != 200 {
+	// And the owner's automerge-repo client.
+	after := `{"title":"shared","items":["by eddie"],"marks":{}}`
+	w := startWatch(t, withToken(n, owner), did.URL(), after)
+	r := patchDoc(t, n, id, editor, `[{"op":"add","path":"/items/-","value":"by eddie"}]`)
+	if r.code != 200 {
 		t.Fatalf("an editor's change: %d %s", r.code, r.body)
 	}
+	eddies := r.json(t)["hash"].(string)
 	p.syncDoc(did, doc, ss, false)
 	if got := itemsOf(t, doc); fmt.Sprint(got) != "[by eddie]" {
 		t.Fatalf("the owner's client has items %v", got)
 	}
-	waitContent(t, n, id, owner, `{"title":"shared","items":["by eddie"],"marks":{}}`)
+	w.wait(t)
+	waitContent(t, n, id, owner, after)
 	waitAudit(t, n, `"user":"oidc:eddie"`)
+
+	// The owner sees who made the change; a viewer does not.
+	for tok, want := range map[string]string{owner: "oidc:eddie", viewer: ""} {
+		r := call(t, "GET", n.HTTP+"/api/docs/"+id+"/history", tok, "", nil, nil)
+		h := r.json(t)["changes"].([]any)
+		newest := h[0].(map[string]any)
+		user, named := newest["user"]
+		if r.code != 200 || newest["hash"] != eddies || named != (want != "") || (named && user != want) {
+			t.Fatalf("history for %s: %s", want, trunc(string(r.body)))
+		}
+		if u, ok := h[1].(map[string]any)["user"]; ok {
+			t.Fatalf("the client's change is attributed to %v", u)
+		}
+	}
 
 	// The importer owns the copy; the others have no role on it.
 	exp := call(t, "GET", n.HTTP+"/api/docs/"+id+"/export", viewer, "", nil, nil)
 	if exp.code != 200 {
 		t.Fatalf("a viewer's export: %d", exp.code)
 	}
-	r := call(t, "POST", n.HTTP+"/api/docs/import", viewer, "application/octet-stream", exp.body, nil)
+	r = call(t, "POST", n.HTTP+"/api/docs/import", viewer, "application/octet-stream", exp.body, nil)
 	if r.code != 201 || r.json(t)["role"] != "owner" {
 		t.Fatalf("a viewer's import: %d %s", r.code, r.body)
 	}
