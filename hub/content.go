@@ -43,16 +43,23 @@ type DocChanges struct {
 var ErrTooLargeToRead = fmt.Errorf("%w: document too large to read", ErrLimitExceeded)
 
 // call runs f on the owner goroutine of document id (opening it if it is
-// not in memory) and waits for it, or for ctx. f gets nil if the document
-// failed to open (a store error) or the hub is shutting down.
+// not in memory) and waits for it, or for ctx. f does not run if the
+// caller has given up (ctx is done) by the time the owner gets to it, nor
+// if the document failed to open (a store error) or the hub is shutting
+// down (errDocFailed): what call's caller was told is what happened.
 func (h *Hub) call(ctx context.Context, id protocol.DocumentID, f func(d *document)) error {
 	d, err := h.openDocument(id)
 	if err != nil {
 		return err
 	}
 	done := make(chan struct{})
+	ran := false // written before done is closed, read after
 	run := func(d *document) {
 		defer close(done)
+		if d == nil || d.eng == nil || ctx.Err() != nil {
+			return
+		}
+		ran = true
 		f(d)
 	}
 	if err := d.post(ctx, docMsg{kind: kindCall, call: run}); err != nil {
@@ -60,6 +67,12 @@ func (h *Hub) call(ctx context.Context, id protocol.DocumentID, f func(d *docume
 	}
 	select {
 	case <-done:
+		if !ran {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return errDocFailed
+		}
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -79,10 +92,6 @@ func (h *Hub) ReadChanges(ctx context.Context, id protocol.DocumentID, maxBytes 
 	var out *DocChanges
 	var ferr error
 	err := h.call(ctx, id, func(d *document) {
-		if d == nil || d.eng == nil {
-			ferr = errDocFailed
-			return
-		}
 		if !d.exists {
 			out = &DocChanges{}
 			return
@@ -117,7 +126,9 @@ type apiOrigin struct{ user string }
 // may change the document. Every submitted change must have its
 // dependencies in the document or among the others submitted; otherwise
 // nothing is applied (ErrMissingDeps). A document that does not exist is
-// created by its first changes.
+// created by its first changes. Changes are not applied if ctx has ended
+// by the time the owner gets to them; if it ends while the owner stores
+// them, they may be stored although the call returns ctx's error.
 func (h *Hub) SubmitChanges(ctx context.Context, id protocol.DocumentID, user string, chunks [][]byte) ([]syncengine.Hash, error) {
 	return h.submit(ctx, id, user, chunks, false)
 }
@@ -142,10 +153,6 @@ func (h *Hub) submit(ctx context.Context, id protocol.DocumentID, user string, c
 	var heads []syncengine.Hash
 	var ferr error
 	err := h.call(ctx, id, func(d *document) {
-		if d == nil || d.eng == nil {
-			ferr = errDocFailed
-			return
-		}
 		if create && (d.exists || d.eng.Len() > 0) {
 			ferr = ErrDocExists
 			return

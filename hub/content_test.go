@@ -118,3 +118,41 @@ func TestSubmitAndReadChanges(t *testing.T) {
 		t.Fatalf("creating it again: %v", err)
 	}
 }
+
+// TestSubmitAbandoned: a submission whose caller gave up (its context
+// ended) before the owner got to it is not applied: the caller's error
+// is what happened.
+func TestSubmitAbandoned(t *testing.T) {
+	store := newBlockingStore(false)
+	h := newHub(t, store)
+	id := protocol.NewDocumentID()
+	a := automerge.New()
+	edit(t, a, "a", "1")
+	chunks := changeChunks(t, a)
+	first := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := h.SubmitChanges(ctx, id, "alice", chunks)
+		first <- err
+	}()
+	store.blocked(t) // the owner is in the store write of the first
+	b := automerge.New()
+	edit(t, b, "b", "2")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := h.SubmitChanges(ctx, id, "bob", changeChunks(t, b))
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the abandoned submission: %v", err)
+	}
+	close(store.gate)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dc, err := h.ReadChanges(ctx, id, 0)
+	if err != nil || len(dc.Changes) != 1 || dc.Heads[0] != [32]byte(a.Heads()[0]) {
+		t.Fatalf("the document: %+v %v; want only the first change", dc, err)
+	}
+}
