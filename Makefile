@@ -51,6 +51,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzOpenSealed$$' -fuzztime $(FUZZTIME) ./server/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAccess$$' -fuzztime $(FUZZTIME) ./server/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRefresh$$' -fuzztime $(FUZZTIME) ./server/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./pkg/jsonpatch
+	$(GO) test -run '^$$' -fuzz '^FuzzEdit$$' -fuzztime $(FUZZTIME) ./server/content
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHeads$$' -fuzztime $(FUZZTIME) ./server/content
 
 # Every load-test scenario at tiny sizes against the built node: fails if a
 # report is missing, clients do not converge, or errors occur.

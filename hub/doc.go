@@ -18,6 +18,9 @@
 //     applied before it generates any sync message (or remote-heads-changed)
 //     whose heads include that change. Messages that arrive together are
 //     applied together and stored in one write.
+//   - The node's API reaches a document through the same inbox
+//     (ReadChanges, SubmitChanges): a copy of its changes out, or changes
+//     in as one peer message, stored before SubmitChanges returns.
 //   - A document with no peers for Options.IdleDocTimeout is evicted: its
 //     owner saves sync states, compacts if due, and exits; the next message
 //     for it loads it again from the store.

@@ -25,6 +25,7 @@ const (
 	kindRemote                        // a publication from the broker
 	kindCatchUp                       // the broker re-made the subscription: catch up
 	kindReauthorize                   // permissions changed: ask the Authorizer again
+	kindCall                          // the node's API runs call on the owner (content.go)
 )
 
 // maxBatchMessages bounds the messages an owner handles between two store
@@ -48,7 +49,8 @@ type docMsg struct {
 	msg        *protocol.Message
 	storageIDs []string
 	pub        *Publication
-	cost       int // bytes of s's and the hub's in-flight budgets it holds
+	call       func(*document) // kindCall; given nil if the owner stops first
+	cost       int             // bytes of s's and the hub's in-flight budgets it holds
 }
 
 // done returns the budget bytes m holds, once it is handled (or dropped).
@@ -252,6 +254,8 @@ func (d *document) handle(m docMsg) {
 		d.catchUp("resubscribed")
 	case kindReauthorize:
 		d.reauthorize()
+	case kindCall:
+		m.call(d)
 	case kindLeave:
 		delete(d.denied, m.s)
 		if ps, ok := d.peers[m.s]; ok {
@@ -384,6 +388,9 @@ func (d *document) failAll() {
 			if m.kind == kindSync {
 				d.sendUnavailable(m.s)
 			}
+			if m.kind == kindCall {
+				m.call(nil)
+			}
 			m.done()
 		case <-time.After(10 * time.Millisecond):
 		}
@@ -396,6 +403,9 @@ func (d *document) drop() {
 	for {
 		select {
 		case m := <-d.inbox:
+			if m.kind == kindCall {
+				m.call(nil)
+			}
 			m.done()
 		default:
 			return

@@ -13,7 +13,7 @@ import (
 // them: the middleware every request passes (request id, audit and
 // blocking, the per-address rate), the probes and metrics, the WebSocket,
 // and on a node with login the /auth/ routes (login.go) and the REST API
-// (api.go).
+// (api.go); the documents API (api_docs.go) on every node.
 func (n *Node) routes(app *fiber.App) {
 	app.Use(func(c *fiber.Ctx) error {
 		id := string(c.Request().Header.Peek("X-Request-Id"))
@@ -58,6 +58,7 @@ func (n *Node) routes(app *fiber.App) {
 		app.Put("/api/docs/:id/link", n.withUser(n.setLink))
 		app.Post("/api/admin/revoke-user", n.handleRevokeUser)
 	}
+	newDocAPI(n).routes(app) // content, history, changes, export, import (api_docs.go)
 	app.Get("/", func(c *fiber.Ctx) error {
 		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
 	})
