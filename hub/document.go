@@ -25,6 +25,7 @@ const (
 	kindRemote                        // a publication from the broker
 	kindCatchUp                       // the broker re-made the subscription: catch up
 	kindReauthorize                   // permissions changed: ask the Authorizer again
+	kindDelete                        // Hub.DeleteDocument: detach every peer, remove from the store (delete.go)
 )
 
 // maxBatchMessages bounds the messages an owner handles between two store
@@ -39,7 +40,7 @@ const maxBatchMessages = 1024
 // (as opposed to the broker or a permission change): only those keep an
 // idle document in memory.
 func (k docMsgKind) local() bool {
-	return k != kindRemote && k != kindCatchUp && k != kindReauthorize
+	return k != kindRemote && k != kindCatchUp && k != kindReauthorize && k != kindDelete
 }
 
 type docMsg struct {
@@ -48,7 +49,8 @@ type docMsg struct {
 	msg        *protocol.Message
 	storageIDs []string
 	pub        *Publication
-	cost       int // bytes of s's and the hub's in-flight budgets it holds
+	cost       int                // bytes of s's and the hub's in-flight budgets it holds
+	deleted    chan deleteOutcome // kindDelete: the outcome (buffered)
 }
 
 // done returns the budget bytes m holds, once it is handled (or dropped).
@@ -93,6 +95,8 @@ type document struct {
 	compaction compaction
 
 	stream follower // with a broker: the document's stream (stream.go)
+
+	deletion *deletion // being deleted (delete.go): nil otherwise
 
 	// Requesters of a document that does not exist yet (peers.go):
 	reqTimer *time.Timer
@@ -164,6 +168,10 @@ func (d *document) run() {
 				default:
 					drained = true
 				}
+			}
+			if d.deletion != nil {
+				d.finishDelete()
+				return
 			}
 			if d.lagged.Swap(false) {
 				d.catchUp("lagged")
@@ -237,7 +245,13 @@ func (d *document) run() {
 }
 
 func (d *document) handle(m docMsg) {
+	if d.deletion != nil {
+		d.handleDeleted(m)
+		return
+	}
 	switch m.kind {
+	case kindDelete:
+		d.startDelete(m.deleted, true)
 	case kindSync:
 		d.receiveSync(m.s, m.msg)
 	case kindEphemeral:
@@ -247,6 +261,10 @@ func (d *document) handle(m docMsg) {
 		}
 		d.relayEphemeral(m.s, m.msg)
 	case kindRemote:
+		if m.pub.Kind == PubDeleted {
+			d.startDelete(nil, false)
+			return
+		}
 		d.receivePub(*m.pub)
 	case kindCatchUp:
 		d.catchUp("resubscribed")
@@ -382,6 +400,9 @@ func (d *document) failAll() {
 		case m := <-d.inbox: // a sender still held us: answer it too
 			if m.kind == kindSync {
 				d.sendUnavailable(m.s)
+			}
+			if m.deleted != nil {
+				m.deleted <- deleteOutcome{err: fmt.Errorf("failed to delete document %s: its store failed", d.id)}
 			}
 			m.done()
 		case <-time.After(10 * time.Millisecond):

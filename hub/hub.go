@@ -330,8 +330,12 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 // publication is dropped and the document marked lagged: its owner catches
 // up from the broker's log once it has drained the inbox.
 func (h *Hub) HandlePublication(id protocol.DocumentID, p Publication) {
-	if p.Kind == PubEphemeral && p.Origin == h.opts.PeerID {
-		return // our own, already relayed to our peers
+	if (p.Kind == PubEphemeral || p.Kind == PubDeleted) && p.Origin == h.opts.PeerID {
+		return // our own, already relayed to our peers (or detached from them)
+	}
+	if p.Kind == PubDeleted {
+		go h.detachDeleted(id, p) // never dropped for a full inbox, as notify would
+		return
 	}
 	h.notify(id, docMsg{kind: kindRemote, pub: &p})
 }
