@@ -58,6 +58,7 @@ func (n *Node) routes(app *fiber.App) {
 		app.Put("/api/docs/:id/link", n.withUser(n.setLink))
 		app.Post("/api/admin/revoke-user", n.handleRevokeUser)
 	}
+	n.deleteRoutes(app) // api_delete.go
 	app.Get("/", func(c *fiber.Ctx) error {
 		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
 	})
