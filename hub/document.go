@@ -269,6 +269,7 @@ func (d *document) handle(m docMsg) {
 	case kindCatchUp:
 		d.catchUp("resubscribed")
 	case kindReauthorize:
+		d.refreshMaxBytes()
 		d.reauthorize()
 	case kindLeave:
 		delete(d.denied, m.s)

@@ -112,6 +112,15 @@ type Options struct {
 	// Default: 128 MiB; Unlimited: no limit.
 	MaxDocBytes int
 
+	// DocMaxBytes, if set, returns the size bound of document id in place
+	// of MaxDocBytes: a per-user or per-document quota. 0 means
+	// MaxDocBytes, Unlimited (any negative value) no bound. The
+	// document's owner calls it when it loads the document and after each
+	// Reauthorize (its owners may have changed), with a ctx bounded by
+	// StoreTimeout; on an error it keeps the bound it had (MaxDocBytes at
+	// first) and logs it. It must be safe for concurrent use.
+	DocMaxBytes func(ctx context.Context, id protocol.DocumentID) (int, error)
+
 	// MaxInflatedBytes bounds what the compressed changes of one sync
 	// message may inflate to; more: close protocol.CloseLimitExceeded.
 	// Default: 64 MiB.

@@ -32,6 +32,7 @@ func (d *document) load() error {
 		MaxInflatedBytes: d.h.opts.MaxInflatedBytes,
 		MaxSendBytes:     d.h.opts.MaxSendBytes,
 	})
+	d.refreshMaxBytes()
 	if b := d.h.opts.Broker; b != nil {
 		ctx, cancel := d.brokerCtx()
 		pos, err := b.Subscribe(ctx, d.id)
