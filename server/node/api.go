@@ -70,6 +70,9 @@ func (n *Node) createDoc(c *fiber.Ctx, a auth.Access) error {
 	}
 	ctx, cancel := apiCtx(n)
 	defer cancel()
+	if err := n.checkDocQuota(ctx, c, a.User); err != nil {
+		return err
+	}
 	if err := n.auth.acl.Claim(ctx, id, a.User, time.Now()); err != nil {
 		if errors.Is(err, access.ErrClaimed) {
 			return fiber.NewError(fiber.StatusConflict, "this document already exists")

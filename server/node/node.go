@@ -42,6 +42,7 @@ type Node struct {
 	audit   *auditor                 // the security audit log
 	blocks  *blocklist               // blocks repeat offenders
 	auth    *authState               // nil: anonymous node
+	quotas  quotas                   // --quota-file
 
 	closeAudit func() error
 
@@ -69,6 +70,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	log.Info("storage", "backend", be.desc)
 	m := hub.NewMetrics(reg)
 	registerLimitMetrics(m)
+	m.LimitHits.WithLabelValues(limitDocsPerUser)
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: log, be: be, reg: reg, m: m, ctx: nctx, cancel: cancel, closeAudit: closeAudit,
 		conns: newConnLimiter[netip.Addr](cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP),
@@ -82,6 +84,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		_ = be.close()
 		_ = closeAudit()
 		return nil, err
+	}
+	if n.quotas, err = readQuotaFile(cfg.QuotaFile); err != nil {
+		return fail(err)
 	}
 	var authz hub.Authorizer
 	if cfg.AuthEnabled() {
@@ -101,6 +106,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		PendingWait:    cfg.PendingWait,
 
 		MaxDocBytes:         offAsNegative(cfg.MaxDocBytes),
+		DocMaxBytes:         n.docMaxBytes,
 		MaxInflatedBytes:    cfg.MaxInflatedBytes,
 		MaxSendBytes:        cfg.MaxSendBytes,
 		MaxDocsPerConn:      offAsNegative(cfg.MaxDocsPerConn),
