@@ -195,6 +195,14 @@ type Options struct {
 	// quick, safe for concurrent use, and must not call the hub.
 	OnSecurityEvent func(SecurityEvent)
 
+	// OnStored, if set, is told each time a document's owner stored a
+	// batch of changes from this node's peers (not those other nodes
+	// stored and published), and when it created a document's record;
+	// created reports the latter. Webhooks use it. The hub calls it
+	// synchronously from document goroutines, after the store confirmed
+	// the write: it must not block, and must not call the hub.
+	OnStored func(id protocol.DocumentID, created bool)
+
 	// AfterGC, if set, runs after the collection that follows evictions; a
 	// node uses it to hand freed C memory back to the operating system.
 	AfterGC func()

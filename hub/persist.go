@@ -113,7 +113,11 @@ func (d *document) persist() error {
 	if err != nil {
 		return err
 	}
+	created := !d.stored
 	d.stored = true
+	if f := d.h.opts.OnStored; f != nil && (created || len(batch) > 0) {
+		f(d.id, created)
+	}
 	d.compaction.incBytes += len(batch)
 	clear(d.unsaved)
 	d.unsaved = d.unsaved[:0]

@@ -3,6 +3,7 @@ package hub_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/membroker"
 	"github.com/plaithub/plait/hub/memstore"
 	"github.com/plaithub/plait/pkg/protocol"
 )
@@ -104,5 +106,50 @@ func TestDocMaxBytesOverrides(t *testing.T) {
 	}
 	if _, closed := pushBig(t, h, "to-big-again", big, 16<<10); !closed {
 		t.Fatal("a change past the lowered quota was taken")
+	}
+}
+
+// TestOnStored: the hook hears of a document's creation and of each
+// batch its peers' changes were stored in, not of another node's
+// changes.
+func TestOnStored(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[int][]bool{} // hub index -> created flags
+	store, bus := memstore.New(), membroker.NewBus(0)
+	var hubs []*hub.Hub
+	for i := range 2 {
+		hubs = append(hubs, newHub(t, store, func(o *hub.Options) {
+			o.Broker, o.PeerID, o.IdleDocTimeout = membroker.New(bus), fmt.Sprintf("node-%d", i), 5*time.Second
+			o.OnStored = func(_ protocol.DocumentID, created bool) {
+				mu.Lock()
+				calls[i] = append(calls[i], created)
+				mu.Unlock()
+			}
+		}))
+	}
+	id := protocol.NewDocumentID()
+	peers := joinAll(t, hubs, 1, id)
+	for r := range 3 {
+		edit(t, peers[0].doc, "k", int64(r))
+		converge(t, id, peers)
+	}
+	mu.Lock()
+	got0, got1 := append([]bool(nil), calls[0]...), append([]bool(nil), calls[1]...)
+	mu.Unlock()
+	// Whichever node's peer synced first created the record (an empty
+	// first sync creates it too; two nodes that both find no record at
+	// the same moment both create it). Only node 0's peer made changes,
+	// one batch per round at least.
+	count := func(cs []bool, v bool) int {
+		n := 0
+		for _, c := range cs {
+			if c == v {
+				n++
+			}
+		}
+		return n
+	}
+	if c := count(got0, true) + count(got1, true); c < 1 || count(got0, true) > 1 || count(got1, true) > 1 || count(got1, false) != 0 || count(got0, false) < 3 {
+		t.Fatalf("hook calls %v on node 0 and %v on node 1: want a creation (one per node at most), and 3 change batches on node 0 only", got0, got1)
 	}
 }

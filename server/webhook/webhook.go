@@ -47,9 +47,15 @@ type Dispatcher struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	changed chan string // Changed's documents, for the claimer goroutine
+
 	mu      sync.Mutex
 	pending map[string]*time.Timer // doc -> its document.changed, due
 }
+
+// changedQueue bounds the documents Changed hands to the goroutine that
+// claims their windows; past it they are dropped (counted).
+const changedQueue = 4096
 
 type metrics struct {
 	events     *prometheus.CounterVec // by type
@@ -80,6 +86,7 @@ func New(ctx context.Context, o Options) (*Dispatcher, error) {
 		cfg:     o.Config,
 		log:     o.Logger.With("component", "webhooks"),
 		pending: make(map[string]*time.Timer),
+		changed: make(chan string, changedQueue),
 		client: &http.Client{
 			Timeout: time.Duration(o.Config.Timeout),
 			// A receiver's redirect is an error, not a hop to elsewhere.
@@ -126,6 +133,8 @@ func New(ctx context.Context, o Options) (*Dispatcher, error) {
 		d.wg.Add(1)
 		go d.work()
 	}
+	d.wg.Add(1)
+	go d.claimChanged()
 	return d, nil
 }
 
@@ -165,12 +174,41 @@ func (d *Dispatcher) Emit(typ, doc, user string) {
 
 // Changed records that document doc's changes were stored by this node:
 // a document.changed event follows within ChangedEvery, unless one is
-// due already (on this node or, in a cluster, on another).
+// due already (on this node or, in a cluster, on another). It never
+// blocks: the hub calls it from a document's goroutine.
 func (d *Dispatcher) Changed(doc string) {
 	d.mu.Lock()
 	_, due := d.pending[doc]
 	d.mu.Unlock()
 	if due || d.ctx.Err() != nil {
+		return
+	}
+	select {
+	case d.changed <- doc:
+	default:
+		d.m.dropped.Inc()
+	}
+}
+
+func (d *Dispatcher) claimChanged() {
+	defer d.wg.Done()
+	for {
+		select {
+		case doc := <-d.changed:
+			d.claimWindow(doc)
+		case <-d.ctx.Done():
+			return
+		}
+	}
+}
+
+// claimWindow schedules doc's document.changed if this node is the first
+// to claim the document's window.
+func (d *Dispatcher) claimWindow(doc string) {
+	d.mu.Lock()
+	_, due := d.pending[doc]
+	d.mu.Unlock()
+	if due {
 		return
 	}
 	ctx, cancel := context.WithTimeout(d.ctx, 2*time.Second)
