@@ -12,6 +12,7 @@ import (
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
+	"github.com/plaithub/plait/server/webhook"
 )
 
 // The REST API of documents and their sharing. Every call needs an access
@@ -80,6 +81,7 @@ func (n *Node) createDoc(c *fiber.Ctx, a auth.Access) error {
 		return errUnavailable
 	}
 	n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: "created"})
+	n.emit(webhook.DocumentCreated, id, a.User)
 	_ = n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id})
 	return c.Status(fiber.StatusCreated).JSON(docJSON{DocumentID: string(id), URL: id.URL(), Role: hub.RoleOwner.String()})
 }
@@ -155,6 +157,7 @@ func (n *Node) changeAccess(c *fiber.Ctx, a auth.Access, id protocol.DocumentID,
 		return errUnavailable
 	}
 	n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: what})
+	n.emit(webhook.AccessChanged, id, a.User)
 	if err := n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id}); err != nil {
 		return fiber.NewError(fiber.StatusServiceUnavailable, "saved, but open sessions may keep their old role until they reconnect: "+err.Error())
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
+	"github.com/plaithub/plait/server/webhook"
 )
 
 // Deleting documents and users (issue 17, items 5): DELETE
@@ -50,6 +51,7 @@ func (n *Node) deleteRoutes(app *fiber.App) {
 			return fiber.NewError(fiber.StatusNotFound, "no such document")
 		}
 		n.auditRequest(c, auditEvent{Event: "doc_deleted", Doc: string(id)})
+		n.emit(webhook.DocumentDeleted, id, "")
 		return c.SendStatus(fiber.StatusNoContent)
 	})
 }
@@ -64,7 +66,7 @@ func (n *Node) handleDeleteDoc(c *fiber.Ctx, a auth.Access) error {
 		n.auditRequest(c, auditEvent{Event: "denied", User: a.User, Doc: string(id), Code: fiber.StatusForbidden, Reason: "delete: not an owner"})
 		return fiber.NewError(fiber.StatusForbidden, "only an owner may delete this document")
 	}
-	if err := n.deleteDoc(id); err != nil {
+	if err := n.deleteDoc(id, a.User); err != nil {
 		return err
 	}
 	n.auditRequest(c, auditEvent{Event: "doc_deleted", User: a.User, Doc: string(id)})
@@ -75,7 +77,7 @@ func (n *Node) handleDeleteDoc(c *fiber.Ctx, a auth.Access) error {
 // client keeps the right to sync it, on any node: the permission change
 // reaches every node and detaches them), then its data, on every node
 // (hub.DeleteDocument).
-func (n *Node) deleteDoc(id protocol.DocumentID) error {
+func (n *Node) deleteDoc(id protocol.DocumentID, user string) error {
 	ctx, cancel := context.WithTimeout(n.ctx, deleteTimeout)
 	defer cancel()
 	if err := n.auth.acl.Delete(ctx, id); err != nil {
@@ -91,6 +93,7 @@ func (n *Node) deleteDoc(id protocol.DocumentID) error {
 		n.log.Error("failed to delete a document's data", "doc", string(id), "err", err)
 		return fiber.NewError(fiber.StatusServiceUnavailable, "the document's permissions are removed (nobody can open it), but deleting its data failed: "+err.Error())
 	}
+	n.emit(webhook.DocumentDeleted, id, user)
 	return nil
 }
 
@@ -115,7 +118,7 @@ func (n *Node) handleDeleteMe(c *fiber.Ctx, a auth.Access) error {
 			return errUnavailable
 		}
 		if soleOwner(acc, a.User) {
-			if err := n.deleteDoc(d.ID); err != nil {
+			if err := n.deleteDoc(d.ID, a.User); err != nil {
 				var fe *fiber.Error
 				if errors.As(err, &fe) && fe.Code == fiber.StatusNotFound {
 					continue // deleted meanwhile
@@ -130,7 +133,7 @@ func (n *Node) handleDeleteMe(c *fiber.Ctx, a auth.Access) error {
 		if errors.Is(err, access.ErrLastOwner) {
 			// Another owner left meanwhile: the document is now the
 			// caller's alone.
-			if err = n.deleteDoc(d.ID); err == nil {
+			if err = n.deleteDoc(d.ID, a.User); err == nil {
 				deleted++
 				continue
 			}
@@ -140,6 +143,7 @@ func (n *Node) handleDeleteMe(c *fiber.Ctx, a auth.Access) error {
 		}
 		n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(d.ID), Reason: "unshare " + a.User + " (account deleted)"})
 		_ = n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: d.ID})
+		n.emit(webhook.AccessChanged, d.ID, a.User)
 		left++
 	}
 	now := time.Now()

@@ -10,10 +10,12 @@ import (
 type lifeConfig struct {
 	MaxDocsPerUser int    // documents one user may own (0 = no limit)
 	QuotaFile      string // JSON overrides of max-docs-per-user and max-doc-bytes per user and per document
+	WebhooksFile   string // JSON webhook endpoints (URL, secret, events) and delivery settings
 }
 
 func (c *lifeConfig) registerFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxDocsPerUser, "max-docs-per-user", 10000, "documents one user may own; creating (claiming) one more is refused with HTTP 429 (0 = no limit; login only)")
+	fs.StringVar(&c.WebhooksFile, "webhooks-file", "", "JSON file of webhook endpoints (url, secret, events) and delivery settings (docs/api.md, \"Webhooks\"); keep it readable by the node only (it holds the secrets)")
 	fs.StringVar(&c.QuotaFile, "quota-file", "", "JSON file of per-user and per-document overrides of max-docs-per-user and max-doc-bytes (docs/api.md, \"Quotas\")")
 }
 

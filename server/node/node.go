@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/webhook"
 )
 
 // wsBufferBytes sizes each WebSocket connection's read and write buffers.
@@ -43,6 +45,7 @@ type Node struct {
 	blocks  *blocklist               // blocks repeat offenders
 	auth    *authState               // nil: anonymous node
 	quotas  quotas                   // --quota-file
+	hooks   *webhook.Dispatcher      // --webhooks-file; nil: none
 
 	closeAudit func() error
 
@@ -81,6 +84,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		if n.auth != nil {
 			_ = n.auth.close()
 		}
+		if n.hooks != nil {
+			n.hooks.Close()
+		}
 		_ = be.close()
 		_ = closeAudit()
 		return nil, err
@@ -95,7 +101,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		authz = authorizer{acl: n.auth.acl}
 	}
+	peerID := "plait-" + protocol.RandomHex(8)
+	if err := n.startWebhooks(ctx, reg, peerID); err != nil {
+		return fail(err)
+	}
 	n.hub, err = hub.New(ctx, hub.Options{
+		PeerID:         peerID,
+		OnStored:       n.onStored,
 		Store:          be.store,
 		Broker:         be.broker,
 		Authorizer:     authz,
@@ -184,6 +196,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	n.cancel()
+	if n.hooks != nil {
+		n.hooks.Close() // deliveries in progress are made again by another node (or after a restart)
+	}
 	if err := n.app.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("failed to stop HTTP server: %w", err))
 	}

@@ -109,8 +109,11 @@ func New(ctx context.Context, o Options) (*Dispatcher, error) {
 	for _, r := range []string{"ok", "error"} {
 		d.m.attempts.WithLabelValues(r)
 	}
+	pending := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plait_webhook_changed_pending",
+		Help: "Documents whose document.changed event this node will queue at the end of their debounce window (lost if the node dies before)."},
+		func() float64 { d.mu.Lock(); defer d.mu.Unlock(); return float64(len(d.pending)) })
 	if o.Registerer != nil {
-		for _, c := range []prometheus.Collector{d.m.events, d.m.dropped, d.m.deliveries, d.m.attempts} {
+		for _, c := range []prometheus.Collector{d.m.events, d.m.dropped, d.m.deliveries, d.m.attempts, pending} {
 			if err := o.Registerer.Register(c); err != nil {
 				return nil, err
 			}
