@@ -195,3 +195,40 @@ func TestWebhooksClusterNodeKilled(t *testing.T) {
 		t.Fatalf("the queue still holds %d deliveries: %v", n, err)
 	}
 }
+
+// TestWebhooksLogin: on a single login node, claiming a document sends
+// document.created with its user, sharing it access.changed, deleting it
+// document.deleted, each signed and once.
+func TestWebhooksLogin(t *testing.T) {
+	rcv := startHookReceiver(t)
+	e := startOIDC(t)
+	hooks := writeHooksFile(t, rcv.srv.URL, "")
+	n := startNode(t, t.TempDir(), e.configure(""), func(c *Config) { c.WebhooksFile = hooks })
+	_, owner, _ := login(t, e, n, n, "olive")
+	id := ownedDoc(t, n, owner)
+	if code, _ := api(t, "PUT", n.HTTP+"/api/docs/"+string(id)+"/users/oidc:eddie", owner, map[string]string{"role": "editor"}); code != 204 {
+		t.Fatalf("share: %d", code)
+	}
+	if code, _ := api(t, "DELETE", n.HTTP+"/api/docs/"+string(id), owner, nil); code != 204 {
+		t.Fatalf("delete: %d", code)
+	}
+	want := map[string]int{webhook.DocumentCreated: 1, webhook.AccessChanged: 1, webhook.DocumentDeleted: 1, webhook.DocumentChanged: 1}
+	eventually(t, "events delivered", func() bool {
+		for typ, c := range want {
+			if rcv.count(typ, string(id)) != c {
+				return false
+			}
+		}
+		return true
+	})
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	for _, ev := range rcv.got {
+		if ev.Type != webhook.DocumentChanged && ev.User != "oidc:olive" {
+			t.Fatalf("%s without its user: %+v", ev.Type, ev)
+		}
+	}
+	if rcv.bad != 0 || rcv.dups != 0 || len(rcv.got) != 4 {
+		t.Fatalf("%d deliveries, %d bad, %d duplicates", len(rcv.got), rcv.bad, rcv.dups)
+	}
+}
