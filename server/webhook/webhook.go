@@ -141,16 +141,23 @@ func New(ctx context.Context, o Options) (*Dispatcher, error) {
 	return d, nil
 }
 
-// Close stops the workers: a delivery in progress is abandoned, not
-// acked (in a cluster another node takes it over after ClaimAfter), and
-// document.changed events not yet due are dropped.
+// Close queues the document.changed events not yet due (a graceful stop
+// does not lose them), then stops the workers: a delivery in progress is
+// abandoned, not acked (in a cluster another node takes it over after
+// ClaimAfter; a single node's memory queue is lost with it).
 func (d *Dispatcher) Close() {
 	d.mu.Lock()
+	var due []string
 	for doc, t := range d.pending {
-		t.Stop()
+		if t.Stop() {
+			due = append(due, doc)
+		}
 		delete(d.pending, doc)
 	}
 	d.mu.Unlock()
+	for _, doc := range due {
+		d.Emit(DocumentChanged, doc, "")
+	}
 	d.cancel()
 	d.wg.Wait()
 }

@@ -342,3 +342,25 @@ func TestRedisTakeOver(t *testing.T) {
 		t.Fatalf("taken over after %s, before ClaimAfter (%s)", waited, time.Duration(cfg.ClaimAfter))
 	}
 }
+
+// TestCloseQueuesDueChanged: a graceful Close queues the document.changed
+// events whose window has not ended, so a cluster's other nodes deliver
+// them.
+func TestCloseQueuesDueChanged(t *testing.T) {
+	srv := redistest.Start(t, redistest.Options{})
+	r := newReceiver(t)
+	a, err := New(t.Context(), Options{Config: testConfig(r.srv.URL), Redis: srv.Client(t), NodeID: "a", Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Changed("doc")
+	waitFor(t, "window claimed", 5*time.Second, func() bool { a.mu.Lock(); defer a.mu.Unlock(); return len(a.pending) == 1 })
+	r.setFail(func(int, Event) int { return http.StatusServiceUnavailable }) // a cannot deliver it before it stops
+	a.Close()
+	r.setFail(nil)
+	newDispatcher(t, Options{Config: testConfig(r.srv.URL), Redis: srv.Client(t), NodeID: "b"})
+	waitFor(t, "delivered by b", 15*time.Second, func() bool { got, _, _ := r.snapshot(); return len(got) == 1 })
+	if got, _, _ := r.snapshot(); got[0].Type != DocumentChanged || got[0].DocumentID != "doc" {
+		t.Fatalf("delivered %+v", got)
+	}
+}
