@@ -13,6 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/redistest"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -160,4 +161,29 @@ func TestQuotaFileInvalid(t *testing.T) {
 			t.Fatalf("quota file %s: %v, want an error", body, err)
 		}
 	}
+}
+
+// TestQuotasCluster: two login nodes on one real Redis share the counts
+// and bounds: a user at their document quota through node A is refused on
+// node B, and an edit past the size bound is refused on B as on A.
+func TestQuotasCluster(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	e := startOIDC(t)
+	mod := func(c *Config) { c.RedisURL, c.MaxDocBytes, c.MaxDocsPerUser = rs.URL(), 64<<10, 1 }
+	b := startNode(t, t.TempDir(), mod, e.configure(""))
+	a := startNode(t, t.TempDir(), mod, e.configure(b.cfg.PublicURL))
+	_, olive, _ := login(t, e, a, b, "olive")
+	id := protocol.NewDocumentID()
+	if code, out := api(t, "POST", a.HTTP+"/api/docs", olive, map[string]string{"documentId": string(id)}); code != 201 {
+		t.Fatalf("claim on A: %d %v", code, out)
+	}
+	if code, out := api(t, "POST", b.HTTP+"/api/docs", olive, nil); code != 429 || !strings.Contains(fmt.Sprint(out["error"]), "max-docs-per-user 1") {
+		t.Fatalf("a second document through B: %d %v, want 429", code, out)
+	}
+	msg, code := pushRefused(t, dialPeer(t, withToken(b, olive), "olive-b"), id, bigDoc(t, 100<<10))
+	if code != websocket.StatusCode(protocol.CloseLimitExceeded) || !strings.Contains(msg, "MaxBytes is 65536") {
+		t.Fatalf("an edit past max-doc-bytes on B: %q, close %d", msg, code)
+	}
+	small := newDoc(t, "title", "small")
+	dialPeer(t, withToken(a, olive), "olive-a").syncDoc(id, small, automerge.NewSyncState(small), false)
 }
