@@ -134,6 +134,7 @@ func (n *Node) handleDeleteMe(c *fiber.Ctx, a auth.Access) error {
 			// Another owner left meanwhile: the document is now the
 			// caller's alone.
 			if err = n.deleteDoc(d.ID, a.User); err == nil {
+				n.auditRequest(c, auditEvent{Event: "doc_deleted", User: a.User, Doc: string(d.ID), Reason: "account deleted"})
 				deleted++
 				continue
 			}
