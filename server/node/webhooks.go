@@ -50,7 +50,7 @@ func (n *Node) onStored(id protocol.DocumentID, created bool) {
 	if created && n.auth == nil {
 		// Without login, storing a document's first record creates it;
 		// with login, claiming it does (createDoc).
-		go h.Emit(webhook.DocumentCreated, string(id), "")
+		h.EmitLater(webhook.DocumentCreated, string(id), "")
 	}
 	h.Changed(string(id))
 }

@@ -47,15 +47,19 @@ type Dispatcher struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	changed chan string // Changed's documents, for the claimer goroutine
+	later chan later // Changed's and EmitLater's work, for the background goroutine
 
 	mu      sync.Mutex
 	pending map[string]*time.Timer // doc -> its document.changed, due
 }
 
-// changedQueue bounds the documents Changed hands to the goroutine that
-// claims their windows; past it they are dropped (counted).
-const changedQueue = 4096
+// laterQueue bounds the work Changed and EmitLater hand to the background
+// goroutine; past it they are dropped (counted).
+const laterQueue = 4096
+
+// later is one piece of that work: an event to emit, or (typ "") a
+// document whose document.changed window to claim.
+type later struct{ typ, doc, user string }
 
 type metrics struct {
 	events     *prometheus.CounterVec // by type
@@ -86,7 +90,7 @@ func New(ctx context.Context, o Options) (*Dispatcher, error) {
 		cfg:     o.Config,
 		log:     o.Logger.With("component", "webhooks"),
 		pending: make(map[string]*time.Timer),
-		changed: make(chan string, changedQueue),
+		later:   make(chan later, laterQueue),
 		client: &http.Client{
 			Timeout: time.Duration(o.Config.Timeout),
 			// A receiver's redirect is an error, not a hop to elsewhere.
@@ -137,7 +141,7 @@ func New(ctx context.Context, o Options) (*Dispatcher, error) {
 		go d.work()
 	}
 	d.wg.Add(1)
-	go d.claimChanged()
+	go d.background()
 	return d, nil
 }
 
@@ -193,19 +197,33 @@ func (d *Dispatcher) Changed(doc string) {
 	if due || d.ctx.Err() != nil {
 		return
 	}
+	d.enqueueLater(later{doc: doc})
+}
+
+// EmitLater is Emit without waiting: for callers that must not block
+// (a document's goroutine).
+func (d *Dispatcher) EmitLater(typ, doc, user string) {
+	d.enqueueLater(later{typ: typ, doc: doc, user: user})
+}
+
+func (d *Dispatcher) enqueueLater(l later) {
 	select {
-	case d.changed <- doc:
+	case d.later <- l:
 	default:
 		d.m.dropped.Inc()
 	}
 }
 
-func (d *Dispatcher) claimChanged() {
+func (d *Dispatcher) background() {
 	defer d.wg.Done()
 	for {
 		select {
-		case doc := <-d.changed:
-			d.claimWindow(doc)
+		case l := <-d.later:
+			if l.typ == "" {
+				d.claimWindow(l.doc)
+			} else {
+				d.Emit(l.typ, l.doc, l.user)
+			}
 		case <-d.ctx.Done():
 			return
 		}
