@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/automerge/automerge-go"
+	"github.com/coder/websocket"
 
 	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/redistest"
@@ -326,5 +327,41 @@ func TestDeleteMe(t *testing.T) {
 	}
 	if !strings.Contains(auditLog(t, n), `"event":"user_deleted"`) {
 		t.Error("the audit log lacks the deletion")
+	}
+}
+
+// TestDeleteMeCluster: two login nodes on one real Redis. A user's
+// document is open on node A, with the user's socket; the user deletes
+// their account through node B: the document is gone from Redis, the
+// socket on A is closed as revoked (4410), and the token is refused on A.
+func TestDeleteMeCluster(t *testing.T) {
+	rs := redistest.Start(t, redistest.Options{})
+	e := startOIDC(t)
+	b := startNode(t, t.TempDir(), func(c *Config) { c.RedisURL = rs.URL() }, e.configure(""))
+	a := startNode(t, t.TempDir(), func(c *Config) { c.RedisURL = rs.URL() }, e.configure(b.cfg.PublicURL))
+	_, olive, _ := login(t, e, a, b, "olive")
+	id := ownedDoc(t, a, olive)
+	p := dialPeer(t, withToken(a, olive), "olive-a")
+	doc := automerge.New()
+	p.syncDoc(id, doc, automerge.NewSyncState(doc), true)
+	code, out := api(t, "DELETE", b.HTTP+"/api/me", olive, nil)
+	if code != 200 || out["deletedDocuments"] != float64(1) {
+		t.Fatalf("DELETE /api/me through B: %d %v", code, out)
+	}
+	if _, code := p.expectClose(); code != websocket.StatusCode(protocol.CloseRevoked) {
+		t.Fatalf("the user's socket on A closed with %d, want %d", code, protocol.CloseRevoked)
+	}
+	checkGone(t, a.be.store, id)
+	if code, _ := api(t, "GET", a.HTTP+"/api/me", olive, nil); code != 401 {
+		t.Fatalf("the deleted user's token on A: %d, want 401", code)
+	}
+	keys, err := rs.Client(t).Keys(context.Background(), "*"+string(id)+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !strings.HasSuffix(k, "}:pos") {
+			t.Fatalf("Redis keys of the deleted user's document: %v", keys)
+		}
 	}
 }
