@@ -196,11 +196,13 @@ func (n *Node) Shutdown(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	n.cancel()
-	if n.hooks != nil {
-		n.hooks.Close() // deliveries in progress are made again by another node (or after a restart)
-	}
 	if err := n.app.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("failed to stop HTTP server: %w", err))
+	}
+	if n.hooks != nil {
+		// After the API's last event; in a cluster another node makes the
+		// deliveries this one had in hand.
+		n.hooks.Close()
 	}
 	if n.auth != nil {
 		if err := n.auth.close(); err != nil {
