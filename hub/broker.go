@@ -27,6 +27,12 @@ const (
 	// PubEphemeral carries one encoded automerge-repo ephemeral message.
 	// Not logged: at most once, offset 0.
 	PubEphemeral PublicationKind = 'e'
+	// PubDeleted tells the nodes that have the document open that it was
+	// deleted (Hub.DeleteDocument): they detach its peers. Publishing it
+	// first removes the document's log (its stream), so a later
+	// publication of changes starts a new epoch. Not logged: at most
+	// once, offset 0, no data.
+	PubDeleted PublicationKind = 'd'
 )
 
 // StreamPosition is a place in a document's stream of PubChanges
@@ -86,7 +92,10 @@ type BrokerHandler interface {
 //     published before Subscribe returned.
 //   - Publish of PubChanges appends to the document's log and publishes
 //     atomically and returns the publication's position; the publisher
-//     receives its own publications too.
+//     receives its own publications too. Publish of PubDeleted removes
+//     the document's log and position (History then reports
+//     ErrHistoryLost for any earlier position, Position starts a new
+//     epoch) and then delivers the notice to every subscriber.
 //   - Position returns the stream's current position: every PubChanges
 //     publication up to it was published before the call. A publisher
 //     stores its changes before it publishes them, so after Position the

@@ -26,6 +26,7 @@ const (
 	kindCatchUp                       // the broker re-made the subscription: catch up
 	kindReauthorize                   // permissions changed: ask the Authorizer again
 	kindCall                          // the node's API runs call on the owner (content.go)
+	kindDelete                        // Hub.DeleteDocument: detach every peer, remove from the store (delete.go)
 )
 
 // maxBatchMessages bounds the messages an owner handles between two store
@@ -40,7 +41,7 @@ const maxBatchMessages = 1024
 // (as opposed to the broker or a permission change): only those keep an
 // idle document in memory.
 func (k docMsgKind) local() bool {
-	return k != kindRemote && k != kindCatchUp && k != kindReauthorize
+	return k != kindRemote && k != kindCatchUp && k != kindReauthorize && k != kindDelete
 }
 
 type docMsg struct {
@@ -49,8 +50,9 @@ type docMsg struct {
 	msg        *protocol.Message
 	storageIDs []string
 	pub        *Publication
-	call       func(*document) // kindCall; given nil if the owner stops first
-	cost       int             // bytes of s's and the hub's in-flight budgets it holds
+	call       func(*document)    // kindCall; given nil if the owner stops first
+	cost       int                // bytes of s's and the hub's in-flight budgets it holds
+	deleted    chan deleteOutcome // kindDelete: the outcome (buffered)
 }
 
 // done returns the budget bytes m holds, once it is handled (or dropped).
@@ -95,6 +97,8 @@ type document struct {
 	compaction compaction
 
 	stream follower // with a broker: the document's stream (stream.go)
+
+	deletion *deletion // being deleted (delete.go): nil otherwise
 
 	// Requesters of a document that does not exist yet (peers.go):
 	reqTimer *time.Timer
@@ -166,6 +170,10 @@ func (d *document) run() {
 				default:
 					drained = true
 				}
+			}
+			if d.deletion != nil {
+				d.finishDelete()
+				return
 			}
 			if d.lagged.Swap(false) {
 				d.catchUp("lagged")
@@ -239,7 +247,13 @@ func (d *document) run() {
 }
 
 func (d *document) handle(m docMsg) {
+	if d.deletion != nil {
+		d.handleDeleted(m)
+		return
+	}
 	switch m.kind {
+	case kindDelete:
+		d.startDelete(m.deleted, true)
 	case kindSync:
 		d.receiveSync(m.s, m.msg)
 	case kindEphemeral:
@@ -249,10 +263,15 @@ func (d *document) handle(m docMsg) {
 		}
 		d.relayEphemeral(m.s, m.msg)
 	case kindRemote:
+		if m.pub.Kind == PubDeleted {
+			d.startDelete(nil, false)
+			return
+		}
 		d.receivePub(*m.pub)
 	case kindCatchUp:
 		d.catchUp("resubscribed")
 	case kindReauthorize:
+		d.refreshMaxBytes()
 		d.reauthorize()
 	case kindCall:
 		m.call(d)
@@ -391,6 +410,9 @@ func (d *document) failAll() {
 			if m.kind == kindCall {
 				m.call(nil)
 			}
+			if m.deleted != nil {
+				m.deleted <- deleteOutcome{err: fmt.Errorf("failed to delete document %s: its store failed", d.id)}
+			}
 			m.done()
 		case <-time.After(10 * time.Millisecond):
 		}
@@ -405,6 +427,9 @@ func (d *document) drop() {
 		case m := <-d.inbox:
 			if m.kind == kindCall {
 				m.call(nil)
+			}
+			if m.deleted != nil {
+				m.deleted <- deleteOutcome{err: fmt.Errorf("failed to delete document %s: the node is stopping", d.id)}
 			}
 			m.done()
 		default:

@@ -112,6 +112,15 @@ type Options struct {
 	// Default: 128 MiB; Unlimited: no limit.
 	MaxDocBytes int
 
+	// DocMaxBytes, if set, returns the size bound of document id in place
+	// of MaxDocBytes: a per-user or per-document quota. 0 means
+	// MaxDocBytes, Unlimited (any negative value) no bound. The
+	// document's owner calls it when it loads the document and after each
+	// Reauthorize (its owners may have changed), with a ctx bounded by
+	// StoreTimeout; on an error it keeps the bound it had (MaxDocBytes at
+	// first) and logs it. It must be safe for concurrent use.
+	DocMaxBytes func(ctx context.Context, id protocol.DocumentID) (int, error)
+
 	// MaxInflatedBytes bounds what the compressed changes of one sync
 	// message may inflate to; more: close protocol.CloseLimitExceeded.
 	// Default: 64 MiB.
@@ -185,6 +194,14 @@ type Options struct {
 	// synchronously from session and document goroutines: it must be
 	// quick, safe for concurrent use, and must not call the hub.
 	OnSecurityEvent func(SecurityEvent)
+
+	// OnStored, if set, is told each time a document's owner stored a
+	// batch of changes from this node's peers (not those other nodes
+	// stored and published), and when it created a document's record;
+	// created reports the latter. Webhooks use it. The hub calls it
+	// synchronously from document goroutines, after the store confirmed
+	// the write: it must not block, and must not call the hub.
+	OnStored func(id protocol.DocumentID, created bool)
 
 	// AfterGC, if set, runs after the collection that follows evictions; a
 	// node uses it to hand freed C memory back to the operating system.
@@ -330,8 +347,12 @@ func New(ctx context.Context, opts Options) (*Hub, error) {
 // publication is dropped and the document marked lagged: its owner catches
 // up from the broker's log once it has drained the inbox.
 func (h *Hub) HandlePublication(id protocol.DocumentID, p Publication) {
-	if p.Kind == PubEphemeral && p.Origin == h.opts.PeerID {
-		return // our own, already relayed to our peers
+	if (p.Kind == PubEphemeral || p.Kind == PubDeleted) && p.Origin == h.opts.PeerID {
+		return // our own, already relayed to our peers (or detached from them)
+	}
+	if p.Kind == PubDeleted {
+		go h.detachDeleted(id, p) // never dropped for a full inbox, as notify would
+		return
 	}
 	h.notify(id, docMsg{kind: kindRemote, pub: &p})
 }

@@ -14,6 +14,7 @@ type Metrics struct {
 	OpenDocuments    prometheus.Gauge
 	DocumentsLoaded  prometheus.Counter
 	DocumentsEvicted prometheus.Counter
+	DocumentsDeleted *prometheus.CounterVec // by where the deletion came from: "local" (Hub.DeleteDocument) or "remote" (another node)
 	Compactions      prometheus.Counter
 	ChangesAccepted  prometheus.Counter
 	MessagesIn       *prometheus.CounterVec // by message type
@@ -41,6 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		OpenDocuments:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "plait_open_documents", Help: "Documents held in memory."}),
 		DocumentsLoaded:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_documents_loaded_total", Help: "Documents opened (loaded from the store or created)."}),
 		DocumentsEvicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_documents_evicted_total", Help: "Idle documents evicted from memory."}),
+		DocumentsDeleted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_documents_deleted_total", Help: "Documents deleted and detached from their peers, by origin: local (deleted through this node) or remote (another node's deletion, detached here)."}, []string{"origin"}),
 		Compactions:      prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_compactions_total", Help: "Documents compacted into a new snapshot."}),
 		ChangesAccepted:  prometheus.NewCounter(prometheus.CounterOpts{Name: "plait_changes_accepted_total", Help: "Changes from peers that passed every check and were applied."}),
 		MessagesIn:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_messages_in_total", Help: "Protocol messages received, by type."}, []string{"type"}),
@@ -68,7 +70,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
-			m.DocumentsLoaded, m.DocumentsEvicted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
+			m.DocumentsLoaded, m.DocumentsEvicted, m.DocumentsDeleted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
 			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.StoreErrors,
 			m.BrokerRecoveries, m.BrokerLagged, m.BrokerErrors, m.ChangesRemote, m.LimitHits, m.Denials)
 	}

@@ -32,6 +32,7 @@ func (d *document) load() error {
 		MaxInflatedBytes: d.h.opts.MaxInflatedBytes,
 		MaxSendBytes:     d.h.opts.MaxSendBytes,
 	})
+	d.refreshMaxBytes()
 	if b := d.h.opts.Broker; b != nil {
 		ctx, cancel := d.brokerCtx()
 		pos, err := b.Subscribe(ctx, d.id)
@@ -112,7 +113,11 @@ func (d *document) persist() error {
 	if err != nil {
 		return err
 	}
+	created := !d.stored
 	d.stored = true
+	if f := d.h.opts.OnStored; f != nil && (created || len(batch) > 0) {
+		f(d.id, created)
+	}
 	d.compaction.incBytes += len(batch)
 	clear(d.unsaved)
 	d.unsaved = d.unsaved[:0]

@@ -101,6 +101,7 @@ func RunBrokerTests(t *testing.T, cluster Cluster) {
 		{"Subscribe/Counted", testCounted, 100},
 		{"Subscribe/ReturnsCurrentPosition", testSubscribePosition, 100},
 		{"Ephemeral/DeliveredNotLogged", testEphemeral, 100},
+		{"Deleted/DeliveredAndLogRemoved", testDeleted, 100},
 		{"History/AfterPosition", testHistory, 100},
 		{"History/OtherEpochIsLost", testHistoryEpoch, 100},
 		{"History/TrimmedIsLost", testHistoryTrimmed, 5},
@@ -300,6 +301,36 @@ func testEphemeral(t *testing.T, nb func() (hub.Broker, *Recorder)) {
 	h, err := a.History(ctx(t), id, hub.StreamPosition{Epoch: p2.Epoch})
 	if err != nil || len(h) != 2 || string(h[0].Data) != "c1" || string(h[1].Data) != "c2" {
 		t.Fatalf("History %+v, %v: want c1, c2 only", h, err)
+	}
+}
+
+// testDeleted: a PubDeleted notice reaches the subscribers, and the
+// document's log is gone: History from any earlier position is lost and
+// the next publication starts a new epoch at offset 1.
+func testDeleted(t *testing.T, nb func() (hub.Broker, *Recorder)) {
+	a, _ := nb()
+	b, rb := nb()
+	id, other := NewDocID(), NewDocID()
+	mustSub(t, b, id)
+	mustPub(t, a, id, hub.PubChanges, "c1")
+	p2 := mustPub(t, a, id, hub.PubChanges, "c2")
+	o1 := mustPub(t, a, other, hub.PubChanges, "o1")
+	if _, err := a.Publish(ctx(t), id, hub.Publication{Kind: hub.PubDeleted, Origin: "node-test"}); err != nil {
+		t.Fatalf("Publish deleted: %v", err)
+	}
+	got := waitN(t, rb, id, 3)
+	if got[2].Kind != hub.PubDeleted || got[2].Origin != "node-test" || got[2].Pos.Offset != 0 || len(got[2].Data) != 0 {
+		t.Fatalf("deleted delivery %+v", got[2])
+	}
+	if h, err := b.History(ctx(t), id, hub.StreamPosition{Epoch: p2.Epoch}); !errors.Is(err, hub.ErrHistoryLost) {
+		t.Fatalf("History of a deleted stream: %+v, %v; want ErrHistoryLost", h, err)
+	}
+	p3 := mustPub(t, a, id, hub.PubChanges, "c3")
+	if p3.Offset != 1 || p3.Epoch == p2.Epoch {
+		t.Fatalf("first publication after the delete at %+v, want offset 1 in a new epoch (was %+v)", p3, p2)
+	}
+	if h, err := b.History(ctx(t), other, hub.StreamPosition{Epoch: o1.Epoch}); err != nil || len(h) != 1 || string(h[0].Data) != "o1" {
+		t.Fatalf("another document's log: %+v, %v", h, err)
 	}
 }
 

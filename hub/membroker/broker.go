@@ -163,6 +163,10 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 	}
 	p.Data = append([]byte(nil), p.Data...)
 	p.Pos = hub.StreamPosition{}
+	if p.Kind == hub.PubDeleted {
+		delete(bus.streams, id) // the next Position or publication starts a new epoch
+		p.Data = nil
+	}
 	if p.Kind == hub.PubChanges {
 		st := bus.stream(id)
 		st.offset++

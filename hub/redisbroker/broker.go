@@ -494,8 +494,17 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 	if err := b.check(ctx); err != nil {
 		return hub.StreamPosition{}, fmt.Errorf("failed to publish: %w", err)
 	}
-	if p.Kind == hub.PubEphemeral {
+	if p.Kind == hub.PubEphemeral || p.Kind == hub.PubDeleted {
 		payload := "e0::::" + strconv.Itoa(len(p.Origin)) + ":" + p.Origin + string(p.Data)
+		if p.Kind == hub.PubDeleted {
+			// The log and position go first: a node that catches up after
+			// the notice finds the history lost and reads the (emptied) store.
+			if err := b.c.Del(ctx, b.key(id, "pos"), b.key(id, "log")).Err(); err != nil {
+				b.m.PublishErrors.Inc()
+				return hub.StreamPosition{}, fmt.Errorf("failed to delete the stream: %w", err)
+			}
+			payload = "d0::::" + strconv.Itoa(len(p.Origin)) + ":" + p.Origin
+		}
 		var err error
 		if b.sharded {
 			err = b.c.SPublish(ctx, b.channel(id), payload).Err()

@@ -17,13 +17,14 @@ func TestDecodePayload(t *testing.T) {
 		{Kind: hub.PubChanges, Origin: "plait-1", Data: []byte("a:b\x00c"), Pos: hub.StreamPosition{Epoch: "e1", Offset: 7, Tag: "t7"}, Prev: "t6"},
 		{Kind: hub.PubChanges, Origin: "o", Data: []byte("x"), Pos: hub.StreamPosition{Epoch: "e1", Offset: 1, Tag: "t1"}},
 		{Kind: hub.PubEphemeral, Origin: "o:r:i", Data: nil},
+		{Kind: hub.PubDeleted, Origin: "plait-1"},
 	} {
 		got, err := decodePayload(encodePayload(p))
 		if err != nil || got.Kind != p.Kind || got.Origin != p.Origin || string(got.Data) != string(p.Data) || got.Pos != p.Pos {
 			t.Fatalf("round trip of %+v: %+v, %v", p, got, err)
 		}
 	}
-	for _, bad := range []string{"", "x1:e:t:p:0:", "c", "c1", "c1:e", "c1:e:t", "c1:e:t:p", "c1:e:t:p:9:ab", "c0::t::0:", "c1:e:::0:", "e1:e:t::0:", "e0::::x:", "e0:::p:0:", "c1:e:t:p:-1:", "cx:e:t:p:0:"} {
+	for _, bad := range []string{"", "x1:e:t:p:0:", "c", "c1", "c1:e", "c1:e:t", "c1:e:t:p", "c1:e:t:p:9:ab", "c0::t::0:", "c1:e:::0:", "e1:e:t::0:", "e0::::x:", "e0:::p:0:", "c1:e:t:p:-1:", "cx:e:t:p:0:", "d0::::1:ox", "d0:::p:1:o", "d1:e:t::1:o"} {
 		if _, err := decodePayload(bad); err == nil {
 			t.Errorf("decodePayload(%q) accepted", bad)
 		}
@@ -36,6 +37,7 @@ func TestDecodePayload(t *testing.T) {
 func FuzzDecodePayload(f *testing.F) {
 	f.Add("c12:abcd:t12:t11:7:plait-1\x85\x6f\x4a")
 	f.Add("e0::::3:abcdata")
+	f.Add("d0::::7:plait-1")
 	f.Fuzz(func(t *testing.T, s string) {
 		p, err := decodePayload(s)
 		if err != nil {

@@ -190,13 +190,14 @@ func (b *Broker) handler() hub.BrokerHandler {
 //
 //	<kind><offset>:<epoch>:<tag>:<prev>:<len(origin)>:<origin><data>
 //
-// kind is 'c' (changes) or 'e' (ephemeral: offset 0, no epoch nor tags).
+// kind is 'c' (changes), 'e' (ephemeral: offset 0, no epoch nor tags) or
+// 'd' (deleted: like ephemeral, without data).
 func decodePayload(s string) (hub.Publication, error) {
 	if len(s) < 1 {
 		return hub.Publication{}, errors.New("empty payload")
 	}
 	p := hub.Publication{Kind: hub.PublicationKind(s[0])}
-	if p.Kind != hub.PubChanges && p.Kind != hub.PubEphemeral {
+	if p.Kind != hub.PubChanges && p.Kind != hub.PubEphemeral && p.Kind != hub.PubDeleted {
 		return hub.Publication{}, fmt.Errorf("unknown kind %q", s[0])
 	}
 	// Five header fields, then origin and data (which may hold ':').
@@ -216,11 +217,14 @@ func decodePayload(s string) (hub.Publication, error) {
 	if (p.Kind == hub.PubChanges) != (off > 0 && epoch != "" && tag != "") {
 		return hub.Publication{}, errors.New("offset, epoch and tag do not match the kind")
 	}
-	if p.Kind == hub.PubEphemeral && prev != "" {
-		return hub.Publication{}, errors.New("an ephemeral publication with a previous tag")
+	if p.Kind != hub.PubChanges && prev != "" {
+		return hub.Publication{}, errors.New("an ephemeral or deleted publication with a previous tag")
 	}
 	p.Origin = rest[:n]
 	p.Data = []byte(rest[n:])
+	if p.Kind == hub.PubDeleted && len(p.Data) > 0 {
+		return hub.Publication{}, errors.New("a deleted publication with data")
+	}
 	if p.Kind == hub.PubChanges {
 		p.Pos = hub.StreamPosition{Epoch: epoch, Offset: off, Tag: tag}
 		p.Prev = prev

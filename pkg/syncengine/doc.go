@@ -229,6 +229,17 @@ func (d *Doc) Change(h Hash) ([]byte, bool) {
 // Queued returns the number of changes waiting for dependencies.
 func (d *Doc) Queued() int { return len(d.queue) }
 
+// SetMaxBytes changes Options.MaxBytes for the ReceiveMessage calls that
+// follow (a quota that changed with the document's owners); zero or
+// negative: no bound. Like every method, it is called from the document's
+// one goroutine.
+func (d *Doc) SetMaxBytes(n int) {
+	d.opts.MaxBytes = max(n, 0)
+}
+
+// MaxBytes returns the bound SetMaxBytes or Options.MaxBytes set (0: none).
+func (d *Doc) MaxBytes() int { return d.opts.MaxBytes }
+
 // Bytes returns the size of the document as Options.MaxBytes counts it:
 // the bytes of the uncompressed chunks of its applied changes plus those
 // of its queued ones.

@@ -80,4 +80,9 @@ type ACL interface {
 	Access(ctx context.Context, doc protocol.DocumentID) (DocAccess, error)
 	// DocsOf lists the documents user has an explicit role on, sorted by id.
 	DocsOf(ctx context.Context, user string) ([]UserDoc, error)
+	// Delete removes doc's access (every user's role, the link role) and
+	// the users' index entries: afterwards doc is unclaimed (Access
+	// returns ErrNotFound) and may be claimed again. ErrNotFound if doc
+	// was never claimed.
+	Delete(ctx context.Context, doc protocol.DocumentID) error
 }

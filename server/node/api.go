@@ -12,6 +12,7 @@ import (
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
+	"github.com/plaithub/plait/server/webhook"
 )
 
 // The REST API of documents and their sharing. Every call needs an access
@@ -70,6 +71,9 @@ func (n *Node) createDoc(c *fiber.Ctx, a auth.Access) error {
 	}
 	ctx, cancel := apiCtx(n)
 	defer cancel()
+	if err := n.checkDocQuota(ctx, c, a.User); err != nil {
+		return err
+	}
 	if err := n.auth.acl.Claim(ctx, id, a.User, time.Now()); err != nil {
 		if errors.Is(err, access.ErrClaimed) {
 			return fiber.NewError(fiber.StatusConflict, "this document already exists")
@@ -77,6 +81,7 @@ func (n *Node) createDoc(c *fiber.Ctx, a auth.Access) error {
 		return errUnavailable
 	}
 	n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: "created"})
+	n.emit(webhook.DocumentCreated, id, a.User)
 	_ = n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id})
 	return c.Status(fiber.StatusCreated).JSON(docJSON{DocumentID: string(id), URL: id.URL(), Role: hub.RoleOwner.String()})
 }
@@ -152,6 +157,7 @@ func (n *Node) changeAccess(c *fiber.Ctx, a auth.Access, id protocol.DocumentID,
 		return errUnavailable
 	}
 	n.auditRequest(c, auditEvent{Event: "access_change", User: a.User, Doc: string(id), Reason: what})
+	n.emit(webhook.AccessChanged, id, a.User)
 	if err := n.publish(ctx, auth.Event{Kind: auth.EventAccess, Doc: id}); err != nil {
 		return fiber.NewError(fiber.StatusServiceUnavailable, "saved, but open sessions may keep their old role until they reconnect: "+err.Error())
 	}

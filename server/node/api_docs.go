@@ -24,6 +24,7 @@ import (
 	"github.com/plaithub/plait/server/access"
 	"github.com/plaithub/plait/server/auth"
 	"github.com/plaithub/plait/server/content"
+	"github.com/plaithub/plait/server/webhook"
 )
 
 // The documents API beyond sync (docs/api.md): a document's content as
@@ -418,6 +419,11 @@ func (d *docAPI) postImport(c *fiber.Ctx, a auth.Access) error {
 		return err
 	}
 	if d.n.auth != nil {
+		// An import is a new document of the caller's: it counts against
+		// their documents (--max-docs-per-user, --quota-file).
+		if err := d.n.checkDocQuota(ctx, c, a.User); err != nil {
+			return err
+		}
 		if err := d.n.auth.acl.Claim(ctx, id, a.User, time.Now()); err != nil {
 			if errors.Is(err, access.ErrClaimed) {
 				return fiber.NewError(fiber.StatusConflict, "this document already exists")
@@ -441,6 +447,10 @@ func (d *docAPI) postImport(c *fiber.Ctx, a auth.Access) error {
 	}
 	d.n.auditRequest(c, auditEvent{Event: "doc_import", User: a.User, Doc: string(id),
 		Reason: strconv.Itoa(len(chunks)) + " changes imported"})
+	if d.n.auth != nil {
+		// Without login the hub's first store write announces it (onStored).
+		d.n.emit(webhook.DocumentCreated, id, a.User)
+	}
 	hh := hexHeads(heads)
 	c.Set(fiber.HeaderETag, etag(hh))
 	return c.Status(fiber.StatusCreated).JSON(fiber.Map{

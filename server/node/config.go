@@ -86,6 +86,8 @@ type Config struct {
 	BlockThreshold int           // offenses from one address within BlockWindow that block it
 	BlockWindow    time.Duration // the window offenses are counted in
 	BlockDuration  time.Duration // how long a blocked address is refused
+
+	lifeConfig // deletion, webhooks, quotas (config_life.go)
 }
 
 // AuthEnabled reports whether a login provider is configured: then every
@@ -157,6 +159,7 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&c.UserMessageBurst, "user-message-burst", 40000, "messages one user may send at once above user-message-rate")
 	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) file: serve HTTPS and WSS, TLS 1.3 minimum (with tls-key)")
 	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key file of tls-cert")
+	c.lifeConfig.registerFlags(fs)
 	fs.StringVar(&c.AuditLog, "audit-log", "-", "where the security audit log (JSON lines: logins, failures, denials, limit hits, malformed input) goes: - for standard error, or a file path (appended)")
 	fs.IntVar(&c.BlockThreshold, "block-threshold", 20, "offenses (malformed frames, failed logins and tokens, rate limits) from one address within block-window that get it blocked for block-duration (0 = never block)")
 	fs.DurationVar(&c.BlockWindow, "block-window", time.Minute, "the window block-threshold counts offenses in")
@@ -225,6 +228,9 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("log-format must be text or json, not %q", c.LogFormat)
 	}
 	if err := c.validateLimits(); err != nil {
+		return err
+	}
+	if err := c.lifeConfig.validate(); err != nil {
 		return err
 	}
 	if c.DataDir == "" && c.RedisURL == "" {

@@ -17,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/pkg/protocol"
+	"github.com/plaithub/plait/server/webhook"
 )
 
 // wsBufferBytes sizes each WebSocket connection's read and write buffers.
@@ -42,6 +44,8 @@ type Node struct {
 	audit   *auditor                 // the security audit log
 	blocks  *blocklist               // blocks repeat offenders
 	auth    *authState               // nil: anonymous node
+	quotas  quotas                   // --quota-file
+	hooks   *webhook.Dispatcher      // --webhooks-file; nil: none
 
 	closeAudit func() error
 
@@ -69,6 +73,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	log.Info("storage", "backend", be.desc)
 	m := hub.NewMetrics(reg)
 	registerLimitMetrics(m)
+	m.LimitHits.WithLabelValues(limitDocsPerUser)
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: log, be: be, reg: reg, m: m, ctx: nctx, cancel: cancel, closeAudit: closeAudit,
 		conns: newConnLimiter[netip.Addr](cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP),
@@ -79,9 +84,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		if n.auth != nil {
 			_ = n.auth.close()
 		}
+		if n.hooks != nil {
+			n.hooks.Close()
+		}
 		_ = be.close()
 		_ = closeAudit()
 		return nil, err
+	}
+	if n.quotas, err = readQuotaFile(cfg.QuotaFile); err != nil {
+		return fail(err)
 	}
 	var authz hub.Authorizer
 	if cfg.AuthEnabled() {
@@ -90,7 +101,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		authz = authorizer{acl: n.auth.acl}
 	}
+	peerID := "plait-" + protocol.RandomHex(8)
+	if err := n.startWebhooks(ctx, reg, peerID); err != nil {
+		return fail(err)
+	}
 	n.hub, err = hub.New(ctx, hub.Options{
+		PeerID:         peerID,
+		OnStored:       n.onStored,
 		Store:          be.store,
 		Broker:         be.broker,
 		Authorizer:     authz,
@@ -101,6 +118,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		PendingWait:    cfg.PendingWait,
 
 		MaxDocBytes:         offAsNegative(cfg.MaxDocBytes),
+		DocMaxBytes:         n.docMaxBytes,
 		MaxInflatedBytes:    cfg.MaxInflatedBytes,
 		MaxSendBytes:        cfg.MaxSendBytes,
 		MaxDocsPerConn:      offAsNegative(cfg.MaxDocsPerConn),
@@ -180,6 +198,11 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	n.cancel()
 	if err := n.app.ShutdownWithContext(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("failed to stop HTTP server: %w", err))
+	}
+	if n.hooks != nil {
+		// After the API's last event; in a cluster another node makes the
+		// deliveries this one had in hand.
+		n.hooks.Close()
 	}
 	if n.auth != nil {
 		if err := n.auth.close(); err != nil {

@@ -59,6 +59,7 @@ func (n *Node) routes(app *fiber.App) {
 		app.Post("/api/admin/revoke-user", n.handleRevokeUser)
 	}
 	newDocAPI(n).routes(app) // content, history, changes, export, import (api_docs.go)
+	n.deleteRoutes(app)      // api_delete.go
 	app.Get("/", func(c *fiber.Ctx) error {
 		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
 	})

@@ -1,6 +1,7 @@
 package authtest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -448,6 +449,7 @@ func RunACLTests(t *testing.T, newACL func(t *testing.T) access.ACL) {
 		{"DocsOf/SortedAndExact", testDocsOf},
 		{"DocsOf/ConsistentWithAccessUnderConcurrency", testDocsOfConcurrent},
 		{"Context/CancelledFailsWithoutEffect", testACLCancelled},
+		{"Delete/UnclaimedAndUnindexed", testACLDelete},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := newACL(t)
@@ -457,4 +459,58 @@ func RunACLTests(t *testing.T, newACL func(t *testing.T) access.ACL) {
 			tc.fn(t, a)
 		})
 	}
+}
+
+// testACLDelete: a deleted document is unclaimed for everyone, gone from
+// every user's list, may be claimed again from scratch, and other
+// documents keep their access.
+func testACLDelete(t *testing.T, a access.ACL) {
+	ctx := t.Context()
+	doc, owner, _ := claimed(t, a)
+	other, _, otherAt := claimed(t, a)
+	editor, viewer := newUser(t), newUser(t)
+	mustShare(t, a, doc, editor, hub.RoleEditor)
+	mustShare(t, a, doc, viewer, hub.RoleViewer)
+	mustShare(t, a, other, editor, hub.RoleEditor)
+	if err := a.SetLink(ctx, doc, hub.RoleViewer); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Delete(ctx, doc); err != nil {
+		t.Fatalf("Delete: %v", err)
+	}
+	_, err := a.Access(ctx, doc)
+	checkErr(t, "Access after Delete", err, access.ErrNotFound)
+	checkErr(t, "Delete again", a.Delete(ctx, doc), access.ErrNotFound)
+	checkErr(t, "Delete of an unclaimed document", a.Delete(ctx, newDoc()), access.ErrNotFound)
+	checkErr(t, "Share after Delete", a.Share(ctx, doc, viewer, hub.RoleEditor), access.ErrNotFound)
+	checkDocsOf(t, a, owner, nil)
+	checkDocsOf(t, a, viewer, nil)
+	checkDocsOf(t, a, editor, []access.UserDoc{{ID: other, Role: hub.RoleEditor}})
+	checkAccess(t, "the other document", mustAccess(t, a, other), map[string]hub.Role{mustOwner(t, a, other): hub.RoleOwner, editor: hub.RoleEditor}, hub.RoleNone, otherAt)
+	// Claimed again, by someone else: only they have a role.
+	at := time.Now()
+	if err := a.Claim(ctx, doc, viewer, at); err != nil {
+		t.Fatalf("Claim after Delete: %v", err)
+	}
+	checkAccess(t, "Access after a new Claim", mustAccess(t, a, doc), map[string]hub.Role{viewer: hub.RoleOwner}, hub.RoleNone, at)
+	checkDocsOf(t, a, viewer, []access.UserDoc{{ID: doc, Role: hub.RoleOwner}})
+	checkDocsOf(t, a, owner, nil)
+	ctx2, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := a.Delete(ctx2, doc); err == nil {
+		t.Fatal("Delete with a cancelled context succeeded")
+	}
+	mustAccess(t, a, doc)
+}
+
+// mustOwner returns the only owner of doc.
+func mustOwner(t *testing.T, a access.ACL, doc protocol.DocumentID) string {
+	t.Helper()
+	for u, r := range mustAccess(t, a, doc).Users {
+		if r == hub.RoleOwner {
+			return u
+		}
+	}
+	t.Fatalf("%s has no owner", doc)
+	return ""
 }

@@ -208,3 +208,27 @@ func (s *Store) DocsOf(ctx context.Context, user string) ([]access.UserDoc, erro
 	}
 	return out, nil
 }
+
+// Delete removes the document's access and its users' index entries in
+// one transaction.
+func (s *Store) Delete(ctx context.Context, doc protocol.DocumentID) error {
+	if err := s.checkDoc(ctx, doc); err != nil {
+		return fmt.Errorf("failed to delete the access of %s: %w", doc, err)
+	}
+	err := s.update(ctx, func(tx *bolt.Tx) error {
+		d, err := getDoc(tx, doc)
+		if err != nil {
+			return err
+		}
+		for u := range d.Users {
+			if err := index(tx, u, doc, hub.RoleNone); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketDocs).Delete([]byte(doc))
+	})
+	if err != nil {
+		return fmt.Errorf("failed to delete the access of %s: %w", doc, err)
+	}
+	return nil
+}
