@@ -397,4 +397,3 @@ func (a *archiveReader) finish(b []byte) error {
 	a.done = true
 	return io.EOF
 }
-

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -348,6 +349,19 @@ func TestExportImportThroughPipes(t *testing.T) {
 	}
 	verifyStorage(t, dst, f)
 
+	// A truncated archive file is refused before anything is written.
+	cut := filepath.Join(t.TempDir(), "cut.tar.gz")
+	if err := os.WriteFile(cut, archive.Bytes()[:archive.Len()*9/10], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := t.TempDir()
+	if code, stderr := run(t, nil, nil, "import", "--data-dir", empty, cut); code != 1 || !strings.Contains(stderr, ErrMalformed.Error()) {
+		t.Fatalf("import of a truncated file: exit %d, %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(empty, "plait.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("import of a truncated file created the store: %v", err)
+	}
+
 	// Importing again finds the storage not empty and writes nothing.
 	code, stderr := run(t, bytes.NewReader(archive.Bytes()), nil, "import", "--data-dir", dst.DataDir, "-")
 	if code != 1 || !strings.Contains(stderr, ErrNotEmpty.Error()) {
@@ -375,7 +389,7 @@ func TestCommandRefusals(t *testing.T) {
 		{"import", []string{"--data-dir", dir, filepath.Join(dir, "missing.tar.gz")}, 1, "no such file"},
 		{"import", []string{"--data-dir", dir, existing}, 1, "not gzip"},
 		{"import", []string{"--redis-url", "http://x", existing}, 2, "redis-url must start"},
-		{"import", []string{"--data-dir", dir, "--encryption-key-file", existing, existing}, 1, "encryption-key-file"},
+		{"export", []string{"--data-dir", dir, "--encryption-key-file", existing, filepath.Join(dir, "y.tar.gz")}, 1, "encryption-key-file"},
 		{"restore", nil, 2, "unknown command"},
 	} {
 		code, stderr := run(t, nil, nil, tc.cmd, tc.args...)

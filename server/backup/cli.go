@@ -113,15 +113,22 @@ func runExport(ctx context.Context, cfg node.Config, file string, stdout, stderr
 }
 
 func runImport(ctx context.Context, cfg node.Config, file string, stdin io.Reader, stderr io.Writer) error {
-	var r io.Reader
-	if file == "-" {
-		r = stdin
-	} else {
+	r := stdin
+	if file != "-" {
+		// A file is checked whole before anything is written: a truncated
+		// or damaged archive leaves the target untouched. (Standard input
+		// is checked as it streams, document by document.)
 		f, err := os.Open(file)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
+		if _, err := Verify(ctx, bufio.NewReaderSize(f, 1<<20), Options{Progress: stderr}); err != nil {
+			return err
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
 		r = f
 	}
 	st, err := Open(ctx, cfg, true)
