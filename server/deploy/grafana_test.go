@@ -317,4 +317,3 @@ func waitMetric(ctx context.Context, t *testing.T, base, name string, min float6
 		}
 	}
 }
-
