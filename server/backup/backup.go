@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -73,7 +74,7 @@ type Options struct {
 // whose dependencies are missing (a store that lost data may hold some;
 // they are kept, as the store kept them), and its heads as sorted hex.
 func ordered(raws [][]byte) (chunks [][]byte, heads []string, err error) {
-	eng := syncengine.New(syncengine.Options{MaxQueued: len(raws) + 1, MaxQueuedBytes: 1 << 62, MaxOpsPerChange: 1 << 30, MaxOpsPerKey: 1 << 30})
+	eng := syncengine.New(syncengine.Options{MaxQueued: len(raws) + 1, MaxQueuedBytes: math.MaxInt, MaxOpsPerChange: math.MaxInt32, MaxOpsPerKey: math.MaxInt32})
 	if _, err := eng.AddChanges(nil, raws...); err != nil {
 		return nil, nil, fmt.Errorf("failed to index the changes: %w", err)
 	}
