@@ -239,3 +239,17 @@ func FuzzReadArchive(f *testing.F) {
 		_, _ = Import(t.Context(), bytes.NewReader(buf.Bytes()), memstore.New(), nil, Options{MaxDocBytes: 1 << 20})
 	})
 }
+
+// Long runs report progress: a line per interval, then a summary.
+func TestProgress(t *testing.T) {
+	var out strings.Builder
+	if _, err := Verify(t.Context(), bytes.NewReader(smallArchive(t)), Options{Progress: &out, ProgressEvery: time.Nanosecond}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "verify: 1 of 2 documents (50%), ") ||
+		!strings.HasPrefix(lines[1], "verify: 2 of 2 documents (100%), 3 changes, ") ||
+		!strings.HasPrefix(lines[2], "verify: done: 2 documents, 0 access lists, 3 changes, ") {
+		t.Errorf("progress:\n%s", out.String())
+	}
+}
