@@ -308,6 +308,10 @@ func TestRoundTripBoltRedisBolt(t *testing.T) {
 	mustRun(t, "import", "--data-dir", dst.DataDir, "--encryption-key-file", dst.EncryptionKeys, two)
 	verifyStorage(t, dst, f)
 
+	// A node on the restored storage serves each document to a real
+	// automerge-repo client, which gets the source's heads.
+	serveRestored(t, dst, f)
+
 	// The new store is encrypted at rest under its own key: read without
 	// the key, its batches are sealed.
 	plain, err := boltstore.Open(filepath.Join(dst.DataDir, "plait.db"), boltstore.Options{})

@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,12 +26,7 @@ const jsDir = "../testdata/js"
 // each .automerge entry to the heads the metadata lists and the content
 // the store held.
 func TestArchiveLoadsInAutomergeJS(t *testing.T) {
-	if _, err := exec.LookPath("node"); err != nil {
-		t.Fatal("node is not installed: this test needs Node >= 20 (CI installs it)")
-	}
-	if _, err := os.Stat(filepath.Join(jsDir, "node_modules", "@automerge", "automerge")); err != nil {
-		t.Fatalf("JS packages are not installed: run `make deps`: %v", err)
-	}
+	requireJS(t)
 	src := node.Config{DataDir: t.TempDir(), RedisPrefix: "plait"}
 	st, err := Open(t.Context(), src, true)
 	if err != nil {
@@ -100,5 +98,62 @@ func TestArchiveLoadsInAutomergeJS(t *testing.T) {
 		if len(d.Content) != len(want) {
 			t.Errorf("%s: JS content %v, want %v", m.ID, d.Content, want)
 		}
+	}
+}
+
+// serveRestored starts a node on the storage cfg names (anonymous, on
+// loopback) and has the JS client load.mjs (automerge-repo) find every
+// document of the fixture that has changes, waiting for the source's heads.
+func serveRestored(t *testing.T, cfg node.Config, f fixture) {
+	t.Helper()
+	requireJS(t)
+	ncfg, err := node.ParseConfig([]string{"--addr", "127.0.0.1:0", "--data-dir", cfg.DataDir, "--encryption-key-file", cfg.EncryptionKeys,
+		"--audit-log", filepath.Join(t.TempDir(), "audit.log")}, func(string) string { return "" }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", ncfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.New(t.Context(), ncfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Serve(ln) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		if err := n.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		<-done
+	}()
+	for id, d := range f.docs {
+		if d == nil || len(d.Heads()) == 0 {
+			continue
+		}
+		heads, _ := json.Marshal(sortedHeads(d))
+		ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+		cmd := exec.CommandContext(ctx, "node", "load.mjs", "ws://"+ln.Addr().String()+"/ws", id.URL(), string(heads))
+		cmd.Dir = jsDir
+		cmd.Env = append(os.Environ(), "PLAIT_E2E_TIMEOUT_MS=40000")
+		out, err := cmd.CombinedOutput()
+		cancel()
+		if err != nil {
+			t.Fatalf("node load.mjs %s %s: %v\n%s", id.URL(), heads, err, out)
+		}
+	}
+}
+
+func requireJS(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatal("node is not installed: this test needs Node >= 20 (CI installs it)")
+	}
+	if _, err := os.Stat(filepath.Join(jsDir, "node_modules", "@automerge", "automerge-repo")); err != nil {
+		t.Fatalf("JS packages are not installed: run `make deps`: %v", err)
 	}
 }
