@@ -283,11 +283,17 @@ func (a *archiveReader) entry(limit int64) (string, []byte, error) {
 	if hdr.Size < 0 || hdr.Size > limit {
 		return "", nil, malformed("entry %q has %d bytes, more than the %d allowed", hdr.Name, hdr.Size, limit)
 	}
-	b := make([]byte, hdr.Size)
-	if _, err := io.ReadFull(a.tr, b); err != nil {
+	// Grow with what arrives rather than trust the header's size: a
+	// header claiming a gigabyte in front of a few bytes costs a few bytes.
+	var buf bytes.Buffer
+	buf.Grow(int(min(hdr.Size, 1<<20)))
+	if _, err := io.Copy(&buf, io.LimitReader(a.tr, hdr.Size)); err != nil {
 		return "", nil, malformed("entry %q: %v", hdr.Name, err)
 	}
-	return hdr.Name, b, nil
+	if int64(buf.Len()) != hdr.Size {
+		return "", nil, malformed("entry %q: %d of %d bytes", hdr.Name, buf.Len(), hdr.Size)
+	}
+	return hdr.Name, buf.Bytes(), nil
 }
 
 // strictJSON decodes exactly one JSON value, refusing unknown fields.

@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"encoding/json"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -251,5 +253,44 @@ func TestProgress(t *testing.T) {
 		!strings.HasPrefix(lines[1], "verify: 2 of 2 documents (100%), 3 changes, ") ||
 		!strings.HasPrefix(lines[2], "verify: done: 2 documents, 0 access lists, 3 changes, ") {
 		t.Errorf("progress:\n%s", out.String())
+	}
+}
+
+// An entry whose header claims far more bytes than follow costs what
+// follows, not what it claims.
+func TestArchiveClaimedSizeNotAllocated(t *testing.T) {
+	es := unpack(t, smallArchive(t))
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	const claimed = 512 << 20
+	for _, e := range es[:1] {
+		_ = tw.WriteHeader(&tar.Header{Name: e.name, Mode: 0o600, Size: int64(len(e.data)), Typeflag: tar.TypeReg})
+		_, _ = tw.Write(e.data)
+	}
+	// The metadata as it would be for a 512 MiB document; it is checked
+	// only once its data has been read, which never completes.
+	var m DocMeta
+	if err := json.Unmarshal(es[1].data, &m); err != nil {
+		t.Fatal(err)
+	}
+	m.Bytes = claimed
+	mb, _ := json.Marshal(m)
+	_ = tw.WriteHeader(&tar.Header{Name: es[1].name, Mode: 0o600, Size: int64(len(mb)), Typeflag: tar.TypeReg})
+	_, _ = tw.Write(mb)
+	_ = tw.WriteHeader(&tar.Header{Name: es[2].name, Mode: 0o600, Size: claimed, Typeflag: tar.TypeReg})
+	_, _ = tw.Write([]byte("only a few bytes"))
+	_ = gz.Close() // the tar is cut short
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := Verify(t.Context(), bytes.NewReader(buf.Bytes()), Options{})
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrMalformed) {
+		t.Fatalf("Verify: %v", err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 64<<20 {
+		t.Errorf("reading a truncated entry that claims %d bytes allocated %d", claimed, grew)
 	}
 }
