@@ -56,6 +56,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeads$$' -fuzztime $(FUZZTIME) ./server/content
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./server/webhook
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDelivery$$' -fuzztime $(FUZZTIME) ./server/webhook
+	$(GO) test -run '^$$' -fuzz '^FuzzReadArchive$$' -fuzztime $(FUZZTIME) ./server/backup
 
 # Every load-test scenario at tiny sizes against the built node: fails if a
 # report is missing, clients do not converge, or errors occur.

@@ -1,5 +1,7 @@
 // Command plait runs one Plait node: an automerge-repo compatible sync
-// server. See README.md and `go run ./server --help`.
+// server. See README.md and `go run ./server --help`. `plait export FILE`
+// and `plait import FILE` back up and restore a node's storage
+// (server/backup); `plait probe URL` is the container health check.
 package main
 
 import (
@@ -13,12 +15,19 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/plaithub/plait/server/backup"
 	"github.com/plaithub/plait/server/node"
 )
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == "probe" {
 		os.Exit(probe(os.Args[2]))
+	}
+	if len(os.Args) >= 2 && (os.Args[1] == "export" || os.Args[1] == "import") {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		code := backup.Main(ctx, os.Args[1], os.Args[2:], os.Getenv, os.Stdin, os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	}
 	cfg, err := node.ParseConfig(os.Args[1:], os.Getenv, os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {

@@ -464,3 +464,35 @@ func syncKey(id protocol.DocumentID, storageID string) []byte {
 	k = append(k, 0)
 	return append(k, storageID...)
 }
+
+// DocumentIDs returns the id of every document in the store, in id order,
+// read in one transaction. Backups (server/backup) use it to find what to
+// export; the hub never lists documents.
+func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("failed to list documents: %w", ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("failed to list documents: %w", err)
+	}
+	var ids []protocol.DocumentID
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDocs).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			if v != nil {
+				continue // not a document bucket
+			}
+			if len(ids)%1024 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
+			}
+			ids = append(ids, protocol.DocumentID(k)) // copies out of the mmap
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("failed to list documents: %w", err)
+	}
+	return ids, nil
+}

@@ -277,3 +277,7 @@ func runAndKill(t *testing.T, path string, killAfter int, acked map[int]map[int]
 	}
 	return n
 }
+
+func TestDocumentIDs(t *testing.T) {
+	storetest.RunListTests(t, func(t *testing.T) storetest.ListStore { return openTemp(t) })
+}

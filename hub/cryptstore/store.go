@@ -203,3 +203,16 @@ func (s *Store) LoadSyncState(ctx context.Context, id protocol.DocumentID, stora
 
 // Close closes the inner store.
 func (s *Store) Close() error { return s.inner.Close() }
+
+// DocumentIDs lists the inner store's documents (ids are not encrypted:
+// they are the keys the inner store files values under). It fails if the
+// inner store cannot list its documents.
+func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) {
+	l, ok := s.inner.(interface {
+		DocumentIDs(context.Context) ([]protocol.DocumentID, error)
+	})
+	if !ok {
+		return nil, fmt.Errorf("failed to list documents: the inner store %T cannot list its documents", s.inner)
+	}
+	return l.DocumentIDs(ctx)
+}

@@ -204,3 +204,15 @@ func TestParseKeyFile(t *testing.T) {
 		}
 	}
 }
+
+func TestDocumentIDs(t *testing.T) {
+	k := key("k1")
+	storetest.RunListTests(t, func(t *testing.T) storetest.ListStore { return wrap(t, memstore.New(), k) })
+	storetest.RunListTests(t, func(t *testing.T) storetest.ListStore {
+		b, err := boltstore.Open(filepath.Join(t.TempDir(), "p.db"), boltstore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return wrap(t, b, k)
+	})
+}

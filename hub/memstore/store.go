@@ -225,3 +225,21 @@ func clone(b []byte) []byte {
 	}
 	return append(make([]byte, 0, len(b)), b...)
 }
+
+// DocumentIDs returns the id of every document in the store, sorted.
+func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, fmt.Errorf("failed to list documents: %w", ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("failed to list documents: %w", err)
+	}
+	ids := make([]protocol.DocumentID, 0, len(s.docs))
+	for id := range s.docs {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}

@@ -11,3 +11,7 @@ import (
 func TestStore(t *testing.T) {
 	storetest.RunStoreTests(t, func(t *testing.T) hub.Store { return memstore.New() })
 }
+
+func TestDocumentIDs(t *testing.T) {
+	storetest.RunListTests(t, func(t *testing.T) storetest.ListStore { return memstore.New() })
+}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -384,4 +386,70 @@ func (s *Store) Close() error {
 		return hub.ErrStoreClosed
 	}
 	return nil
+}
+
+// idUnescaper undoes escapeID: its escapes are unambiguous, so one pass
+// left to right restores the id.
+var idUnescaper = strings.NewReplacer("%7B", "{", "%7D", "}", "%25", "%")
+
+// DocumentIDs returns the id of every document in the store (every meta
+// hash under the prefix), sorted. It walks the keyspace with SCAN (on
+// every master of a Redis Cluster), which does not block Redis; documents
+// created or deleted while it runs may or may not be listed. Backups
+// (server/backup) use it; the hub never lists documents.
+func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) {
+	if s.closed.Load() {
+		return nil, fmt.Errorf("failed to list documents: %w", hub.ErrStoreClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("failed to list documents: %w", err)
+	}
+	head, tail := s.prefix+":{", "}:meta"
+	pattern := globEscape(s.prefix) + ":{*}:meta"
+	var mu sync.Mutex
+	seen := make(map[protocol.DocumentID]struct{})
+	scan := func(ctx context.Context, c redis.Cmdable) error {
+		it := c.Scan(ctx, 0, pattern, 1000).Iterator()
+		for it.Next(ctx) {
+			key := it.Val()
+			esc, ok := strings.CutPrefix(key, head)
+			if !ok {
+				continue
+			}
+			if esc, ok = strings.CutSuffix(esc, tail); !ok || esc == "" || strings.ContainsAny(esc, "{}") {
+				continue
+			}
+			mu.Lock()
+			seen[protocol.DocumentID(idUnescaper.Replace(esc))] = struct{}{}
+			mu.Unlock()
+		}
+		return it.Err()
+	}
+	var err error
+	if cc, ok := s.c.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
+	} else {
+		err = scan(ctx, s.c)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("failed to list documents: %w", err)
+	}
+	ids := make([]protocol.DocumentID, 0, len(seen))
+	for id := range seen {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// globEscape quotes the characters a SCAN MATCH pattern gives a meaning.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\^-`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

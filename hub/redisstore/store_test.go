@@ -37,11 +37,13 @@ func newStore(t *testing.T, c redis.UniversalClient) hub.Store {
 func TestStore(t *testing.T) {
 	c := redistest.Start(t, redistest.Options{}).Client(t)
 	storetest.RunStoreTests(t, func(t *testing.T) hub.Store { return newStore(t, c) })
+	storetest.RunListTests(t, func(t *testing.T) storetest.ListStore { return newStore(t, c).(storetest.ListStore) })
 }
 
 func TestStoreCluster(t *testing.T) {
 	c := redistest.StartCluster(t, 3).Client(t)
 	storetest.RunStoreTests(t, func(t *testing.T) hub.Store { return newStore(t, c) })
+	storetest.RunListTests(t, func(t *testing.T) storetest.ListStore { return newStore(t, c).(storetest.ListStore) })
 
 	// Ids with the hash-tag characters: unescaped, "}x" would make an empty
 	// tag (each key hashed whole, so the scripts would fail with CROSSSLOT)

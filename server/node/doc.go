@@ -11,7 +11,8 @@
 // audit.go writes the audit log and blocklist.go blocks repeat
 // offenders; limits.go and listen.go bound connections and requests;
 // backend.go and keyfile.go open the store, the broker and the keys;
-// config.go is the configuration.
+// config.go is the configuration; storage.go gives the storage tools
+// (plait export and import, server/backup) the node's storage settings.
 //
 // Concurrency: a Node serves requests concurrently once New returns; its
 // limiters, audit log, blocklist and live-socket registry are safe for

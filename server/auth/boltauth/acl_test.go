@@ -10,3 +10,7 @@ import (
 func TestACL(t *testing.T) {
 	authtest.RunACLTests(t, func(t *testing.T) access.ACL { return openTemp(t) })
 }
+
+func TestClaimedDocs(t *testing.T) {
+	authtest.RunClaimedDocsTests(t, func(t *testing.T) authtest.ListACL { return openTemp(t) })
+}

@@ -40,6 +40,7 @@ func TestStore(t *testing.T) {
 	})
 	t.Run("ACL", func(t *testing.T) {
 		authtest.RunACLTests(t, func(t *testing.T) access.ACL { return newStore(t, c) })
+		authtest.RunClaimedDocsTests(t, func(t *testing.T) authtest.ListACL { return newStore(t, c) })
 	})
 }
 
@@ -54,6 +55,7 @@ func TestCluster(t *testing.T) {
 	})
 	t.Run("ACL", func(t *testing.T) {
 		authtest.RunACLTests(t, func(t *testing.T) access.ACL { return newStore(t, c) })
+		authtest.RunClaimedDocsTests(t, func(t *testing.T) authtest.ListACL { return newStore(t, c) })
 	})
 	t.Run("Events", func(t *testing.T) {
 		authtest.RunEventsTests(t, func(t *testing.T) (a, b auth.Events) {
