@@ -187,7 +187,7 @@ func clip(s string, n int) string {
 // auditRequest records ev for the HTTP request c: its request id and
 // client address filled in.
 func (n *Node) auditRequest(c *fiber.Ctx, ev auditEvent) {
-	ev.RequestID, ev.Remote = requestID(c), c.Context().RemoteAddr().String()
+	ev.RequestID, ev.Remote = requestID(c), clientOf(c).remote
 	n.audit.record(ev)
 }
 

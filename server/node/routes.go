@@ -24,6 +24,7 @@ func (n *Node) routes(app *fiber.App) {
 		c.Set("X-Request-Id", id)
 		return c.Next()
 	})
+	app.Use(n.clientMiddleware) // the client behind a trusted proxy (proxy.go)
 	app.Use(n.blocks.middleware)
 	app.Use(n.limitHTTP)
 	app.Get("/healthz", func(c *fiber.Ctx) error {

@@ -62,7 +62,8 @@ func (n *Node) admit(c *fiber.Ctx) (*admission, error) {
 	}
 	c.Request().Header.VisitAll(func(k, v []byte) { req.Header.Add(string(k), string(v)) })
 	req.Host = string(c.Request().Host())
-	req.RemoteAddr = c.Context().RemoteAddr().String()
+	cl := clientOf(c)
+	req.RemoteAddr = cl.remote
 	if err := n.checkOrigin(req); err != nil {
 		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
 		return nil, fiber.NewError(fiber.StatusForbidden, err.Error())
@@ -73,7 +74,7 @@ func (n *Node) admit(c *fiber.Ctx) (*admission, error) {
 			return nil, err
 		}
 	}
-	key := clientKey(c.Context().RemoteIP())
+	key := clientKey(cl.ip.AsSlice())
 	if !n.conns.acquire(key) {
 		a.release()
 		n.m.LimitHits.WithLabelValues(limitConnsPerIP).Inc()
