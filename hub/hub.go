@@ -455,7 +455,7 @@ func (h *Hub) register(s *session) error {
 	h.sessions[key] = s
 	h.mu.Unlock()
 	if old != nil {
-		old.log.Info("replaced by a newer connection of the same user with the same peer id")
+		old.log.Debug("replaced by a newer connection of the same user with the same peer id")
 		old.conn.Close(protocol.CloseReplaced, "replaced by a newer connection with the same peer id")
 	}
 	return nil

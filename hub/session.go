@@ -91,14 +91,14 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 
 	s, err := h.join(ctx, conn, log, info, cid)
 	if err != nil {
-		log.Info("connection closed before join", "err", err)
+		log.Debug("connection closed before join", "err", err)
 		return err
 	}
 	defer h.unregister(s)
 	err = s.readLoop(ctx)
 	s.closed.Store(true)
 	s.leaveAll()
-	s.log.Info("connection closed", "err", err)
+	s.log.Debug("connection closed", "err", err)
 	return err
 }
 
@@ -173,7 +173,7 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger, info ConnIn
 		PeerMetadata:            &protocol.PeerMetadata{StorageID: h.storageID, IsEphemeral: false},
 		SelectedProtocolVersion: protocol.ProtocolVersion,
 	})
-	s.log.Info("peer joined", "storage_id", s.storageID, "ephemeral", s.ephemeral)
+	s.log.Debug("peer joined", "storage_id", s.storageID, "ephemeral", s.ephemeral)
 	return s, nil
 }
 
@@ -351,7 +351,7 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		s.conn.Close(protocol.CloseNormal, "peer left")
 		return nil
 	case protocol.TypeError:
-		s.log.Info("peer reported an error", "message", msg.ErrorMessage)
+		s.log.Debug("peer reported an error", "message", msg.ErrorMessage)
 		return nil
 	default: // join, peer: only valid as the first message / from a server
 		err := fmt.Errorf("%w: unexpected %q message after join", errProtocol, msg.Type)

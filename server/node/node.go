@@ -61,6 +61,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	log, logs := throttleLogs(log, reg) // repeated warnings and errors: a few lines and a count
 	be, err := openBackend(ctx, cfg, log, reg)
 	if err != nil {
 		_ = closeAudit()
@@ -120,6 +121,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return fail(err)
 	}
 	go n.httpLim.sweepEvery(nctx, time.Minute)
+	go every(nctx, throttleWindow, func(time.Time) { logs.flush(context.Background()) })
 	go n.blocks.sweepEvery(nctx, time.Minute)
 	if n.auth != nil {
 		go n.watchEvents()

@@ -167,12 +167,14 @@ func (n *Node) handleWS(c *fiber.Ctx) error {
 // own; a is released when the socket is done.
 func (n *Node) serveSocket(a *admission, nc net.Conn) {
 	_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
-	ws, err := websocket.Accept(newHijackWriter(nc, wsBufferBytes), a.req, &websocket.AcceptOptions{
+	hw := newHijackWriter(nc, wsBufferBytes)
+	hw.Header().Set("X-Request-Id", a.info.RequestID) // on the 101 too: the session's log lines carry it
+	ws, err := websocket.Accept(hw, a.req, &websocket.AcceptOptions{
 		OriginPatterns:  n.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
-		n.log.Info("WebSocket handshake failed", "remote", a.info.RemoteAddr, "err", err)
+		n.log.Debug("WebSocket handshake failed", "remote", a.info.RemoteAddr, "request_id", a.info.RequestID, "err", err)
 		_ = nc.Close()
 		a.release()
 		return
