@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"slices"
 	"sync/atomic"
@@ -48,7 +49,8 @@ type docMsg struct {
 	msg        *protocol.Message
 	storageIDs []string
 	pub        *Publication
-	cost       int // bytes of s's and the hub's in-flight budgets it holds
+	cost       int               // bytes of s's and the hub's in-flight budgets it holds
+	trace      trace.SpanContext // the span it is part of (trace.go); may be invalid
 }
 
 // done returns the budget bytes m holds, once it is handled (or dropped).
@@ -93,6 +95,11 @@ type document struct {
 	compaction compaction
 
 	stream follower // with a broker: the document's stream (stream.go)
+
+	// traceSC is the span of the latest message whose changes wait for
+	// the next store write (trace.go): that write and the publication of
+	// its batch are its children.
+	traceSC trace.SpanContext
 
 	// Requesters of a document that does not exist yet (peers.go):
 	reqTimer *time.Timer
@@ -239,7 +246,14 @@ func (d *document) run() {
 func (d *document) handle(m docMsg) {
 	switch m.kind {
 	case kindSync:
+		_, sp := d.h.startSpan(m.trace, spanDocSync, trace.SpanKindInternal, attrDoc.String(string(d.id)))
+		before := len(d.unsaved)
 		d.receiveSync(m.s, m.msg)
+		if n := len(d.unsaved) - before; n > 0 {
+			sp.SetAttributes(attrChanges.Int(n))
+			d.traceSC = sp.SpanContext() // the store write and publication follow it
+		}
+		sp.End()
 	case kindEphemeral:
 		if _, ok := d.peers[m.s]; !ok {
 			d.h.m.Dropped.WithLabelValues("ephemeral_not_a_peer").Inc()
@@ -247,7 +261,7 @@ func (d *document) handle(m docMsg) {
 		}
 		d.relayEphemeral(m.s, m.msg)
 	case kindRemote:
-		d.receivePub(*m.pub)
+		d.receivePub(*m.pub, m.trace)
 	case kindCatchUp:
 		d.catchUp("resubscribed")
 	case kindReauthorize:
@@ -331,7 +345,7 @@ func (d *document) flush() error {
 // failure the document has failed all its peers and its owner must exit.
 func (d *document) flushed() bool {
 	if err := d.flush(); err != nil {
-		d.log.Error("failed to store changes", "err", err)
+		d.log.Error("failed to store changes", "err", err, "trace_id", traceID(d.traceSC))
 		d.h.m.StoreErrors.WithLabelValues("append").Inc()
 		d.failAll()
 		return false

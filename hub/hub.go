@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,11 @@ type Options struct {
 
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
+
+	// Tracer makes the spans of a message's way through the node and of
+	// a publication's arrival on another (trace.go). Default: a no-op
+	// tracer.
+	Tracer trace.Tracer
 
 	// Metrics records counters and gauges. Default: metrics that are not
 	// registered anywhere (so tests need no registry).
@@ -198,6 +204,9 @@ func (o *Options) fill() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Tracer == nil {
+		o.Tracer = defaultTracer()
+	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
@@ -333,7 +342,16 @@ func (h *Hub) HandlePublication(id protocol.DocumentID, p Publication) {
 	if p.Kind == PubEphemeral && p.Origin == h.opts.PeerID {
 		return // our own, already relayed to our peers
 	}
-	h.notify(id, docMsg{kind: kindRemote, pub: &p})
+	m := docMsg{kind: kindRemote, pub: &p}
+	if p.Kind == PubChanges && p.Origin != h.opts.PeerID {
+		// One edit is one trace across nodes: this span continues the
+		// publisher's (Publication.Trace).
+		_, sp := h.startSpan(parseTraceparent(p.Trace), spanDeliver, trace.SpanKindConsumer, attrDoc.String(string(id)),
+			attrOrigin.String(p.Origin), attrOffset.Int64(int64(p.Pos.Offset)))
+		m.trace = sp.SpanContext()
+		defer sp.End()
+	}
+	h.notify(id, m)
 }
 
 // HandleResubscribed implements BrokerHandler: the document catches up.

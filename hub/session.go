@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"slices"
 	"strings"
@@ -268,7 +269,11 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 			return err
 		}
 		s.addDoc(msg.DocumentID)
-		return s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost})
+		_, sp := s.h.startSpan(trace.SpanContext{}, spanMessage, trace.SpanKindServer, attrDoc.String(string(msg.DocumentID)),
+			attrMsgType.String(msg.Type), attrConn.Int64(int64(s.id)), attrRequestID.String(s.info.RequestID), attrBytes.Int(len(msg.Data)))
+		err = s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost, trace: sp.SpanContext()})
+		endSpan(sp, err)
+		return err
 	case protocol.TypeEphemeral:
 		if max := s.h.opts.MaxEphemeralBytes; len(msg.Data) > max {
 			s.h.m.LimitHits.WithLabelValues(LimitEphemeralBytes).Inc()

@@ -190,6 +190,8 @@ func (b *Broker) handler() hub.BrokerHandler {
 //
 //	<kind><offset>:<epoch>:<tag>:<prev>:<len(origin)>:<origin><data>
 //
+// A change publication's origin may carry its traceparent (joinOrigin).
+//
 // kind is 'c' (changes) or 'e' (ephemeral: offset 0, no epoch nor tags).
 func decodePayload(s string) (hub.Publication, error) {
 	if len(s) < 1 {
@@ -220,6 +222,9 @@ func decodePayload(s string) (hub.Publication, error) {
 		return hub.Publication{}, errors.New("an ephemeral publication with a previous tag")
 	}
 	p.Origin = rest[:n]
+	if p.Kind == hub.PubChanges {
+		p.Origin, p.Trace = splitOrigin(p.Origin)
+	}
 	p.Data = []byte(rest[n:])
 	if p.Kind == hub.PubChanges {
 		p.Pos = hub.StreamPosition{Epoch: epoch, Offset: off, Tag: tag}

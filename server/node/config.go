@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"io"
 	"log/slog"
 	"net"
@@ -90,6 +91,10 @@ type Config struct {
 	// Behind a proxy (proxy.go).
 	TrustedProxies trustedNets // peers that may name the client (PROXY protocol, ClientIPHeader)
 	ClientIPHeader string      // x-forwarded-for, forwarded or none
+
+	// TracerProvider makes the node's spans (tracing.go). Not a flag: nil
+	// means the one the OTEL_* environment configures, or none.
+	TracerProvider trace.TracerProvider
 }
 
 // AuthEnabled reports whether a login provider is configured: then every

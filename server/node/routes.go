@@ -42,6 +42,7 @@ func (n *Node) routes(app *fiber.App) {
 		return c.Next()
 	})
 	app.Use(n.clientMiddleware) // the client behind a trusted proxy (proxy.go)
+	app.Use(n.traceMiddleware)  // a span per request (tracing.go)
 	app.Use(n.blocks.middleware)
 	app.Use(n.limitHTTP)
 	app.Get("/healthz", func(c *fiber.Ctx) error {
