@@ -345,7 +345,7 @@ func (d *document) flush() error {
 // failure the document has failed all its peers and its owner must exit.
 func (d *document) flushed() bool {
 	if err := d.flush(); err != nil {
-		d.log.Error("failed to store changes", "err", err, "trace_id", traceID(d.traceSC))
+		d.log.Error("failed to store changes", "err", err, traceAttr(d.traceSC))
 		d.h.m.StoreErrors.WithLabelValues("append").Inc()
 		d.failAll()
 		return false

@@ -23,6 +23,10 @@ type ConnInfo struct {
 	RemoteAddr string
 	// RequestID identifies the HTTP request that opened the connection.
 	RequestID string
+	// Trace is the span of that HTTP request, if it was traced: the
+	// session's log lines carry its trace id and each message's span
+	// links to it.
+	Trace trace.SpanContext
 	// Identity is who the transport authenticated; the zero value is an
 	// anonymous peer.
 	Identity Identity
@@ -75,6 +79,9 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 	log := h.log.With("conn", cid, "remote", info.RemoteAddr)
 	if info.RequestID != "" {
 		log = log.With("request_id", info.RequestID)
+	}
+	if info.Trace.HasTraceID() {
+		log = log.With("trace_id", info.Trace.TraceID().String())
 	}
 	h.mu.Lock()
 	if h.closing {
@@ -271,6 +278,9 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		s.addDoc(msg.DocumentID)
 		_, sp := s.h.startSpan(trace.SpanContext{}, spanMessage, trace.SpanKindServer, attrDoc.String(string(msg.DocumentID)),
 			attrMsgType.String(msg.Type), attrConn.Int64(int64(s.id)), attrRequestID.String(s.info.RequestID), attrBytes.Int(len(msg.Data)))
+		if s.info.Trace.IsValid() {
+			sp.AddLink(trace.Link{SpanContext: s.info.Trace}) // the upgrade that opened the connection
+		}
 		err = s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost, trace: sp.SpanContext()})
 		endSpan(sp, err)
 		return err

@@ -143,7 +143,7 @@ func (d *document) publishPending() {
 		endSpan(sp, err)
 		if err != nil {
 			d.h.m.BrokerErrors.WithLabelValues("publish").Inc()
-			d.log.Warn("failed to publish changes; will retry", "batches", len(d.stream.unpublished), "err", err, "trace_id", traceID(sp.SpanContext()))
+			d.log.Warn("failed to publish changes; will retry", "batches", len(d.stream.unpublished), "err", err, traceAttr(sp.SpanContext()))
 			d.stream.scheduleRetry()
 			return
 		}
@@ -211,7 +211,7 @@ func (d *document) applyPub(p Publication, parent trace.SpanContext) {
 	endSpan(sp, err)
 	if err != nil {
 		d.h.m.BrokerErrors.WithLabelValues("bad_publication").Inc()
-		d.log.Error("dropped a publication that does not apply", "origin", p.Origin, "offset", p.Pos.Offset, "err", err, "trace_id", traceID(sp.SpanContext()))
+		d.log.Error("dropped a publication that does not apply", "origin", p.Origin, "offset", p.Pos.Offset, "err", err, traceAttr(sp.SpanContext()))
 	}
 }
 

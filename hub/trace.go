@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"encoding/hex"
+	"log/slog"
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -116,12 +117,11 @@ func parseTraceparent(s string) trace.SpanContext {
 // brokers carry Publication.Trace only if it is one.
 func ValidTraceparent(s string) bool { return parseTraceparent(s).IsValid() }
 
-// traceID is sc's trace id for a log line; "" if sc is not valid (the
-// attribute is then empty, and no SDK is configured or the span was not
-// sampled).
-func traceID(sc trace.SpanContext) string {
+// traceAttr is sc's trace id as a log attribute; an empty attribute, which
+// slog leaves out, if sc has none (no SDK is configured).
+func traceAttr(sc trace.SpanContext) slog.Attr {
 	if !sc.HasTraceID() {
-		return ""
+		return slog.Attr{}
 	}
-	return sc.TraceID().String()
+	return slog.String("trace_id", sc.TraceID().String())
 }

@@ -131,6 +131,7 @@ func (a *auditor) hubEvent(ev hub.SecurityEvent) {
 	e := auditEvent{
 		Event:     string(ev.Kind),
 		RequestID: ev.Conn.RequestID,
+		TraceID:   traceIDString(ev.Conn.Trace),
 		ConnID:    ev.ConnID,
 		Remote:    ev.Conn.RemoteAddr,
 		User:      ev.Conn.Identity.User,

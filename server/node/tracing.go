@@ -125,7 +125,11 @@ func (n *Node) traceMiddleware(c *fiber.Ctx) error {
 
 // traceIDOf is the trace id of the request's span; "" without one.
 func traceIDOf(c *fiber.Ctx) string {
-	sc := trace.SpanContextFromContext(c.UserContext())
+	return traceIDString(trace.SpanContextFromContext(c.UserContext()))
+}
+
+// traceIDString is sc's trace id; "" if it has none.
+func traceIDString(sc trace.SpanContext) string {
 	if !sc.HasTraceID() {
 		return ""
 	}

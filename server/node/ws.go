@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"net"
 	"net/http"
 	"strings"
@@ -68,7 +69,8 @@ func (n *Node) admit(c *fiber.Ctx) (*admission, error) {
 		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
 		return nil, fiber.NewError(fiber.StatusForbidden, err.Error())
 	}
-	a := &admission{req: req, info: hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c)}}
+	a := &admission{req: req, info: hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c),
+		Trace: trace.SpanContextFromContext(c.UserContext())}}
 	if n.auth != nil {
 		if err := n.admitUser(c, a); err != nil {
 			return nil, err
@@ -190,7 +192,8 @@ func (n *Node) serveSocket(a *admission, nc net.Conn) {
 		live.conn = conn
 		n.auth.live.add(live)
 		live.timer = time.AfterFunc(time.Until(live.expires)+n.cfg.TokenGrace, func() {
-			n.audit.record(auditEvent{Event: "token_expired", Remote: a.info.RemoteAddr, RequestID: a.info.RequestID, User: live.user, Code: int(protocol.CloseTokenExpired)})
+			n.audit.record(auditEvent{Event: "token_expired", Remote: a.info.RemoteAddr, RequestID: a.info.RequestID,
+				TraceID: traceIDString(a.info.Trace), User: live.user, Code: int(protocol.CloseTokenExpired)})
 			closeWithError(conn, protocol.CloseTokenExpired, "access token expired: refresh it and reconnect")
 		})
 		// A revocation that landed between the token check in admit and
