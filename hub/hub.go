@@ -54,9 +54,10 @@ type Options struct {
 	Logger *slog.Logger
 
 	// Tracer makes the spans of a message's way through the node and of
-	// a publication's arrival on another (trace.go). Default: a no-op
-	// tracer.
-	Tracer trace.Tracer
+	// a publication's arrival on another (trace.go). Default: none (no
+	// span is started: nothing to pay on the hot path).
+	Tracer   trace.Tracer
+	untraced bool // Tracer was nil
 
 	// Metrics records counters and gauges. Default: metrics that are not
 	// registered anywhere (so tests need no registry).
@@ -206,6 +207,7 @@ func (o *Options) fill() error {
 	}
 	if o.Tracer == nil {
 		o.Tracer = defaultTracer()
+		o.untraced = true
 	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)

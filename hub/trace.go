@@ -52,9 +52,16 @@ var (
 
 func defaultTracer() trace.Tracer { return noop.NewTracerProvider().Tracer(traceScope) }
 
+// noSpan is the span of a hub without a Tracer: it records nothing and
+// has no span context.
+var noSpan trace.Span = noop.Span{}
+
 // startSpan starts a span named name, child of parent (invalid: a new
 // trace), with the node's id among its attributes.
 func (h *Hub) startSpan(parent trace.SpanContext, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	if h.opts.untraced {
+		return context.Background(), noSpan
+	}
 	ctx := context.Background()
 	if parent.IsValid() {
 		ctx = trace.ContextWithRemoteSpanContext(ctx, parent)

@@ -111,7 +111,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Broker:         be.broker,
 		Authorizer:     authz,
 		Logger:         log,
-		Tracer:         tr.tp.Tracer("github.com/plaithub/plait/hub"),
+		Tracer:         tr.hubTracer(),
 		Metrics:        m,
 		JoinTimeout:    cfg.JoinTimeout,
 		IdleDocTimeout: cfg.IdleDocTimeout,

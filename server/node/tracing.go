@@ -74,6 +74,14 @@ func openTracing(ctx context.Context, cfg Config, getenv func(string) string) (*
 	return &tracing{tp: tp, shutdown: tp.Shutdown, exporter: "otlp (http)"}, nil
 }
 
+// hubTracer is the hub's tracer; nil (no spans at all) when traces are off.
+func (t *tracing) hubTracer() trace.Tracer {
+	if t.exporter == "off" {
+		return nil
+	}
+	return t.tp.Tracer("github.com/plaithub/plait/hub")
+}
+
 // serviceName is OTEL_SERVICE_NAME, or "plait".
 func serviceName(getenv func(string) string) string {
 	if s := getenv("OTEL_SERVICE_NAME"); s != "" {
