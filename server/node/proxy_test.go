@@ -3,6 +3,7 @@ package node
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -554,4 +555,53 @@ backend xff
 		}
 	}
 	return pp, xff
+}
+
+// TestProxyProtocolUnderTLS: a proxy that passes TLS through (haproxy in
+// TCP mode) sends the PROXY header before the handshake; the node reads it
+// under TLS and blocks the client it names, not the proxy.
+func TestProxyProtocolUnderTLS(t *testing.T) {
+	certFile, keyFile, pool := selfSigned(t)
+	n := startNode(t, t.TempDir(), func(c *Config) {
+		c.TLSCert, c.TLSKey = certFile, keyFile
+		c.TrustedProxies, _ = parseTrustedNets("127.0.0.1")
+		c.BlockThreshold, c.BlockWindow, c.BlockDuration = 1, time.Minute, 10*time.Minute
+	})
+	addr := strings.TrimPrefix(strings.Replace(n.HTTP, "http://", "", 1), "https://")
+	// get sends GET path over TLS after a PROXY header naming client.
+	get := func(client, path string, hdr string) int {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "PROXY TCP4 %s 127.0.0.1 4000 443\r\n", client)
+		tc := tls.Client(c, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+		fmt.Fprintf(tc, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s\r\n", path, hdr)
+		resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+		if err != nil {
+			t.Fatalf("GET %s as %s: %v", path, client, err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get("203.0.113.5", "/", ""); code != http.StatusOK {
+		t.Fatalf("GET /: %d", code)
+	}
+	// A refused origin is an offense: with threshold 1 it blocks the client.
+	ws := "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: http://evil.example\r\n"
+	if code := get("203.0.113.5", "/ws", ws); code != http.StatusForbidden {
+		t.Fatalf("foreign origin: %d", code)
+	}
+	if code := get("203.0.113.5", "/", ""); code != http.StatusTooManyRequests {
+		t.Fatalf("the blocked client: %d", code)
+	}
+	if code := get("203.0.113.6", "/", ""); code != http.StatusOK {
+		t.Fatalf("another client behind the same proxy: %d", code)
+	}
+	if b := auditBlocked(t, n); len(b) != 1 || hostOf(b[0]) != "203.0.113.5" {
+		t.Fatalf("blocked: %v", b)
+	}
 }
