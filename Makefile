@@ -57,6 +57,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./server/webhook
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeDelivery$$' -fuzztime $(FUZZTIME) ./server/webhook
 	$(GO) test -run '^$$' -fuzz '^FuzzReadArchive$$' -fuzztime $(FUZZTIME) ./server/backup
+	$(GO) test -run '^$$' -fuzz '^FuzzParseProxyHeader$$' -fuzztime $(FUZZTIME) ./server/node
 
 # Every load-test scenario at tiny sizes against the built node: fails if a
 # report is missing, clients do not converge, or errors occur.

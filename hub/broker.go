@@ -57,6 +57,11 @@ type Publication struct {
 	// Prev is the tag of the publication before this one: a receiver
 	// holding another tag at Pos.Offset-1 missed a rollback and catches up.
 	Prev string
+	// Trace is the W3C traceparent of the span that published it ("" for
+	// none): the receiving node's spans join the publisher's trace. A
+	// broker carries it if it is valid (ValidTraceparent) and may drop it;
+	// receivers ignore a malformed one.
+	Trace string
 }
 
 // BrokerHandler receives what a Broker delivers. The Hub implements it.

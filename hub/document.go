@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"slices"
 	"sync/atomic"
@@ -53,6 +54,7 @@ type docMsg struct {
 	call       func(*document)    // kindCall; given nil if the owner stops first
 	cost       int                // bytes of s's and the hub's in-flight budgets it holds
 	deleted    chan deleteOutcome // kindDelete: the outcome (buffered)
+	trace      trace.SpanContext  // the span it is part of (trace.go); may be invalid
 }
 
 // done returns the budget bytes m holds, once it is handled (or dropped).
@@ -99,6 +101,10 @@ type document struct {
 	stream follower // with a broker: the document's stream (stream.go)
 
 	deletion *deletion // being deleted (delete.go): nil otherwise
+	// traceSC is the span of the latest message whose changes wait for
+	// the next store write (trace.go): that write and the publication of
+	// its batch are its children.
+	traceSC trace.SpanContext
 
 	// Requesters of a document that does not exist yet (peers.go):
 	reqTimer *time.Timer
@@ -255,7 +261,14 @@ func (d *document) handle(m docMsg) {
 	case kindDelete:
 		d.startDelete(m.deleted, true)
 	case kindSync:
+		_, sp := d.h.startSpan(m.trace, spanDocSync, trace.SpanKindInternal, attrDoc.String(string(d.id)))
+		before := len(d.unsaved)
 		d.receiveSync(m.s, m.msg)
+		if n := len(d.unsaved) - before; n > 0 {
+			sp.SetAttributes(attrChanges.Int(n))
+			d.traceSC = sp.SpanContext() // the store write and publication follow it
+		}
+		sp.End()
 	case kindEphemeral:
 		if _, ok := d.peers[m.s]; !ok {
 			d.h.m.Dropped.WithLabelValues("ephemeral_not_a_peer").Inc()
@@ -267,7 +280,7 @@ func (d *document) handle(m docMsg) {
 			d.startDelete(nil, false)
 			return
 		}
-		d.receivePub(*m.pub)
+		d.receivePub(*m.pub, m.trace)
 	case kindCatchUp:
 		d.catchUp("resubscribed")
 	case kindReauthorize:
@@ -355,7 +368,7 @@ func (d *document) flush() error {
 // failure the document has failed all its peers and its owner must exit.
 func (d *document) flushed() bool {
 	if err := d.flush(); err != nil {
-		d.log.Error("failed to store changes", "err", err)
+		d.log.Error("failed to store changes", "err", err, traceAttr(d.traceSC))
 		d.h.m.StoreErrors.WithLabelValues("append").Inc()
 		d.failAll()
 		return false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,12 @@ type Options struct {
 
 	// Logger receives structured logs. Default: slog.Default().
 	Logger *slog.Logger
+
+	// Tracer makes the spans of a message's way through the node and of
+	// a publication's arrival on another (trace.go). Default: none (no
+	// span is started: nothing to pay on the hot path).
+	Tracer   trace.Tracer
+	untraced bool // Tracer was nil
 
 	// Metrics records counters and gauges. Default: metrics that are not
 	// registered anywhere (so tests need no registry).
@@ -215,6 +222,10 @@ func (o *Options) fill() error {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+	if o.Tracer == nil {
+		o.Tracer = defaultTracer()
+		o.untraced = true
+	}
 	if o.Metrics == nil {
 		o.Metrics = NewMetrics(nil)
 	}
@@ -354,7 +365,16 @@ func (h *Hub) HandlePublication(id protocol.DocumentID, p Publication) {
 		go h.detachDeleted(id, p) // never dropped for a full inbox, as notify would
 		return
 	}
-	h.notify(id, docMsg{kind: kindRemote, pub: &p})
+	m := docMsg{kind: kindRemote, pub: &p}
+	if p.Kind == PubChanges && p.Origin != h.opts.PeerID {
+		// One edit is one trace across nodes: this span continues the
+		// publisher's (Publication.Trace).
+		_, sp := h.startSpan(parseTraceparent(p.Trace), spanDeliver, trace.SpanKindConsumer, attrDoc.String(string(id)),
+			attrOrigin.String(p.Origin), attrOffset.Int64(int64(p.Pos.Offset)))
+		m.trace = sp.SpanContext()
+		defer sp.End()
+	}
+	h.notify(id, m)
 }
 
 // HandleResubscribed implements BrokerHandler: the document catches up.
@@ -476,7 +496,7 @@ func (h *Hub) register(s *session) error {
 	h.sessions[key] = s
 	h.mu.Unlock()
 	if old != nil {
-		old.log.Info("replaced by a newer connection of the same user with the same peer id")
+		old.log.Debug("replaced by a newer connection of the same user with the same peer id")
 		old.conn.Close(protocol.CloseReplaced, "replaced by a newer connection with the same peer id")
 	}
 	return nil

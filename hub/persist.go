@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"time"
 
 	"github.com/plaithub/plait/pkg/syncengine"
@@ -105,12 +106,17 @@ func (d *document) persist() error {
 	for _, raw := range d.unsaved {
 		batch = append(batch, raw...)
 	}
+	parent := d.traceSC
+	d.traceSC = trace.SpanContext{}
+	_, sp := d.h.startSpan(parent, spanStore, trace.SpanKindInternal, attrDoc.String(string(d.id)), attrBytes.Int(len(batch)))
 	ctx, cancel := d.storeCtx()
 	start := time.Now()
 	_, err := d.h.opts.Store.AppendChanges(ctx, d.id, batch)
 	cancel()
 	d.h.m.observeStore("append", start)
+	endSpan(sp, err)
 	if err != nil {
+		d.traceSC = parent // the failure is logged with its trace
 		return err
 	}
 	created := !d.stored
@@ -123,6 +129,7 @@ func (d *document) persist() error {
 	d.unsaved = d.unsaved[:0]
 	if len(batch) > 0 && d.h.opts.Broker != nil {
 		d.stream.unpublished = append(d.stream.unpublished, batch)
+		d.stream.unpubTrace = append(d.stream.unpubTrace, parent)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"slices"
 	"strings"
@@ -22,6 +23,10 @@ type ConnInfo struct {
 	RemoteAddr string
 	// RequestID identifies the HTTP request that opened the connection.
 	RequestID string
+	// Trace is the span of that HTTP request, if it was traced: the
+	// session's log lines carry its trace id and each message's span
+	// links to it.
+	Trace trace.SpanContext
 	// Identity is who the transport authenticated; the zero value is an
 	// anonymous peer.
 	Identity Identity
@@ -75,6 +80,9 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 	if info.RequestID != "" {
 		log = log.With("request_id", info.RequestID)
 	}
+	if info.Trace.HasTraceID() {
+		log = log.With("trace_id", info.Trace.TraceID().String())
+	}
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
@@ -91,14 +99,14 @@ func (h *Hub) Serve(ctx context.Context, conn Conn, info ConnInfo) error {
 
 	s, err := h.join(ctx, conn, log, info, cid)
 	if err != nil {
-		log.Info("connection closed before join", "err", err)
+		log.Debug("connection closed before join", "err", err)
 		return err
 	}
 	defer h.unregister(s)
 	err = s.readLoop(ctx)
 	s.closed.Store(true)
 	s.leaveAll()
-	s.log.Info("connection closed", "err", err)
+	s.log.Debug("connection closed", "err", err)
 	return err
 }
 
@@ -173,7 +181,7 @@ func (h *Hub) join(ctx context.Context, conn Conn, log *slog.Logger, info ConnIn
 		PeerMetadata:            &protocol.PeerMetadata{StorageID: h.storageID, IsEphemeral: false},
 		SelectedProtocolVersion: protocol.ProtocolVersion,
 	})
-	s.log.Info("peer joined", "storage_id", s.storageID, "ephemeral", s.ephemeral)
+	s.log.Debug("peer joined", "storage_id", s.storageID, "ephemeral", s.ephemeral)
 	return s, nil
 }
 
@@ -268,7 +276,14 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 			return err
 		}
 		s.addDoc(msg.DocumentID)
-		return s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost})
+		_, sp := s.h.startSpan(trace.SpanContext{}, spanMessage, trace.SpanKindServer, attrDoc.String(string(msg.DocumentID)),
+			attrMsgType.String(msg.Type), attrConn.Int64(int64(s.id)), attrRequestID.String(s.info.RequestID), attrBytes.Int(len(msg.Data)))
+		if s.info.Trace.IsValid() {
+			sp.AddLink(trace.Link{SpanContext: s.info.Trace}) // the upgrade that opened the connection
+		}
+		err = s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost, trace: sp.SpanContext()})
+		endSpan(sp, err)
+		return err
 	case protocol.TypeEphemeral:
 		if max := s.h.opts.MaxEphemeralBytes; len(msg.Data) > max {
 			s.h.m.LimitHits.WithLabelValues(LimitEphemeralBytes).Inc()
@@ -351,7 +366,7 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		s.conn.Close(protocol.CloseNormal, "peer left")
 		return nil
 	case protocol.TypeError:
-		s.log.Info("peer reported an error", "message", msg.ErrorMessage)
+		s.log.Debug("peer reported an error", "message", msg.ErrorMessage)
 		return nil
 	default: // join, peer: only valid as the first message / from a server
 		err := fmt.Errorf("%w: unexpected %q message after join", errProtocol, msg.Type)

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"errors"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"time"
 
@@ -24,12 +25,13 @@ func (d *document) brokerCtx() (context.Context, context.CancelFunc) {
 // not published yet, and the timers of its retries and of the settle
 // check. Only the owner touches it.
 type follower struct {
-	on          bool              // subscribed to the document's stream
-	pos         StreamPosition    // the last publication applied (or known stored)
-	recentTags  map[uint64]string // offset -> tag of the last publications applied
-	unpublished [][]byte          // stored batches not yet published
-	needCatchUp string            // a catch-up failed: its trigger, to retry
-	retry       *time.Timer       // retries publications and catch-ups
+	on          bool                // subscribed to the document's stream
+	pos         StreamPosition      // the last publication applied (or known stored)
+	recentTags  map[uint64]string   // offset -> tag of the last publications applied
+	unpublished [][]byte            // stored batches not yet published
+	unpubTrace  []trace.SpanContext // the span each of unpublished belongs to
+	needCatchUp string              // a catch-up failed: its trigger, to retry
+	retry       *time.Timer         // retries publications and catch-ups
 	retrying    bool
 	retryWait   backoff // 500 ms doubling to 30 s, jittered, while retries fail
 	settle      *time.Timer
@@ -129,17 +131,25 @@ func (f *follower) armSettle() {
 // lost its subscription catches up from the store anyway.
 func (d *document) publishPending() {
 	for len(d.stream.unpublished) > 0 {
+		_, sp := d.h.startSpan(d.stream.unpubTrace[0], spanPublish, trace.SpanKindProducer, attrDoc.String(string(d.id)),
+			attrBytes.Int(len(d.stream.unpublished[0])))
 		ctx, cancel := d.brokerCtx()
-		_, err := d.h.opts.Broker.Publish(ctx, d.id, Publication{Kind: PubChanges, Origin: d.h.opts.PeerID, Data: d.stream.unpublished[0]})
+		pos, err := d.h.opts.Broker.Publish(ctx, d.id, Publication{Kind: PubChanges, Origin: d.h.opts.PeerID,
+			Data: d.stream.unpublished[0], Trace: formatTraceparent(sp.SpanContext())})
 		cancel()
+		if err == nil {
+			sp.SetAttributes(attrOffset.Int64(int64(pos.Offset)))
+		}
+		endSpan(sp, err)
 		if err != nil {
 			d.h.m.BrokerErrors.WithLabelValues("publish").Inc()
-			d.log.Warn("failed to publish changes; will retry", "batches", len(d.stream.unpublished), "err", err)
+			d.log.Warn("failed to publish changes; will retry", "batches", len(d.stream.unpublished), "err", err, traceAttr(sp.SpanContext()))
 			d.stream.scheduleRetry()
 			return
 		}
 		d.stream.unpublished[0] = nil
 		d.stream.unpublished = d.stream.unpublished[1:]
+		d.stream.unpubTrace = d.stream.unpubTrace[1:]
 		d.stream.armSettle()
 	}
 }
@@ -163,7 +173,7 @@ func (d *document) checkPosition() {
 }
 
 // receivePub takes a publication from another node (or our own, echoed).
-func (d *document) receivePub(p Publication) {
+func (d *document) receivePub(p Publication, sc trace.SpanContext) {
 	if p.Kind == PubEphemeral {
 		msg, err := protocol.Decode(p.Data)
 		if err != nil || msg.Type != protocol.TypeEphemeral || msg.DocumentID != d.id {
@@ -179,25 +189,29 @@ func (d *document) receivePub(p Publication) {
 	d.stream.armSettle()
 	switch action, reason := d.stream.classify(p); action {
 	case pubApply:
-		d.applyPub(p)
+		d.applyPub(p, sc)
 	case pubCatchUp:
 		d.catchUp(reason)
 	}
 }
 
 // applyPub applies the next publication of the stream.
-func (d *document) applyPub(p Publication) {
+// parent is the span it arrived in (or, from a catch-up, the publisher's).
+func (d *document) applyPub(p Publication, parent trace.SpanContext) {
 	d.stream.advance(p)
 	if p.Origin == d.h.opts.PeerID {
 		return // our own changes: applied already
 	}
+	_, sp := d.h.startSpan(parent, spanApply, trace.SpanKindInternal, attrDoc.String(string(d.id)),
+		attrOrigin.String(p.Origin), attrOffset.Int64(int64(p.Pos.Offset)), attrBytes.Int(len(p.Data)))
 	raws, err := amsync.SplitChunks(p.Data)
 	if err == nil {
 		err = d.applyRemote(raws)
 	}
+	endSpan(sp, err)
 	if err != nil {
 		d.h.m.BrokerErrors.WithLabelValues("bad_publication").Inc()
-		d.log.Error("dropped a publication that does not apply", "origin", p.Origin, "offset", p.Pos.Offset, "err", err)
+		d.log.Error("dropped a publication that does not apply", "origin", p.Origin, "offset", p.Pos.Offset, "err", err, traceAttr(sp.SpanContext()))
 	}
 }
 
@@ -236,7 +250,7 @@ func (d *document) catchUp(trigger string) {
 		d.h.m.BrokerRecoveries.WithLabelValues(trigger, "log").Inc()
 		for _, p := range pubs {
 			if p.Pos.Offset > d.stream.pos.Offset {
-				d.applyPub(p)
+				d.applyPub(p, parseTraceparent(p.Trace))
 			}
 		}
 		return

@@ -523,7 +523,7 @@ func (b *Broker) Publish(ctx context.Context, id protocol.DocumentID, p hub.Publ
 	start := time.Now()
 	tag := newTag()
 	res, err := publishScript.Run(ctx, b.c, []string{b.key(id, "pos"), b.key(id, "log")},
-		b.channel(id), p.Origin, p.Data, b.opts.HistorySize, b.ttlSeconds(), newEpoch(), b.pubCmd, tag).Slice()
+		b.channel(id), joinOrigin(p.Origin, p.Trace), p.Data, b.opts.HistorySize, b.ttlSeconds(), newEpoch(), b.pubCmd, tag).Slice()
 	b.m.PublishSeconds.Observe(time.Since(start).Seconds())
 	if err != nil {
 		b.m.PublishErrors.Inc()
@@ -574,6 +574,29 @@ func (b *Broker) History(ctx context.Context, id protocol.DocumentID, since hub.
 	return out, nil
 }
 
+// joinOrigin is the origin field of a change publication: the origin, and
+// after a space the publication's traceparent if it has a valid one. In
+// the origin field, not a field of its own, so that nodes of an older
+// version still decode the payload (they see an origin that is not
+// theirs, which it is not); the field stays bounded (traceparents are 55
+// bytes).
+func joinOrigin(origin, trace string) string {
+	if trace == "" || !hub.ValidTraceparent(trace) || strings.ContainsRune(origin, ' ') {
+		return origin
+	}
+	return origin + " " + trace
+}
+
+// splitOrigin reads an origin field: the origin, and the traceparent if
+// one valid follows it (anything else after a space is dropped).
+func splitOrigin(v string) (origin, trace string) {
+	origin, tp, ok := strings.Cut(v, " ")
+	if !ok || !hub.ValidTraceparent(tp) {
+		return origin, ""
+	}
+	return origin, tp
+}
+
 // decodeEntry reads one XRANGE entry: {"<offset>-0", {"o", origin, "d", data}}.
 func decodeEntry(e any, epoch string) (hub.Publication, error) {
 	pair, ok := e.([]any)
@@ -596,7 +619,7 @@ func decodeEntry(e any, epoch string) (hub.Publication, error) {
 		v, _ := fields[i+1].(string)
 		switch k {
 		case "o":
-			p.Origin = v
+			p.Origin, p.Trace = splitOrigin(v)
 		case "d":
 			p.Data = []byte(v)
 		case "t":

@@ -190,6 +190,8 @@ func (b *Broker) handler() hub.BrokerHandler {
 //
 //	<kind><offset>:<epoch>:<tag>:<prev>:<len(origin)>:<origin><data>
 //
+// A change publication's origin may carry its traceparent (joinOrigin).
+//
 // kind is 'c' (changes), 'e' (ephemeral: offset 0, no epoch nor tags) or
 // 'd' (deleted: like ephemeral, without data).
 func decodePayload(s string) (hub.Publication, error) {
@@ -221,6 +223,9 @@ func decodePayload(s string) (hub.Publication, error) {
 		return hub.Publication{}, errors.New("an ephemeral or deleted publication with a previous tag")
 	}
 	p.Origin = rest[:n]
+	if p.Kind == hub.PubChanges {
+		p.Origin, p.Trace = splitOrigin(p.Origin)
+	}
 	p.Data = []byte(rest[n:])
 	if p.Kind == hub.PubDeleted && len(p.Data) > 0 {
 		return hub.Publication{}, errors.New("a deleted publication with data")

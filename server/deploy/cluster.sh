@@ -10,6 +10,10 @@
 #   --base-port P  port of the first node, the others follow (default 8081; env CLUSTER_BASE_PORT)
 #   --dir D        Redis data, haproxy.cfg and logs/ go here; reusing a directory keeps the
 #                  documents (default: a new temporary directory; env CLUSTER_DIR)
+# haproxy connects to the nodes from CLUSTER_PROXY_SOURCE (default 127.0.0.2 on Linux, where all of
+# 127.0.0.0/8 is loopback; 127.0.0.1 elsewhere) with a PROXY protocol v2 header naming the client,
+# and the nodes trust that address alone (--trusted-proxies): limits, blocking and the audit log
+# see each client's address, not haproxy's.
 # Other environment: CLUSTER_LB_PORT (haproxy, default 8080), CLUSTER_REDIS_PORT (default 6379),
 # CLUSTER_PLAIT_BIN (default bin/plait, built with `make build` if missing or too old to know
 # --redis-url; rebuild it yourself after changing the code). PLAIT_* variables (e.g.
@@ -32,6 +36,9 @@ lb_port=${CLUSTER_LB_PORT:-8080}
 redis_port=${CLUSTER_REDIS_PORT:-6379}
 dir=${CLUSTER_DIR:-}
 bin=${CLUSTER_PLAIT_BIN:-$root/bin/plait}
+default_source=127.0.0.1
+[ "$(uname -s)" != Linux ] || default_source=127.0.0.2
+proxy_source=${CLUSTER_PROXY_SOURCE:-$default_source}
 
 say() { echo "cluster.sh: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -64,6 +71,7 @@ for p in "$lb_port" "$redis_port"; do
   fi
 done
 [ "$lb_port" != "$redis_port" ] || die "haproxy and Redis cannot both use port $lb_port"
+[[ $proxy_source =~ ^127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "CLUSTER_PROXY_SOURCE must be a 127.x.y.z address, not '$proxy_source'"
 
 missing=()
 for b in redis-server haproxy; do
@@ -73,14 +81,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   die "${missing[*]} not found on PATH; install with: apt-get install redis-server haproxy (or run \`make deps\`)"
 fi
 
-# A bin/plait older than the Redis backend would refuse --redis-url: rebuild it too.
-knows_redis() { "$bin" --help 2>&1 | grep -q -- '-redis-url'; }
-if [ ! -x "$bin" ] || ! knows_redis; then
-  if [ -n "${CLUSTER_PLAIT_BIN:-}" ]; then die "CLUSTER_PLAIT_BIN=$bin is not a plait binary with --redis-url"; fi
+# A bin/plait older than the Redis backend or trusted proxies would refuse their flags: rebuild it too.
+knows_flags() { "$bin" --help 2>&1 | grep -q -- '-trusted-proxies'; }
+if [ ! -x "$bin" ] || ! knows_flags; then
+  if [ -n "${CLUSTER_PLAIT_BIN:-}" ]; then die "CLUSTER_PLAIT_BIN=$bin is not a plait binary with --redis-url and --trusted-proxies"; fi
   command -v make >/dev/null 2>&1 && command -v go >/dev/null 2>&1 || die "$bin is missing or too old and make/go are not installed to build it"
-  say "$bin is missing or predates --redis-url: running make build"
+  say "$bin is missing or predates --redis-url or --trusted-proxies: running make build"
   (cd "$root" && make build) || die "make build failed"
-  knows_redis || die "$bin still has no --redis-url after make build"
+  knows_flags || die "$bin still has no --trusted-proxies after make build"
 fi
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -190,7 +198,8 @@ wait_until 10 "$redis_pid" "$logs/redis.log" "redis-server" redis_ping
 
 for ((i = 1; i <= nodes; i++)); do
   port=$((base_port + i - 1))
-  launch "node$i" "$logs/node$i.log" "$bin" --addr "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$redis_port"
+  launch "node$i" "$logs/node$i.log" "$bin" --addr "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$redis_port" \
+    --trusted-proxies "$proxy_source"
   node_pids+=("$launched")
 done
 for ((i = 1; i <= nodes; i++)); do
@@ -232,7 +241,7 @@ backend nodes
     balance leastconn
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 1s fall 2 rise 2
+    default-server inter 1s fall 2 rise 2 source $proxy_source send-proxy-v2
 EOF
   for ((i = 1; i <= nodes; i++)); do
     echo "    server node$i 127.0.0.1:$((base_port + i - 1)) check"

@@ -25,6 +25,7 @@ type auditEvent struct {
 	// plait_audit_events_total, so it must come from a fixed set.
 	Event     string
 	RequestID string
+	TraceID   string // of the request's span, if traced
 	ConnID    uint64
 	Remote    string // "ip:port" or "ip"; the source that offenses count for
 	User      string
@@ -97,6 +98,7 @@ func (a *auditor) write(ev auditEvent, extra ...slog.Attr) {
 	}
 	str("event", ev.Event, maxAuditField)
 	str("request_id", ev.RequestID, maxAuditField)
+	str("trace_id", ev.TraceID, maxAuditField)
 	if ev.ConnID != 0 {
 		attrs = append(attrs, slog.Uint64("conn", ev.ConnID))
 	}
@@ -129,6 +131,7 @@ func (a *auditor) hubEvent(ev hub.SecurityEvent) {
 	e := auditEvent{
 		Event:     string(ev.Kind),
 		RequestID: ev.Conn.RequestID,
+		TraceID:   traceIDString(ev.Conn.Trace),
 		ConnID:    ev.ConnID,
 		Remote:    ev.Conn.RemoteAddr,
 		User:      ev.Conn.Identity.User,
@@ -187,7 +190,7 @@ func clip(s string, n int) string {
 // auditRequest records ev for the HTTP request c: its request id and
 // client address filled in.
 func (n *Node) auditRequest(c *fiber.Ctx, ev auditEvent) {
-	ev.RequestID, ev.Remote = requestID(c), c.Context().RemoteAddr().String()
+	ev.RequestID, ev.Remote, ev.TraceID = requestID(c), clientOf(c).remote, traceIDOf(c)
 	n.audit.record(ev)
 }
 

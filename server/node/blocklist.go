@@ -207,8 +207,8 @@ func (b *blocklist) middleware(c *fiber.Ctx) error {
 	case "/healthz", "/readyz", "/metrics":
 		return c.Next()
 	}
-	ip, ok := netip.AddrFromSlice(c.Context().RemoteIP())
-	if !ok {
+	ip := clientOf(c).ip
+	if !ip.IsValid() {
 		return c.Next()
 	}
 	d := b.blockedFor(ip)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"io"
 	"log/slog"
 	"net"
@@ -88,6 +89,13 @@ type Config struct {
 	BlockDuration  time.Duration // how long a blocked address is refused
 
 	lifeConfig // deletion, webhooks, quotas (config_life.go)
+	// Behind a proxy (proxy.go).
+	TrustedProxies trustedNets // peers that may name the client (PROXY protocol, ClientIPHeader)
+	ClientIPHeader string      // x-forwarded-for, forwarded or none
+
+	// TracerProvider makes the node's spans (tracing.go). Not a flag: nil
+	// means the one the OTEL_* environment configures, or none.
+	TracerProvider trace.TracerProvider
 }
 
 // AuthEnabled reports whether a login provider is configured: then every
@@ -164,6 +172,8 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	fs.IntVar(&c.BlockThreshold, "block-threshold", 20, "offenses (malformed frames, failed logins and tokens, rate limits) from one address within block-window that get it blocked for block-duration (0 = never block)")
 	fs.DurationVar(&c.BlockWindow, "block-window", time.Minute, "the window block-threshold counts offenses in")
 	fs.DurationVar(&c.BlockDuration, "block-duration", 10*time.Minute, "how long a blocked address gets HTTP 429 on everything but health checks and metrics")
+	trusted := fs.String("trusted-proxies", "", "comma-separated networks (CIDRs, or addresses) of the load balancers in front of the node, e.g. 10.0.0.0/8: their connections may name the client with a PROXY protocol v1/v2 header (haproxy send-proxy-v2) or the client-ip-header, and every per-address limit, the blocklist, the audit log and the logs use that client; from any other peer both are ignored (default: none, every client is its TCP peer)")
+	fs.StringVar(&c.ClientIPHeader, "client-ip-header", clientIPHeaderXFF, "the header a trusted proxy names the client in, when it does not use the PROXY protocol: x-forwarded-for, forwarded (RFC 7239) or none; the rightmost address in it that is not a trusted proxy is the client. Name the one your proxy sets: the other is whatever the client sent")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.Usage = func() {
@@ -198,6 +208,11 @@ func ParseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 			c.AdminUsers = append(c.AdminUsers, u)
 		}
 	}
+	nets, err := parseTrustedNets(*trusted)
+	if err != nil {
+		return c, err
+	}
+	c.TrustedProxies = nets
 	if err := c.LogLevel.UnmarshalText([]byte(*level)); err != nil {
 		return c, fmt.Errorf("invalid log level %q: %w", *level, err)
 	}
@@ -223,6 +238,11 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxQueueBytes < 1024 {
 		return fmt.Errorf("max-queue-bytes %d is too small (minimum 1024)", c.MaxQueueBytes)
+	}
+	switch c.ClientIPHeader {
+	case clientIPHeaderXFF, clientIPHeaderForwarded, clientIPHeaderNone:
+	default:
+		return fmt.Errorf("client-ip-header must be x-forwarded-for, forwarded or none, not %q", c.ClientIPHeader)
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log-format must be text or json, not %q", c.LogFormat)

@@ -55,6 +55,7 @@ func startNode(t *testing.T, dir string, mod ...func(*Config)) *testNode {
 		_ = ln.Close()
 		t.Fatal(err)
 	}
+	ln = wrapProxyListener(ln, cfg.TrustedProxies) // as listen does, under TLS
 	if cfg.TLSCert != "" {
 		tc, err := tlsConfig(cfg)
 		if err != nil {

@@ -303,7 +303,7 @@ func (n *Node) limitHTTP(c *fiber.Ctx) error {
 	if n.httpLim.rate <= 0 || c.Path() == "/metrics" {
 		return c.Next()
 	}
-	ok, wait := n.httpLim.allow(clientKey(c.Context().RemoteIP()), time.Now())
+	ok, wait := n.httpLim.allow(clientKey(clientOf(c).ip.AsSlice()), time.Now())
 	if ok {
 		return c.Next()
 	}

@@ -33,6 +33,7 @@ func listen(cfg Config) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("failed to listen: %w", err)
 	}
+	ln = wrapProxyListener(ln, cfg.TrustedProxies) // the PROXY header precedes TLS
 	if tc != nil {
 		ln = tls.NewListener(ln, tc)
 	}
@@ -180,6 +181,12 @@ const busyGrace = 10 * time.Second
 func (g *connGuard) admit(c net.Conn) net.Conn {
 	key := remoteKey(c.RemoteAddr())
 	gc := &guardedConn{Conn: c, g: g, key: key}
+	if pc := proxyConnOf(c); pc != nil {
+		// A trusted proxy: its connections count for the client its PROXY
+		// header names, once read (see guardedConn.Read); until then, and
+		// without a header, only toward the node-wide cap.
+		key, gc.key, gc.proxied = netip.Addr{}, netip.Addr{}, pc
+	}
 	gc.scanning.Store(true)
 	var (
 		victim *guardedConn
@@ -247,6 +254,41 @@ func (g *connGuard) admit(c net.Conn) net.Conn {
 	return gc
 }
 
+// rekey counts c, a trusted proxy's connection counted only node-wide so
+// far, for key, the client its PROXY header named; false if that client
+// is at its cap (then c is counted as refused: close it).
+func (g *connGuard) rekey(c *guardedConn, key netip.Addr) bool {
+	if !key.IsValid() {
+		return true
+	}
+	audit := false
+	now := time.Now()
+	g.mu.Lock()
+	if !c.counted {
+		g.mu.Unlock()
+		return true
+	}
+	ip := g.ips[key]
+	if g.perIP > 0 && ip != nil && ip.n >= g.perIP {
+		if now.Sub(ip.audited) >= guardLogEvery {
+			ip.audited, audit = now, true
+		}
+		g.mu.Unlock()
+		if g.refused != nil {
+			g.refused(c.Conn, limitPendingPerIP, audit)
+		}
+		return false
+	}
+	if ip == nil {
+		ip = &ipPending{}
+		g.ips[key] = ip
+	}
+	ip.n++
+	c.key = key
+	g.mu.Unlock()
+	return true
+}
+
 // releaseLocked stops counting c, once.
 func (g *connGuard) releaseLocked(c *guardedConn) {
 	if c.elem != nil {
@@ -301,7 +343,11 @@ func remoteKey(a net.Addr) netip.Addr {
 type guardedConn struct {
 	net.Conn
 	g   *connGuard
-	key netip.Addr
+	key netip.Addr // under g.mu once admitted
+
+	// proxied is the trusted proxy's connection under this one until its
+	// PROXY header is resolved (the reading goroutine's).
+	proxied *proxyConn
 
 	scanning atomic.Bool // the request headers are due: watch for their end
 	newlines int         // consecutive line ends seen; the reading goroutine's
@@ -340,6 +386,14 @@ func guardedOf(c net.Conn) *guardedConn {
 
 func (c *guardedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
+	if c.proxied != nil && c.proxied.resolved.Load() {
+		pc := c.proxied
+		c.proxied = nil
+		if a := pc.client.Load(); a != nil && !c.g.rekey(c, clientKey(a.IP)) {
+			_ = c.Close()
+			return 0, fmt.Errorf("connection refused: %s", limitPendingPerIP)
+		}
+	}
 	if n > 0 && c.scanning.Load() && c.scan(b[:n]) {
 		c.scanning.Store(false)
 		c.g.mu.Lock()

@@ -1,9 +1,12 @@
 package node
 
 import (
+	"os"
+
 	"context"
 	"errors"
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"log/slog"
 	"net"
 	"net/http"
@@ -48,6 +51,8 @@ type Node struct {
 	hooks   *webhook.Dispatcher      // --webhooks-file; nil: none
 
 	closeAudit func() error
+	tracing    *tracing
+	tracer     trace.Tracer // HTTP spans
 
 	ctx      context.Context // lives until Shutdown: parent of every session
 	cancel   context.CancelFunc
@@ -65,17 +70,27 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
-	be, err := openBackend(ctx, cfg, log, reg)
+	log = slog.New(traceLogHandler{log.Handler()}) // trace ids on lines logged with a span's context
+	log, logs := throttleLogs(log, reg)            // repeated warnings and errors: a few lines and a count
+	tr, err := openTracing(ctx, cfg, os.Getenv)
 	if err != nil {
 		_ = closeAudit()
 		return nil, err
 	}
+	be, err := openBackend(ctx, cfg, log, reg)
+	if err != nil {
+		_ = tr.shutdown(ctx)
+		_ = closeAudit()
+		return nil, err
+	}
 	log.Info("storage", "backend", be.desc)
+	log.Info("traces", "exporter", tr.exporter)
 	m := hub.NewMetrics(reg)
 	registerLimitMetrics(m)
 	m.LimitHits.WithLabelValues(limitDocsPerUser)
 	nctx, cancel := context.WithCancel(context.Background())
 	n := &Node{cfg: cfg, log: log, be: be, reg: reg, m: m, ctx: nctx, cancel: cancel, closeAudit: closeAudit,
+		tracing: tr, tracer: tr.tp.Tracer(tracerName),
 		conns: newConnLimiter[netip.Addr](cfg.MaxConnsPerIP), httpLim: newHTTPLimiter(cfg.HTTPRatePerIP, cfg.HTTPBurstPerIP),
 		blocks: newBlocklist(blockOptions{Threshold: cfg.BlockThreshold, Window: cfg.BlockWindow, Duration: cfg.BlockDuration}, reg, time.Now)}
 	n.audit = newAuditor(auditW, n.blocks, reg)
@@ -88,6 +103,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 			n.hooks.Close()
 		}
 		_ = be.close()
+		_ = tr.shutdown(context.Background())
 		_ = closeAudit()
 		return nil, err
 	}
@@ -112,6 +128,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Broker:         be.broker,
 		Authorizer:     authz,
 		Logger:         log,
+		Tracer:         tr.hubTracer(),
 		Metrics:        m,
 		JoinTimeout:    cfg.JoinTimeout,
 		IdleDocTimeout: cfg.IdleDocTimeout,
@@ -138,6 +155,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return fail(err)
 	}
 	go n.httpLim.sweepEvery(nctx, time.Minute)
+	go every(nctx, throttleWindow, func(time.Time) { logs.flush(context.Background()) })
 	go n.blocks.sweepEvery(nctx, time.Minute)
 	if n.auth != nil {
 		go n.watchEvents()
@@ -211,6 +229,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	}
 	if err := n.be.close(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := n.tracing.shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("failed to flush traces: %w", err))
 	}
 	if err := n.closeAudit(); err != nil {
 		errs = append(errs, err)

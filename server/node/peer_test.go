@@ -27,7 +27,13 @@ type goPeer struct {
 
 func dialPeer(t *testing.T, url, id string) *goPeer {
 	t.Helper()
-	p := dialRaw(t, url, id)
+	return dialPeerOpts(t, url, id, nil)
+}
+
+// dialPeerOpts is dialPeer with dial options (nil: the defaults).
+func dialPeerOpts(t *testing.T, url, id string, opts *websocket.DialOptions) *goPeer {
+	t.Helper()
+	p := dialRawOpts(t, url, id, opts)
 	p.send(&protocol.Message{Type: protocol.TypeJoin, SenderID: id, SupportedProtocolVersions: []string{"1"}, PeerMetadata: &protocol.PeerMetadata{IsEphemeral: true}})
 	m := p.recv()
 	if m.Type != protocol.TypePeer {
@@ -39,9 +45,17 @@ func dialPeer(t *testing.T, url, id string) *goPeer {
 
 func dialRaw(t *testing.T, url, id string) *goPeer {
 	t.Helper()
+	return dialRawOpts(t, url, id, nil)
+}
+
+func dialRawOpts(t *testing.T, url, id string, opts *websocket.DialOptions) *goPeer {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: http.Header{}})
+	if opts == nil {
+		opts = &websocket.DialOptions{HTTPHeader: http.Header{}}
+	}
+	ws, _, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}

@@ -9,6 +9,23 @@ import (
 	"github.com/plaithub/plait/server/auth"
 )
 
+// validRequestID reports whether a client's X-Request-Id can be kept: 1 to
+// 64 letters, digits, '-', '_', '.' or ':' (what tracing proxies and
+// client libraries send), nothing that could disturb a log line.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		switch c := id[i]; {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.', c == ':':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // routes declares every route of the node, in the order Fiber matches
 // them: the middleware every request passes (request id, audit and
 // blocking, the per-address rate), the probes and metrics, the WebSocket,
@@ -17,13 +34,15 @@ import (
 func (n *Node) routes(app *fiber.App) {
 	app.Use(func(c *fiber.Ctx) error {
 		id := string(c.Request().Header.Peek("X-Request-Id"))
-		if id == "" || len(id) > 64 {
+		if !validRequestID(id) {
 			id = protocol.RandomHex(8)
 		}
 		c.Locals("request_id", id)
 		c.Set("X-Request-Id", id)
 		return c.Next()
 	})
+	app.Use(n.clientMiddleware) // the client behind a trusted proxy (proxy.go)
+	app.Use(n.traceMiddleware)  // a span per request (tracing.go)
 	app.Use(n.blocks.middleware)
 	app.Use(n.limitHTTP)
 	app.Get("/healthz", func(c *fiber.Ctx) error {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"go.opentelemetry.io/otel/trace"
 	"net"
 	"net/http"
 	"strings"
@@ -62,18 +63,20 @@ func (n *Node) admit(c *fiber.Ctx) (*admission, error) {
 	}
 	c.Request().Header.VisitAll(func(k, v []byte) { req.Header.Add(string(k), string(v)) })
 	req.Host = string(c.Request().Host())
-	req.RemoteAddr = c.Context().RemoteAddr().String()
+	cl := clientOf(c)
+	req.RemoteAddr = cl.remote
 	if err := n.checkOrigin(req); err != nil {
 		n.auditRequest(c, auditEvent{Event: "origin_rejected", Code: fiber.StatusForbidden, Reason: err.Error(), Offense: true})
 		return nil, fiber.NewError(fiber.StatusForbidden, err.Error())
 	}
-	a := &admission{req: req, info: hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c)}}
+	a := &admission{req: req, info: hub.ConnInfo{RemoteAddr: req.RemoteAddr, RequestID: requestID(c),
+		Trace: trace.SpanContextFromContext(c.UserContext())}}
 	if n.auth != nil {
 		if err := n.admitUser(c, a); err != nil {
 			return nil, err
 		}
 	}
-	key := clientKey(c.Context().RemoteIP())
+	key := clientKey(cl.ip.AsSlice())
 	if !n.conns.acquire(key) {
 		a.release()
 		n.m.LimitHits.WithLabelValues(limitConnsPerIP).Inc()
@@ -168,12 +171,14 @@ func (n *Node) serveSocket(a *admission, nc net.Conn) {
 	_ = nc.SetDeadline(time.Time{}) // fasthttp's request timeouts must not apply to the socket
 	// Frames queued together for this client go out in one write.
 	bc := wstransport.NewBatchConn(nc)
-	ws, err := websocket.Accept(newHijackWriter(bc, wsBufferBytes), a.req, &websocket.AcceptOptions{
+	hw := newHijackWriter(bc, wsBufferBytes)
+	hw.Header().Set("X-Request-Id", a.info.RequestID) // on the 101 too: the session's log lines carry it
+	ws, err := websocket.Accept(hw, a.req, &websocket.AcceptOptions{
 		OriginPatterns:  n.cfg.AllowedOrigins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
-		n.log.Info("WebSocket handshake failed", "remote", a.info.RemoteAddr, "err", err)
+		n.log.Debug("WebSocket handshake failed", "remote", a.info.RemoteAddr, "request_id", a.info.RequestID, "err", err)
 		_ = nc.Close()
 		a.release()
 		return
@@ -190,7 +195,8 @@ func (n *Node) serveSocket(a *admission, nc net.Conn) {
 		live.conn = conn
 		n.auth.live.add(live)
 		live.timer = time.AfterFunc(time.Until(live.expires)+n.cfg.TokenGrace, func() {
-			n.audit.record(auditEvent{Event: "token_expired", Remote: a.info.RemoteAddr, RequestID: a.info.RequestID, User: live.user, Code: int(protocol.CloseTokenExpired)})
+			n.audit.record(auditEvent{Event: "token_expired", Remote: a.info.RemoteAddr, RequestID: a.info.RequestID,
+				TraceID: traceIDString(a.info.Trace), User: live.user, Code: int(protocol.CloseTokenExpired)})
 			closeWithError(conn, protocol.CloseTokenExpired, "access token expired: refresh it and reconnect")
 		})
 		// A revocation that landed between the token check in admit and
