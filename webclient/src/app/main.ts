@@ -401,6 +401,7 @@ async function openDoc(url: string) {
   renderPresence([])
 
   // Saved / pending.
+  $("#saved").dataset.saved = "false"
   stops.push(
     plait.watchSaved(handle as DocHandle<unknown>, s => {
       currentPending = s.pending

@@ -128,7 +128,23 @@ export class Plait {
   savedState(handle: DocHandle<unknown>): SavedState {
     const doc = handle.doc() as A.Doc<unknown> | undefined
     if (!doc) return { saved: false, pending: 0 }
-    const urlHeads = this.#nodeStorage ? handle.getSyncInfo(this.#nodeStorage)?.lastHeads : undefined
+    const key = `plait.saved-heads.${this.base}.${handle.documentId}`
+    let urlHeads = this.#nodeStorage ? handle.getSyncInfo(this.#nodeStorage)?.lastHeads : undefined
+    if (urlHeads) {
+      // Remembered, so that after a reload while offline the count is
+      // still what the node has not stored.
+      try {
+        localStorage.setItem(key, JSON.stringify(urlHeads))
+      } catch {
+        /* storage full or denied: the count is for this page's life only */
+      }
+    } else {
+      try {
+        urlHeads = JSON.parse(localStorage.getItem(key) ?? "null") ?? undefined
+      } catch {
+        urlHeads = undefined
+      }
+    }
     if (!urlHeads) return { saved: false, pending: A.getAllChanges(doc).length }
     // The node's heads may include changes this tab has not received yet.
     const known = decodeHeads(urlHeads).filter(h => A.hasHeads(doc, [h]))
@@ -138,7 +154,10 @@ export class Plait {
     } else {
       pending = A.getChanges(A.view(doc, known), doc).length
     }
-    return { saved: pending === 0, pending }
+    // Saved means confirmed by the node in this session: remembered heads
+    // only count what is pending.
+    const live = !!this.#nodeStorage && !!handle.getSyncInfo(this.#nodeStorage)
+    return { saved: pending === 0 && live, pending }
   }
 
   /**
@@ -217,8 +236,13 @@ class PlaitSocket extends WebSocketClientAdapter {
   }
 
   override connect(peerId: PeerId, peerMetadata?: PeerMetadata): void {
-    if (this.#offline || this.#stopped || this.#gated) return
     this.peerId ??= peerId
+    this.peerMetadata ??= peerMetadata ?? {}
+    if (!navigator.onLine && !this.#offline) {
+      this.#offline = true
+      this.#owner._setState("offline")
+    }
+    if (this.#offline || this.#stopped || this.#gated) return
     const session = this.#owner.session
     if (!session.me) {
       super.connect(peerId, peerMetadata)

@@ -1,0 +1,100 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The browser suite: the reference web app (webclient/), served by a real
+// node, driven in Debian's headless Chromium by playwright-core through
+// the scripts in webclient/test. `make deps` installs both (apt chromium,
+// npm ci in webclient).
+
+const webDir = "../../webclient"
+
+func requireBrowser(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatal("node is not installed: the browser tests need Node >= 20 (CI installs it)")
+	}
+	chromium := os.Getenv("CHROMIUM")
+	if chromium == "" {
+		chromium = "/usr/bin/chromium"
+	}
+	if _, err := os.Stat(chromium); err != nil {
+		t.Fatalf("Chromium is not installed at %s: run `make deps` (apt-get install chromium): %v", chromium, err)
+	}
+	if _, err := os.Stat(filepath.Join(webDir, "node_modules", "playwright-core")); err != nil {
+		t.Fatalf("the browser test driver is not installed: run `make deps` (npm ci in webclient): %v", err)
+	}
+	return chromium
+}
+
+// runBrowser runs a browser script against base and returns its JSON
+// result (the last line of its output).
+func runBrowser(t *testing.T, script string, args ...string) map[string]any {
+	t.Helper()
+	chromium := requireBrowser(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 150*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "node", append([]string{filepath.Join("test", script)}, args...)...)
+	cmd.Dir = webDir
+	cmd.Env = append(os.Environ(), "PLAIT_E2E_TIMEOUT_MS=30000", "CHROMIUM="+chromium)
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	out, err := cmd.Output()
+	t.Logf("node %s: %s", script, time.Since(start).Round(time.Millisecond))
+	var stderr string
+	if ee, ok := err.(*exec.ExitError); ok {
+		stderr = string(ee.Stderr)
+	}
+	if err != nil {
+		t.Fatalf("node %s failed: %v\nstdout: %s\nstderr: %s", script, err, out, lastLines(stderr, 40))
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	var res map[string]any
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
+		t.Fatalf("node %s: no JSON result: %v\n%s", script, err, out)
+	}
+	return res
+}
+
+// TestBrowserConverge: two people type into one document at once in two
+// Chromium contexts; both end with the same text and checklist and each
+// sees the other in presence; no console errors; the service worker runs.
+func TestBrowserConverge(t *testing.T) {
+	requireBrowser(t)
+	n := startNode(t, t.TempDir())
+	res := runBrowser(t, "converge.mjs", n.HTTP)
+	if p, _ := res["presenceA"].(float64); p < 1 {
+		t.Fatalf("A saw nobody in presence: %v", res)
+	}
+	if !strings.Contains(fmt.Sprint(res["text"]), "alpha") {
+		t.Fatalf("result: %v", res)
+	}
+}
+
+// TestBrowserOffline: one context edits offline and reloads offline (the
+// service worker serves the shell, IndexedDB the document); the other
+// edits meanwhile; back online both converge and are saved; closing a tab
+// with unsaved changes asks first.
+func TestBrowserOffline(t *testing.T) {
+	requireBrowser(t)
+	n := startNode(t, t.TempDir())
+	res := runBrowser(t, "offline.mjs", n.HTTP)
+	final, _ := res["final"].(map[string]any)
+	if final["saved"] != "true" || !strings.Contains(fmt.Sprint(final["text"]), "offline edit from A") {
+		t.Fatalf("final state: %v", res)
+	}
+	off, _ := res["afterReload"].(map[string]any)
+	if off["saved"] != "false" || off["status"] != "offline" {
+		t.Fatalf("after an offline reload: %v", off)
+	}
+}
