@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauth2-proxy/mockoidc"
 )
 
 // The browser suite: the reference web app (webclient/), served by a real
@@ -96,5 +98,25 @@ func TestBrowserOffline(t *testing.T) {
 	off, _ := res["afterReload"].(map[string]any)
 	if off["saved"] != "false" || off["status"] != "offline" {
 		t.Fatalf("after an offline reload: %v", off)
+	}
+}
+
+// TestBrowserAuth: the real login flow against a local OpenID Connect
+// provider in Chromium; an owner shares with a viewer through the share
+// dialog; the viewer's editor is read-only and an edit forced through the
+// library is refused by the node and never reaches the owner; two tabs of
+// one user refreshing at once both stay signed in; revoking the viewer
+// signs that tab out.
+func TestBrowserAuth(t *testing.T) {
+	requireBrowser(t)
+	e := startOIDC(t)
+	n := startNode(t, t.TempDir(), e.configure(""), func(c *Config) { c.AdminUsers = []string{"oidc:admin"} })
+	_, admin, _ := login(t, e, n, n, "admin")
+	// The browser signs in as these, in this order.
+	e.m.QueueUser(&mockoidc.MockUser{Subject: "owner", Email: "owner@example.com"})
+	e.m.QueueUser(&mockoidc.MockUser{Subject: "viewer", Email: "viewer@example.com"})
+	res := runBrowser(t, "auth.mjs", n.HTTP, admin)
+	if res["owner"] != "oidc:owner" || res["viewer"] != "oidc:viewer" {
+		t.Fatalf("result: %v", res)
 	}
 }

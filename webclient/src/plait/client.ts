@@ -220,6 +220,7 @@ class PlaitSocket extends WebSocketClientAdapter {
   #everOnline = false
   #gated = false
   #stopped = false
+  #verified = 0
 
   constructor(url: string, retryMs: number, owner: Plait) {
     super(url, retryMs)
@@ -277,6 +278,15 @@ class PlaitSocket extends WebSocketClientAdapter {
 
   #closed(ev: CloseEvent): void {
     if (this.#offline) return
+    if (ev?.code === 1006 && this.#owner.session.me && Date.now() - this.#verified > 5_000) {
+      // The upgrade failed or the connection dropped: the browser hides
+      // why. Ask the node whether the login still holds (a revoked one
+      // ends the session; an expired token is refreshed).
+      this.#verified = Date.now()
+      this.#owner.session.verify().catch(() => {
+        /* offline, or ended: reported through the session's events */
+      })
+    }
     this.#owner._setState(this.#everOnline ? "reconnecting" : "connecting")
     switch (ev?.code) {
       case 4410:

@@ -15,7 +15,7 @@ export interface SessionEvents {
   end: PlaitError
 }
 
-/** How long before expiry the access token is refreshed. */
+/** How long before expiry the access token is refreshed (at most; a quarter of its life if shorter). */
 export const REFRESH_MARGIN_MS = 60_000
 
 const lockName = "plait-token-refresh"
@@ -44,6 +44,8 @@ export class Session {
     end: new Set(),
   }
   #inflight: Promise<Me> | null = null
+  /** How long before expiry to refresh: REFRESH_MARGIN_MS, or a quarter of a short token's life. */
+  #margin = REFRESH_MARGIN_MS
 
   constructor(base: string) {
     this.base = base.replace(/\/$/, "")
@@ -92,8 +94,26 @@ export class Session {
    */
   async ensureFresh(): Promise<void> {
     if (!this.#me) return
-    if (this.#me.expiresAt.getTime() - Date.now() > REFRESH_MARGIN_MS) return
+    if (this.#me.expiresAt.getTime() - Date.now() > this.#margin) return
     await this.refresh()
+  }
+
+  /**
+   * verify asks the node whether the login still holds (after a WebSocket
+   * upgrade failed: the browser hides its HTTP status). An expired access
+   * token is refreshed; a revoked login ends the session.
+   */
+  async verify(): Promise<void> {
+    if (!this.#me) return
+    const res = await this.#fetch("/api/me")
+    if (res.status === 401) {
+      await this.refresh(true)
+      return
+    }
+    if (res.ok) {
+      const body = (await res.json()) as { user: string; expires_at: string }
+      this.#set({ user: body.user, expiresAt: new Date(body.expires_at) })
+    }
   }
 
   /**
@@ -112,11 +132,11 @@ export class Session {
   async #lockedRefresh(force: boolean): Promise<Me> {
     const run = async (): Promise<Me> => {
       const shared = Number(localStorage.getItem(expiryKey) ?? 0)
-      if (!force && this.#me && shared - Date.now() > REFRESH_MARGIN_MS) {
+      if (!force && this.#me && shared - Date.now() > this.#margin) {
         // Another tab refreshed while we waited for the lock.
         return this.#set({ user: this.#me.user, expiresAt: new Date(shared) })
       }
-      if (force && shared - Date.now() > REFRESH_MARGIN_MS && shared > (this.#me?.expiresAt.getTime() ?? 0)) {
+      if (force && shared - Date.now() > this.#margin && shared > (this.#me?.expiresAt.getTime() ?? 0)) {
         // A 401 with a stale cookie view: another tab may have rotated.
         const res = await this.#fetch("/api/me")
         if (res.ok) {
@@ -157,9 +177,11 @@ export class Session {
   }
 
   #set(me: Me): Me {
+    const fresh = !this.#me || me.expiresAt.getTime() !== this.#me.expiresAt.getTime()
     this.#me = me
     clearTimeout(this.#timer)
-    const wait = Math.max(1_000, me.expiresAt.getTime() - Date.now() - REFRESH_MARGIN_MS)
+    if (fresh) this.#margin = Math.min(REFRESH_MARGIN_MS, Math.max(5_000, (me.expiresAt.getTime() - Date.now()) / 4))
+    const wait = Math.max(1_000, me.expiresAt.getTime() - Date.now() - this.#margin)
     this.#timer = setTimeout(() => {
       this.refresh().catch(() => {
         /* ended or offline: reported through events */
