@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/oauth2-proxy/mockoidc"
+
+	"github.com/plaithub/plait/hub/redistest"
 )
 
 // The browser suite: the reference web app (webclient/), served by a real
@@ -119,4 +121,27 @@ func TestBrowserAuth(t *testing.T) {
 	if res["owner"] != "oidc:owner" || res["viewer"] != "oidc:viewer" {
 		t.Fatalf("result: %v", res)
 	}
+}
+
+// TestBrowserCluster: two people on different nodes of a cluster (three
+// nodes on one redis-server, behind haproxy) type into one document and
+// converge.
+func TestBrowserCluster(t *testing.T) {
+	requireBrowser(t)
+	if _, err := exec.LookPath("haproxy"); err != nil {
+		t.Fatal("haproxy is not installed: run `make deps`")
+	}
+	srv := redistest.Start(t, redistest.Options{})
+	nodes := startClusterNodes(t, srv.URL(), 3)
+	var backends []*procNode
+	for i, n := range nodes {
+		addr := strings.TrimPrefix(n.HTTP, "http://")
+		backends = append(backends, &procNode{name: fmt.Sprintf("n%d", i), addr: addr, http: n.HTTP})
+	}
+	front := strings.Replace(startHAProxy(t, backends), "ws://", "http://", 1)
+	res := runBrowser(t, "converge.mjs", front, "--distinct-nodes")
+	if res["nodeA"] == nil || res["nodeA"] == res["nodeB"] {
+		t.Fatalf("the two browsers are not on different nodes: %v / %v", res["nodeA"], res["nodeB"])
+	}
+	t.Logf("browsers on nodes %v and %v converged", res["nodeA"], res["nodeB"])
 }

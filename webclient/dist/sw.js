@@ -2,8 +2,8 @@
 // the network off. The build (vite.config.ts) replaces the two constants
 // below with the list of built files and a hash of their contents.
 /* global self, caches */
-const VERSION = "034e45466e3e5b5f"
-const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-B0B3mrDp.css","/assets/index-CMefZ3wr.js","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
+const VERSION = "fd839955efe3dee6"
+const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-8E9MMx2L.js","/assets/index-B0B3mrDp.css","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
 const CACHE = "plait-shell-" + VERSION
 
 self.addEventListener("install", event => {

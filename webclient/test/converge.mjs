@@ -1,7 +1,7 @@
 // Two people (two browser contexts) type into one document at once and
 // add checklist items; both end with the same text and checklist, each
 // sees the other in presence, and nothing logs a console error.
-// Usage: node test/converge.mjs <base-url>
+// Usage: node test/converge.mjs <base-url> [--distinct-nodes]
 import { main, newPage, sel, state, swActive, until } from "./lib.mjs"
 
 const base = process.argv[2]
@@ -17,6 +17,14 @@ main(async browser => {
   await b.page.goto("/#" + docId)
   await until("both online", async () => (await state(a.page)).status === "online" && (await state(b.page)).status === "online")
   await until("b has the doc", async () => (await b.page.locator(sel("editor")).isEditable()))
+  if (process.argv.includes("--distinct-nodes")) {
+    // Behind a load balancer: make sure the two browsers use different nodes.
+    const nodeOf = p => p.evaluate(() => window.plait.nodePeerId)
+    for (let i = 0; i < 10 && (await nodeOf(a.page)) === (await nodeOf(b.page)); i++) {
+      await b.page.reload()
+      await until("b online again", async () => (await state(b.page)).status === "online" && (await b.page.locator(sel("editor")).isEditable()))
+    }
+  }
 
   // Both type at once, with the caret at the end.
   const wordsA = ["alpha", "bravo", "charlie", "delta", "echo"]
@@ -62,5 +70,6 @@ main(async browser => {
   const href = await a.page.locator(sel("doc-link")).first().getAttribute("href")
   if (!href.includes(docId)) throw new Error(`doc-link ${href} is not ${docId}`)
   if (errors.length) throw new Error("console errors:\n" + errors.join("\n"))
-  return { docId, text: sa.text, checklist: sa.checklist, presenceA: sa.presence, presenceB: sb.presence }
+  const [nodeA, nodeB] = await Promise.all([a.page, b.page].map(p => p.evaluate(() => window.plait.nodePeerId)))
+  return { docId, nodeA, nodeB, text: sa.text, checklist: sa.checklist, presenceA: sa.presence, presenceB: sb.presence }
 })

@@ -115,6 +115,11 @@ export class Plait {
     return () => this.#errorListeners.delete(fn)
   }
 
+  /** The peer id of the node this tab is connected to (in a cluster, which node). */
+  get nodePeerId(): PeerId | undefined {
+    return this.#socket.remotePeerId
+  }
+
   /** The node's storage id once connected (what "saved" compares against). */
   get nodeStorageId(): StorageId | undefined {
     return this.#nodeStorage
