@@ -2,12 +2,15 @@
 // the network off. The build (vite.config.ts) replaces the two constants
 // below with the list of built files and a hash of their contents.
 /* global self, caches */
-const VERSION = "fd839955efe3dee6"
-const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-8E9MMx2L.js","/assets/index-B0B3mrDp.css","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
+const VERSION = "e965a4a7923b9af8"
+const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-B0B3mrDp.css","/assets/index-D-ooPeUq.js","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
 const CACHE = "plait-shell-" + VERSION
 
 self.addEventListener("install", event => {
-  event.waitUntil(caches.open(CACHE).then(c => c.addAll(PRECACHE.map(p => new Request(p, { cache: "reload" })))))
+  // Hashed assets may come from the HTTP cache (the page just loaded
+  // them: immutable); the rest is fetched fresh.
+  const req = p => new Request(p, { cache: p.startsWith("/assets/") ? "default" : "reload" })
+  event.waitUntil(caches.open(CACHE).then(c => c.addAll(PRECACHE.map(req))))
 })
 
 self.addEventListener("activate", event => {

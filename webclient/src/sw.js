@@ -7,7 +7,10 @@ const PRECACHE = __PLAIT_PRECACHE__
 const CACHE = "plait-shell-" + VERSION
 
 self.addEventListener("install", event => {
-  event.waitUntil(caches.open(CACHE).then(c => c.addAll(PRECACHE.map(p => new Request(p, { cache: "reload" })))))
+  // Hashed assets may come from the HTTP cache (the page just loaded
+  // them: immutable); the rest is fetched fresh.
+  const req = p => new Request(p, { cache: p.startsWith("/assets/") ? "default" : "reload" })
+  event.waitUntil(caches.open(CACHE).then(c => c.addAll(PRECACHE.map(req))))
 })
 
 self.addEventListener("activate", event => {

@@ -135,10 +135,13 @@ async function start() {
     }
     $("#who").textContent = me
   }
+  performance.mark("plait:session")
   plait = await connect({ wasm: wasmURL, session, api })
+  performance.mark("plait:wasm")
   // For tests and the browser console: the library the app runs on.
   ;(window as unknown as { plait: Plait }).plait = plait
   plait.onStatus(renderStatus)
+  plait.onStatus(s => s === "online" && performance.mark("plait:online"))
   renderStatus(plait.state)
   plait.onStatus(s => {
     if (s === "online") void claimPending()
@@ -252,6 +255,7 @@ async function openDoc(url: string) {
     void e
     return
   }
+  performance.mark("plait:doc")
   if (location.hash.slice(1) !== url) return // navigated away meanwhile
   const stops: (() => void)[] = []
   const presence = new Presence(handle as DocHandle<unknown>, me, colorOf(me))

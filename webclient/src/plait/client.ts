@@ -76,7 +76,15 @@ export class Plait {
     this.#socket = new PlaitSocket(ws, opts.retryMs ?? 2000, this)
     this.repo = new Repo({
       storage: new IndexedDBStorageAdapter(opts.database ?? "plait"),
-      network: [this.#socket, new BroadcastChannelNetworkAdapter({ channelName: opts.channel ?? "plait" })],
+      network: [
+        this.#socket,
+        new BroadcastChannelNetworkAdapter({
+          channelName: opts.channel ?? "plait",
+          // Other tabs answer within milliseconds; the default (1 s) delays
+          // every first find() of a document that is not stored yet.
+          peerWaitMs: 150,
+        }),
+      ],
       // The node decides who may read what; tabs of this app share everything.
       sharePolicy: async () => true,
       // The node sends remote-heads-changed with its durably stored heads
