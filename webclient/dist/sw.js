@@ -2,8 +2,8 @@
 // the network off. The build (vite.config.ts) replaces the two constants
 // below with the list of built files and a hash of their contents.
 /* global self, caches */
-const VERSION = "e965a4a7923b9af8"
-const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-B0B3mrDp.css","/assets/index-D-ooPeUq.js","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
+const VERSION = "d315d7ce354c8ffc"
+const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-CBaw_eJ1.css","/assets/index-Dt_-vXsV.js","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
 const CACHE = "plait-shell-" + VERSION
 
 self.addEventListener("install", event => {

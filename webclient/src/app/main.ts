@@ -260,6 +260,10 @@ async function openDoc(url: string) {
   const stops: (() => void)[] = []
   const presence = new Presence(handle as DocHandle<unknown>, me, colorOf(me))
   stops.push(() => presence.close())
+  // Say goodbye when the tab goes away, so others do not wait 7 s.
+  const bye = () => presence.close()
+  window.addEventListener("pagehide", bye)
+  stops.push(() => window.removeEventListener("pagehide", bye))
 
   const setRole = (r: Role) => {
     role = r
@@ -383,8 +387,15 @@ async function openDoc(url: string) {
   // Presence.
   function renderPresence(peers: Peer[]) {
     const text = handle.doc()?.text ?? ""
+    // One entry per person (a person may have several tabs open): the
+    // most recently heard tab's cursor.
+    const byName = new Map<string, Peer>()
+    for (const p of peers) {
+      const seen = byName.get(p.name)
+      if (p.name !== me && (!seen || seen.seen < p.seen)) byName.set(p.name, p)
+    }
     $("#presence").replaceChildren(
-      ...peers.map(p => {
+      ...[...byName.values()].map(p => {
         let where = "here"
         if (p.field === "checklist" && p.cursor !== null) where = `checklist item ${p.cursor + 1}`
         else if (p.cursor !== null) {
@@ -509,17 +520,25 @@ function historyDialog(handle: DocHandle<Note>) {
   const doc = handle.doc()
   if (!doc) return
   const all = A.getAllChanges(doc)
-  const recent = all.slice(-200).map(c => A.decodeChange(c)).reverse()
+  const recent = all.slice(-1000).map(c => A.decodeChange(c)).reverse()
+  // One entry per burst of edits: the same author, less than a minute apart.
+  const groups: { author: string; time: number; hash: string; count: number }[] = []
+  for (const c of recent) {
+    const author = c.message || c.actor.slice(0, 8)
+    const g = groups[groups.length - 1]
+    if (g && g.author === author && Math.abs(g.time - c.time) < 60) g.count++
+    else groups.push({ author, time: c.time, hash: c.hash, count: 1 })
+  }
   $("#history-count").textContent = `${all.length} changes${all.length > recent.length ? `, the last ${recent.length} shown` : ""}`
   const preview = $("#history-preview")
   preview.textContent = "Choose a change to see the document as it was."
   $("#history-list").replaceChildren(
-    ...recent.map(c => {
+    ...groups.map(c => {
       const b = h(
         "button",
         { "data-testid": "history-item", class: "history-item" },
-        h("span", { class: "name" }, c.message || c.actor.slice(0, 8)),
-        h("time", {}, c.time ? new Date(c.time * 1000).toLocaleString() : "unknown time"),
+        h("span", { class: "name" }, c.author),
+        h("time", {}, (c.time ? new Date(c.time * 1000).toLocaleString() : "unknown time") + ` · ${c.count} ${c.count === 1 ? "edit" : "edits"}`),
       )
       b.onclick = () => {
         const old = A.view(doc, [c.hash]) as A.Doc<Note>

@@ -41,6 +41,7 @@ export class Presence {
   #me: Omit<PresenceMessage, "plait">
   #timer: ReturnType<typeof setInterval>
   #listeners = new Set<(peers: Peer[]) => void>()
+  #closed = false
   #onMessage: (p: { senderId: PeerId; message: unknown }) => void
 
   constructor(handle: DocHandle<unknown>, name: string, color: string) {
@@ -93,6 +94,8 @@ export class Presence {
 
   /** close says goodbye and stops announcing. */
   close(): void {
+    if (this.#closed) return
+    this.#closed = true
     clearInterval(this.#timer)
     this.#handle.off("ephemeral-message", this.#onMessage)
     try {
