@@ -75,6 +75,8 @@ let mode: "auth" | "anonymous" = store.get("plait.mode", "anonymous")
 let me: string = store.get("plait.me", "")
 let closeDoc: (() => void) | null = null
 let currentPending = 0
+/** The document on screen. */
+let openHandle: DocHandle<Note> | null = null
 
 const session = new Session(location.origin)
 const api = new Api(location.origin)
@@ -258,6 +260,8 @@ async function openDoc(url: string) {
   performance.mark("plait:doc")
   if (location.hash.slice(1) !== url) return // navigated away meanwhile
   const stops: (() => void)[] = []
+  openHandle = handle
+  stops.push(() => (openHandle = null))
   const presence = new Presence(handle as DocHandle<unknown>, me, colorOf(me))
   stops.push(() => presence.close())
   // Say goodbye when the tab goes away, so others do not wait 7 s.
@@ -524,7 +528,7 @@ function historyDialog(handle: DocHandle<Note>) {
   // One entry per burst of edits: the same author, less than a minute apart.
   const groups: { author: string; time: number; hash: string; count: number }[] = []
   for (const c of recent) {
-    const author = c.message || c.actor.slice(0, 8)
+    const author = c.message || (c.seq === 1 && c.deps.length === 0 ? "Created" : "device " + c.actor.slice(0, 8))
     const g = groups[groups.length - 1]
     if (g && g.author === author && Math.abs(g.time - c.time) < 60) g.count++
     else groups.push({ author, time: c.time, hash: c.hash, count: 1 })
@@ -543,7 +547,7 @@ function historyDialog(handle: DocHandle<Note>) {
       b.onclick = () => {
         const old = A.view(doc, [c.hash]) as A.Doc<Note>
         const items = (old.checklist ?? []).map(i => `${i.done ? "☑" : "☐"} ${i.text}`).join("\n")
-        preview.textContent = (old.text ?? "") + (items ? "\n\n" + items : "")
+        preview.textContent = (old.text ?? "") + (items ? "\n\n" + items : "") || "(empty)"
         for (const x of dlg.querySelectorAll(".history-item")) x.classList.toggle("active", x === b)
       }
       return h("li", {}, b)
@@ -594,18 +598,15 @@ for (const d of document.querySelectorAll<HTMLDialogElement>("dialog")) {
   d.querySelector(".close")?.addEventListener("click", () => d.close())
 }
 $("#checklist-add").addEventListener("click", () => {
-  const id = decodeURIComponent(location.hash.slice(1))
-  if (!plait || !id.startsWith("automerge:")) return
-  void plait.repo.find<Note>(id as never).then(handle => {
-    handle.change(d => {
-      d.checklist ??= []
-      d.checklist.push({ id: Math.random().toString(36).slice(2, 10), text: "", done: false })
-    }, { message: me })
-    requestAnimationFrame(() => {
-      const inputs = document.querySelectorAll<HTMLInputElement>('#checklist [data-kind="text"]')
-      inputs[inputs.length - 1]?.focus()
-    })
-  })
+  const handle = openHandle
+  if (!handle) return
+  handle.change(d => {
+    d.checklist ??= []
+    d.checklist.push({ id: Math.random().toString(36).slice(2, 10), text: "", done: false })
+  }, { message: me })
+  // The change event re-rendered the list synchronously: type into the new item.
+  const inputs = document.querySelectorAll<HTMLInputElement>('#checklist [data-kind="text"]')
+  inputs[inputs.length - 1]?.focus()
 })
 void start().catch(e => {
   console.warn("failed to start", e)
