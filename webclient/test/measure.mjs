@@ -132,6 +132,7 @@ try {
     return s.checklist.length === 20 && s.checklist[19].text === `item ${nChanges - 1}`
   }, 120000)
   result.bigOpenOfflineMs = await big.page.evaluate(() => Math.round(performance.now()))
+  result.bigMarks = await big.page.evaluate(() => Object.fromEntries(performance.getEntriesByType("mark").map(m => [m.name, Math.round(m.startTime)])))
   result.bigChanges = await big.page.evaluate(async () => {
     const h = await window.plait.repo.find(decodeURIComponent(location.hash.slice(1)))
     return h.history()?.length ?? null
