@@ -1,13 +1,22 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -144,4 +153,51 @@ func TestBrowserCluster(t *testing.T) {
 		t.Fatalf("the two browsers are not on different nodes: %v / %v", res["nodeA"], res["nodeB"])
 	}
 	t.Logf("browsers on nodes %v and %v converged", res["nodeA"], res["nodeB"])
+}
+
+// TestBrowserUpdate: a new version of the app (a service worker with
+// another version, served by a proxy in front of the node once the script
+// asks for it) takes over a page with edits the node has not stored; the
+// edits survive the reload and reach the node afterwards.
+func TestBrowserUpdate(t *testing.T) {
+	requireBrowser(t)
+	n := startNode(t, t.TempDir())
+	target, err := url.Parse(n.HTTP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var next atomic.Bool
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(res *http.Response) error {
+		if res.Request.URL.Path != "/sw.js" || !next.Load() {
+			return nil
+		}
+		body, err := io.ReadAll(res.Body)
+		_ = res.Body.Close()
+		if err != nil {
+			return err
+		}
+		body = regexp.MustCompile(`const VERSION = "[^"]+"`).ReplaceAll(body, []byte(`const VERSION = "test-next-version"`))
+		res.Body = io.NopCloser(bytes.NewReader(body))
+		res.ContentLength = int64(len(body))
+		res.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		res.Header.Del("Content-Encoding")
+		res.Header.Del("Etag")
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /__plait_test/next-version", func(w http.ResponseWriter, _ *http.Request) {
+		next.Store(true)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.Header.Del("Accept-Encoding") // sw.js is rewritten as plain text
+		proxy.ServeHTTP(w, r)
+	}))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	res := runBrowser(t, "update.mjs", srv.URL)
+	if fmt.Sprint(res["caches"]) != "[plait-shell-test-next-version]" {
+		t.Fatalf("result: %v", res)
+	}
 }

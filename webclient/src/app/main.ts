@@ -560,14 +560,20 @@ function historyDialog(handle: DocHandle<Note>) {
 function registerWorker() {
   if (!("serviceWorker" in navigator)) return
   let reloading = false
+  // The first worker's clients.claim() is no new version: reload only when
+  // a controller replaces another.
+  let controlled = !!navigator.serviceWorker.controller
   navigator.serviceWorker.addEventListener("controllerchange", async () => {
-    if (reloading || !hadController) return
+    if (!controlled) {
+      controlled = true
+      return
+    }
+    if (reloading) return
     reloading = true
     // Every edit is in IndexedDB before the new version loads.
     await plait?.flush().catch(() => {})
     location.reload()
   })
-  const hadController = !!navigator.serviceWorker.controller
   navigator.serviceWorker.register("/sw.js", { scope: "/" }).then(
     reg => {
       reg.addEventListener("updatefound", () => {
