@@ -2,8 +2,8 @@
 // the network off. The build (vite.config.ts) replaces the two constants
 // below with the list of built files and a hash of their contents.
 /* global self, caches */
-const VERSION = "d519a1631c037dc2"
-const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-BPRhLgmZ.js","/assets/index-CBaw_eJ1.css","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
+const VERSION = "bf53439133e7fa2f"
+const PRECACHE = ["/","/index.html","/assets/automerge-LjMxZKTS.wasm","/assets/index-CBaw_eJ1.css","/assets/index-TJw0qTUq.js","/manifest.webmanifest","/icon.svg","/icon-192.png","/icon-512.png"]
 const CACHE = "plait-shell-" + VERSION
 
 self.addEventListener("install", event => {

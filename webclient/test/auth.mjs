@@ -8,8 +8,15 @@ import { main, newPage, sel, state, until } from "./lib.mjs"
 
 const [base, adminToken] = process.argv.slice(2)
 
+const shots = process.env.PLAIT_SHOTS // a directory: screenshots of the sign-in page, share dialog, viewer
+async function shot(page, name) {
+  if (shots) await page.screenshot({ path: `${shots}/${name}.png` })
+}
+
 async function signIn(page, path = "/") {
   await page.goto(path)
+  await page.locator(sel("login-oidc")).waitFor()
+  await shot(page, "webclient-login")
   await page.locator(sel("login-oidc")).click()
   await until("signed in", async () => ((await page.locator("#who").textContent()) || "").startsWith("oidc:"))
   return page.locator("#who").textContent()
@@ -36,6 +43,7 @@ main(async browser => {
   await owner.page.selectOption(sel("share-role"), "viewer")
   await owner.page.click(sel("share-submit"))
   await until("viewer listed", async () => (await owner.page.locator("#share-users").textContent()).includes("oidc:viewer"))
+  await shot(owner.page, "webclient-share")
   await owner.page.keyboard.press("Escape")
 
   // The viewer signs in from the shared link and lands on the document.
@@ -46,6 +54,7 @@ main(async browser => {
   await until("viewer editor read-only", async () => (await viewer.page.locator(sel("editor")).getAttribute("readonly")) !== null)
   if (await viewer.page.locator(sel("checklist-add")).isEnabled()) throw new Error("viewer may add checklist items")
   if (await viewer.page.locator(sel("share-open")).isVisible()) throw new Error("viewer sees the share button")
+  await shot(viewer.page, "webclient-viewer")
 
   // An edit forced through the library is refused by the node (4403) and
   // never reaches the owner.

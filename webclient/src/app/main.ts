@@ -84,6 +84,7 @@ const api = new Api(location.origin)
 function show(view: "login" | "home" | "doc") {
   for (const v of ["login", "home", "doc"]) $(`#view-${v}`).hidden = v !== view
   $("#signout").hidden = mode !== "auth" || view === "login"
+  document.querySelector<HTMLElement>("footer.status")!.hidden = view === "login"
 }
 
 function toast(msg: string, kind: "info" | "error" = "info") {
@@ -160,11 +161,13 @@ async function start() {
   route()
 }
 
+const providerNames: Record<string, string> = { github: "GitHub", google: "Google", oidc: "single sign-on" }
+
 function showLogin(providers: string[], note = "") {
   const box = $("#providers")
   box.replaceChildren()
   for (const p of providers) {
-    const a = h("a", { class: "button primary", "data-testid": `login-${p}`, href: session.loginURL(p, "/" + location.hash) }, `Sign in with ${p}`)
+    const a = h("a", { class: "button primary", "data-testid": `login-${p}`, href: session.loginURL(p, "/" + location.hash) }, `Sign in with ${providerNames[p] ?? p}`)
     box.append(a)
   }
   $("#login-note").textContent = note
