@@ -113,7 +113,7 @@ main(async browser => {
 
   // Console errors: a refused upgrade or a 401 while signing out is logged
   // by Chromium for the failed request itself; anything else is a bug.
-  const real = errors.filter(e => !/status of 401|WebSocket connection to .* failed|Failed to load resource/.test(e))
+  const real = errors.filter(e => !/status of 401|WebSocket connection to .* failed/.test(e))
   if (real.length) throw new Error("console errors:\n" + real.join("\n"))
   return { docId, owner: who, viewer: vwho, refused, refreshes, note }
 })
