@@ -14,7 +14,7 @@ main(async browser => {
   const dialogs = []
   a.page.on("dialog", d => {
     dialogs.push(d.type())
-    void d.accept()
+    d.accept().catch(() => {}) // the page may close first (beforeunload on close)
   })
   await a.page.goto("/")
   await a.page.click(sel("new-doc"))
