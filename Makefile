@@ -1,11 +1,12 @@
 # Plait developer tasks. `make test` is the test command (CI runs it).
 GO        ?= go
 JS_DIR    := server/testdata/js
+WEB_DIR   := webclient
 FUZZTIME  ?= 20000x
 
-.PHONY: test deps vet race fuzz run bench bench-engine bench-cluster build image-check loadtest-smoke
+.PHONY: test deps vet race fuzz run bench bench-engine bench-cluster build image-check loadtest-smoke webclient webclient-check
 
-test: deps vet build image-check race fuzz loadtest-smoke
+test: deps vet webclient-check build image-check race fuzz loadtest-smoke
 
 # The release binary. The Dockerfile runs this same target, and CI runs
 # image-check on its output, so the image recipe cannot rot unnoticed.
@@ -17,13 +18,27 @@ build:
 image-check: build
 	bash .ci/image-check bin/plait
 
-# Node packages for the end-to-end tests (real automerge-repo clients), and
-# the servers the tests start: redis-server, redis-cli, haproxy.
-deps: $(JS_DIR)/node_modules/.package-lock.json
+# Node packages for the end-to-end tests (real automerge-repo clients), the
+# web app's build and browser-test driver, and the programs the tests
+# start: redis-server, redis-cli, haproxy, chromium.
+deps: $(JS_DIR)/node_modules/.package-lock.json $(WEB_DIR)/node_modules/.package-lock.json
 	bash .ci/system-deps
 
 $(JS_DIR)/node_modules/.package-lock.json: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund
+
+$(WEB_DIR)/node_modules/.package-lock.json: $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json
+	cd $(WEB_DIR) && npm ci --no-audit --no-fund
+
+# Rebuilds the web app into webclient/dist (committed: the node embeds it,
+# so `go run ./server` needs no npm step). Commit the result.
+webclient: $(WEB_DIR)/node_modules/.package-lock.json
+	cd $(WEB_DIR) && npm run build
+
+# Fails when the committed webclient/dist is not what the sources build to
+# (type errors fail too). The build is deterministic.
+webclient-check: $(WEB_DIR)/node_modules/.package-lock.json
+	bash .ci/webclient-check
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/auth"
+	"github.com/plaithub/plait/webclient"
 )
 
 // validRequestID reports whether a client's X-Request-Id can be kept: 1 to
@@ -30,7 +31,8 @@ func validRequestID(id string) bool {
 // them: the middleware every request passes (request id, audit and
 // blocking, the per-address rate), the probes and metrics, the WebSocket,
 // and on a node with login the /auth/ routes (login.go) and the REST API
-// (api.go); the documents API (api_docs.go) on every node.
+// (api.go); the documents API (api_docs.go) on every node; and last the
+// web app at / (static.go).
 func (n *Node) routes(app *fiber.App) {
 	app.Use(func(c *fiber.Ctx) error {
 		id := string(c.Request().Header.Peek("X-Request-Id"))
@@ -60,8 +62,15 @@ func (n *Node) routes(app *fiber.App) {
 		return nil
 	})
 	app.Get("/ws", n.handleWS)
+	// Which login buttons to show; "login": false is an anonymous node
+	// (the web app then shows no login screen).
+	app.Get("/auth/providers", func(c *fiber.Ctx) error {
+		if n.auth == nil {
+			return c.JSON(fiber.Map{"login": false, "providers": []string{}})
+		}
+		return c.JSON(fiber.Map{"login": true, "providers": n.auth.login.Providers()})
+	})
 	if n.auth != nil {
-		app.Get("/auth/providers", func(c *fiber.Ctx) error { return c.JSON(fiber.Map{"providers": n.auth.login.Providers()}) })
 		app.Get("/auth/:provider/login", n.handleLogin)
 		app.Get("/auth/:provider/callback", n.handleLoginCallback)
 		app.Post("/auth/refresh", n.handleRefresh)
@@ -79,7 +88,7 @@ func (n *Node) routes(app *fiber.App) {
 	}
 	newDocAPI(n).routes(app) // content, history, changes, export, import (api_docs.go)
 	n.deleteRoutes(app)      // api_delete.go
-	app.Get("/", func(c *fiber.Ctx) error {
-		return c.Type("txt").SendString("Plait sync server. Point an automerge-repo WebSocketClientAdapter at ws://" + string(c.Request().Host()) + "/ws\n")
-	})
+	// The web app (static.go): whatever no route above took.
+	site := newStaticSite(webclient.Files())
+	app.Get("/*", site.handle)
 }
