@@ -35,10 +35,7 @@ func TestClusterNodeSIGKILL(t *testing.T) {
 
 	var nodes []*procNode
 	for i := 0; i < 3; i++ {
-		nodes = append(nodes, startProcNode(t, bin, fmt.Sprintf("node%d", i), srv.URL()))
-	}
-	for _, n := range nodes {
-		n.waitReady(t, 15*time.Second)
+		nodes = append(nodes, startReadyProcNode(t, bin, fmt.Sprintf("node%d", i), srv.URL()))
 	}
 	lb := startHAProxy(t, nodes)
 	t.Logf("redis, 3 nodes and haproxy up in %s", time.Since(start).Round(time.Millisecond))
@@ -152,6 +149,39 @@ func startProcNode(t *testing.T, bin, name, redisURL string) *procNode {
 		}
 	})
 	return n
+}
+
+// startReadyProcNode starts a node process and waits until it is ready.
+// The free port it picks can be taken by another test's server before the
+// node binds it (tests of other packages run at the same time): then it
+// starts again on another port, up to three times.
+func startReadyProcNode(t *testing.T, bin, name, redisURL string) *procNode {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		n := startProcNode(t, bin, name, redisURL)
+		deadline := time.Now().Add(15 * time.Second)
+		for !n.exited() && time.Now().Before(deadline) && !n.ready() {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n.exited() && attempt < 3 {
+			if b, _ := os.ReadFile(n.log); strings.Contains(string(b), "address already in use") {
+				t.Logf("%s: %s was taken before the node bound it; another port", name, n.addr)
+				continue
+			}
+		}
+		n.waitReady(t, time.Until(deadline)+time.Second)
+		return n
+	}
+}
+
+func (n *procNode) ready() bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(n.http + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // cleanPlaitEnv is the test's environment without PLAIT_* variables, so the
