@@ -67,7 +67,7 @@ type logicalColumn struct {
 // core does not expect swallows the columns of that id that follow it, so
 // they are absent for the core, and must be for us.
 func layoutColumns(cols []Column) (*opColumns, error) {
-	var out []logicalColumn
+	out := make([]logicalColumn, 0, len(cols))
 	const (
 		ready = iota
 		inValue
@@ -183,13 +183,19 @@ func isRLEIntType(spec uint32) bool {
 // slebStrict reads a signed LEB128 as the core's storage parser does
 // (storage/parse/leb128.rs, leb128_i64): at most 64 bits, no overlong
 // encodings.
-func (r *reader) slebStrict(what string) (int64, error) {
+func (r *reader) slebStrict(what string) (int64, error) { return r.slebStrictOf(what, "") }
+
+// slebStrictOf is slebStrict of the value named what+suffix, joined only
+// for an error: column decoders read a run length per run, and building
+// its name each time was a sixth of the allocations of loading a
+// document.
+func (r *reader) slebStrictOf(what, suffix string) (int64, error) {
 	var v int64
 	var shift uint
 	var prev byte
 	for {
 		if r.off >= len(r.b) {
-			return 0, malformed("truncated %s", what)
+			return 0, malformed("truncated %s%s", what, suffix)
 		}
 		c := r.b[r.off]
 		r.off++
@@ -199,10 +205,10 @@ func (r *reader) slebStrict(what string) (int64, error) {
 		shift += 7
 		if c&0x80 == 0 {
 			if shift > 64 && c != 0 && c != 0x7f {
-				return 0, malformed("%s overflows 64 bits", what)
+				return 0, malformed("%s%s overflows 64 bits", what, suffix)
 			}
 			if shift > 7 && ((c == 0 && prev&0x40 == 0) || (c == 0x7f && prev&0x40 != 0)) {
-				return 0, malformed("overlong LEB128 in %s", what)
+				return 0, malformed("overlong LEB128 in %s%s", what, suffix)
 			}
 			if shift < 64 && c&0x40 != 0 {
 				v |= -1 << shift
@@ -210,7 +216,7 @@ func (r *reader) slebStrict(what string) (int64, error) {
 			return v, nil
 		}
 		if shift > 64 {
-			return 0, malformed("%s overflows 64 bits", what)
+			return 0, malformed("%s%s overflows 64 bits", what, suffix)
 		}
 		prev = c
 	}
@@ -257,9 +263,9 @@ func (d *rleDecoder) readValue() error {
 	case rleInt:
 		d.i, err = d.r.slebStrict(d.name)
 	default:
-		var n uint64
-		if n, err = d.r.uleb(d.name + " string length"); err != nil {
-			return err
+		n, bad := d.r.ulebRaw()
+		if bad != ulebOK {
+			return ulebError(bad, d.name, " string length")
 		}
 		if n > uint64(len(d.r.rest())) {
 			return malformed("%s: string of %d bytes, %d left", d.name, n, len(d.r.rest()))
@@ -281,7 +287,7 @@ func (d *rleDecoder) next() (ok bool, err error) {
 		if d.r.done() {
 			return false, nil
 		}
-		n, err := d.r.slebStrict(d.name + " run length")
+		n, err := d.r.slebStrictOf(d.name, " run length")
 		if err != nil {
 			return false, err
 		}
@@ -297,8 +303,9 @@ func (d *rleDecoder) next() (ok bool, err error) {
 			}
 			d.count, d.literal, d.null = uint64(-n), true, false
 		default:
-			if d.count, err = d.r.uleb(d.name + " null run length"); err != nil {
-				return false, err
+			var bad int
+			if d.count, bad = d.r.ulebRaw(); bad != ulebOK {
+				return false, ulebError(bad, d.name, " null run length")
 			}
 			d.literal, d.null = false, true
 		}
@@ -366,8 +373,9 @@ func (d *boolDecoder) next() (v, ok bool, err error) {
 		if d.r.done() {
 			return false, false, nil
 		}
-		if d.count, err = d.r.uleb(d.name + " run length"); err != nil {
-			return false, false, err
+		var bad int
+		if d.count, bad = d.r.ulebRaw(); bad != ulebOK {
+			return false, false, ulebError(bad, d.name, " run length")
 		}
 		d.val = !d.val
 	}
