@@ -110,7 +110,7 @@ func compactStored(store Store, id protocol.DocumentID, timeout time.Duration, m
 		return compactResult{err: err}
 	}
 	order := syncengine.New(syncengine.Options{})
-	if _, err := order.AddChanges(nil, raws...); err != nil {
+	if _, err := order.AddStored(nil, raws...); err != nil {
 		return compactResult{err: fmt.Errorf("failed to index the stored changes: %w", err)}
 	}
 	if n := order.Queued(); n > 0 {

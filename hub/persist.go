@@ -64,7 +64,7 @@ func (d *document) load() error {
 	if err != nil {
 		return err
 	}
-	if _, err := d.eng.AddChanges(remoteOrigin, raws...); err != nil {
+	if _, err := d.eng.AddStored(remoteOrigin, raws...); err != nil {
 		return fmt.Errorf("failed to index stored changes: %w", err)
 	}
 	if n := d.eng.Queued(); n > 0 {

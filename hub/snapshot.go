@@ -111,6 +111,7 @@ func snapshotChanges(snap []byte) ([][]byte, error) {
 	}
 	var chunks [][]byte
 	var hashes [][32]byte
+	var deps []uint64 // one change's dependencies, as distances back
 	for len(data) > 0 {
 		k := len(chunks)
 		uleb := func() (uint64, error) {
@@ -125,25 +126,33 @@ func snapshotChanges(snap []byte) ([][]byte, error) {
 		if err != nil || nd > uint64(k) {
 			return nil, fmt.Errorf("%w: change %d: dependencies", errBadSnapshot, k)
 		}
-		body := binary.AppendUvarint(nil, nd)
+		deps = deps[:0]
 		for range nd {
 			dist, err := uleb()
 			if err != nil || dist == 0 || dist > uint64(k) {
 				return nil, fmt.Errorf("%w: change %d: a dependency out of range", errBadSnapshot, k)
 			}
-			body = append(body, hashes[k-int(dist)][:]...)
+			deps = append(deps, dist)
 		}
 		n, err := uleb()
 		if err != nil || n > uint64(len(data)) {
 			return nil, fmt.Errorf("%w: change %d: length", errBadSnapshot, k)
 		}
-		body = append(body, data[:n]...)
+		// The chunk is built in one allocation: magic, checksum, type,
+		// body length, then the body (dependencies, the rest).
+		bodyLen := uvarintLen(nd) + len(deps)*32 + int(n)
+		chunk := make([]byte, 8, 8+1+uvarintLen(uint64(bodyLen))+bodyLen)
+		chunk = append(chunk, 1)
+		chunk = binary.AppendUvarint(chunk, uint64(bodyLen))
+		chunk = binary.AppendUvarint(chunk, nd)
+		for _, dist := range deps {
+			chunk = append(chunk, hashes[k-int(dist)][:]...)
+		}
+		chunk = append(chunk, data[:n]...)
 		data = data[n:]
-		hashed := binary.AppendUvarint([]byte{1}, uint64(len(body)))
-		hashed = append(hashed, body...)
-		h := sha256.Sum256(hashed)
-		chunk := make([]byte, 0, 8+len(hashed))
-		chunk = append(append(append(chunk, chunkMagic...), h[:4]...), hashed...)
+		h := sha256.Sum256(chunk[8:])
+		copy(chunk, chunkMagic)
+		copy(chunk[4:8], h[:4])
 		chunks = append(chunks, chunk)
 		hashes = append(hashes, h)
 	}
@@ -169,3 +178,12 @@ func automergeChanges(snap []byte) ([][]byte, error) {
 }
 
 var errSnapshotMismatch = errors.New("the snapshot reads back as other changes")
+
+// uvarintLen is the length of v as an unsigned LEB128 varint.
+func uvarintLen(v uint64) int {
+	n := 1
+	for ; v >= 0x80; v >>= 7 {
+		n++
+	}
+	return n
+}

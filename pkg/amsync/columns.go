@@ -409,40 +409,49 @@ func newOpDecoder(c *Change, maxOps int) (*opDecoder, error) {
 // actions decodes the action column, whose length is the number of ops
 // (the core iterates until it is exhausted, change_op_columns.rs:357-364).
 func (d *opDecoder) actions() ([]Action, error) {
-	dec := newRLE(d.cols.action, rleUint, "action")
 	var acts []Action
+	err := eachAction(d.cols.action, d.maxOps, func(a Action) { acts = append(acts, a) })
+	return acts, err
+}
+
+// eachAction calls f with each action of an action column, in order,
+// refusing a column of more than maxOps actions before expanding it.
+func eachAction(col []byte, maxOps int, f func(Action)) error {
+	dec := newRLE(col, rleUint, "action")
+	n := 0
 	for !dec.exhausted() {
 		if dec.count == 0 {
 			// Check the size of the next run before expanding it.
 			save := *dec
-			n, err := save.r.slebStrict("action run length")
+			run, err := save.r.slebStrict("action run length")
 			if err != nil {
-				return nil, err
+				return err
 			}
-			if n == 0 {
-				return nil, malformed("null action")
+			if run == 0 {
+				return malformed("null action")
 			}
-			if n < 0 && n != math.MinInt64 {
-				n = -n
+			if run < 0 && run != math.MinInt64 {
+				run = -run
 			}
-			if n < 0 || uint64(n) > uint64(d.maxOps-len(acts)) {
-				return nil, malformed("change has more than %d ops", d.maxOps)
+			if run < 0 || uint64(run) > uint64(maxOps-n) {
+				return malformed("change has more than %d ops", maxOps)
 			}
 		}
 		ok, err := dec.next()
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if !ok {
-			return nil, malformed("null action")
+			return malformed("null action")
 		}
 		if dec.u > uint64(ActionMark) {
 			// validate_action_and_value (types.rs:236-250)
-			return nil, malformed("unknown action %d", dec.u)
+			return malformed("unknown action %d", dec.u)
 		}
-		acts = append(acts, Action(dec.u))
+		f(Action(dec.u))
+		n++
 	}
-	return acts, nil
+	return nil
 }
 
 // actor resolves an actor index read from a column.

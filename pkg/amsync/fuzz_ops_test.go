@@ -237,6 +237,9 @@ func (b *fuzzBase) run(t *testing.T, raw []byte) {
 		t.Fatal("ops differ after re-encoding")
 	}
 	_ = c.CheckCanonical(ops)
+	// AddAccepted, which reads the action column alone, records what Add
+	// records from the decoded ops.
+	sameAsAdd(t, c, ops)
 
 	// What the hub checks before the core sees a change: the objects
 	// and keys (ObjIndex), seq continuity and causal readiness (notes

@@ -170,6 +170,60 @@ func (x *ObjIndex) Add(ops []Op) {
 	}
 }
 
+// AddAccepted is Add for a change that passed Check (and DecodeOps) when
+// it was first accepted, such as a document's own stored changes at
+// load: it reads the change's action column only, which is all Add
+// needs (an op's id is its change's actor and StartOp plus its
+// position), and checks nothing the first acceptance did. It returns an
+// error only for a change whose action column does not decode.
+func (x *ObjIndex) AddAccepted(c *Change) error {
+	action, err := actionColumn(c.Columns)
+	if err != nil {
+		return err
+	}
+	var actor string
+	n := uint64(0)
+	err = eachAction(action, MaxOps, func(a Action) {
+		if t, ok := a.ObjType(); ok {
+			if actor == "" {
+				actor = x.intern(string(c.Actor))
+			}
+			x.objs[OpID{Counter: c.StartOp + n, Actor: actor}] = t
+		}
+		n++
+	})
+	if err != nil || n == 0 {
+		return err
+	}
+	last := c.StartOp + n - 1
+	if m, ok := x.maxOp[string(c.Actor)]; !ok || last > m {
+		x.maxOp[x.intern(string(c.Actor))] = last
+	}
+	return nil
+}
+
+// actionColumn returns the data of the change's action column as the core
+// reads it. It is the column of that spec unless another column of its id
+// comes first and swallows it (as a group or value, see layoutColumns):
+// then the whole layout decides.
+func actionColumn(cols []Column) ([]byte, error) {
+	for _, col := range cols {
+		switch {
+		case col.Spec == specAction:
+			return col.Data, nil
+		case col.Spec>>4 == specAction>>4:
+			layout, err := layoutColumns(cols)
+			if err != nil {
+				return nil, err
+			}
+			return layout.action, nil
+		case col.Spec > specAction:
+			return nil, nil
+		}
+	}
+	return nil, nil
+}
+
 // Apply is Check followed, if it passes, by Add.
 func (x *ObjIndex) Apply(ops []Op) error {
 	if err := x.Check(ops); err != nil {

@@ -1,9 +1,62 @@
 package amsync
 
 import (
+	"bytes"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
+
+// sameAsAdd checks that AddAccepted records from c what Add records from
+// ops, c's decoded ops.
+func sameAsAdd(t *testing.T, c *Change, ops []Op) {
+	t.Helper()
+	viaOps, viaActions := NewObjIndex(), NewObjIndex()
+	viaOps.Add(ops)
+	if err := viaActions.AddAccepted(c); err != nil {
+		t.Fatalf("AddAccepted refused a change DecodeOps accepted: %v", err)
+	}
+	if !reflect.DeepEqual(viaOps.objs, viaActions.objs) || !reflect.DeepEqual(viaOps.maxOp, viaActions.maxOp) {
+		t.Fatalf("AddAccepted recorded objects %v, max ops %v; Add recorded %v, %v", viaActions.objs, viaActions.maxOp, viaOps.objs, viaOps.maxOp)
+	}
+}
+
+func TestAddAccepted(t *testing.T) {
+	c, ops := base(t)
+	sameAsAdd(t, c, ops)
+	x := NewObjIndex()
+	if err := x.AddAccepted(c); err != nil {
+		t.Fatal(err)
+	}
+	if x.Len() != 3 {
+		t.Fatalf("Len %d, want the base change's 3 objects", x.Len())
+	}
+	// An action column another column of its id swallows (a group 0x40)
+	// is absent for the core: no ops, as layoutColumns says.
+	swallowed := *c
+	swallowed.Columns = append([]Column{{Spec: 0x40, Data: []byte{0}}}, c.Columns...)
+	slices.SortStableFunc(swallowed.Columns, func(a, b Column) int { return int(a.Spec) - int(b.Spec) })
+	layout, err := layoutColumns(swallowed.Columns)
+	if err != nil || len(layout.action) != 0 {
+		t.Fatalf("layout: action column %x, %v; want it swallowed", layout.action, err)
+	}
+	got, err := actionColumn(swallowed.Columns)
+	if err != nil || !bytes.Equal(got, layout.action) {
+		t.Fatalf("actionColumn %x %v, layout %x", got, err, layout.action)
+	}
+	// A malformed action column is an error, not a panic.
+	bad := *c
+	bad.Columns = slices.Clone(c.Columns)
+	for i := range bad.Columns {
+		if bad.Columns[i].Spec == specAction {
+			bad.Columns[i].Data = []byte{0x7f}
+		}
+	}
+	if err := NewObjIndex().AddAccepted(&bad); err == nil {
+		t.Fatal("a truncated action column was accepted")
+	}
+}
 
 // follow builds a change by actor bb.. that follows base (its only
 // dependency), with ops referring to base's objects, and decodes it.

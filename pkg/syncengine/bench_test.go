@@ -604,3 +604,27 @@ func BenchmarkLoad(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLoadStored is BenchmarkLoad's engine with AddStored, as the hub
+// opens a document from its own store: the chunks are the engine's to
+// keep (copied here outside the timer), and the ops are not checked again.
+func BenchmarkLoadStored(b *testing.B) {
+	for _, n := range benchSizes {
+		b.Run(fmt.Sprintf("history=%d", n), func(b *testing.B) {
+			chunks, _, _ := benchHist.prefix(b, n)
+			b.SetBytes(int64(len(slices.Concat(chunks...))))
+			for b.Loop() {
+				b.StopTimer()
+				own := make([][]byte, len(chunks))
+				for i, c := range chunks {
+					own[i] = slices.Clone(c)
+				}
+				b.StartTimer()
+				d := New(Options{})
+				if _, err := d.AddStored(nil, own...); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -267,7 +267,21 @@ func (d *Doc) All(f func(raw []byte) bool) {
 // queue's and the per-change inflate cap apply: Options.MaxBytes and
 // MaxInflatedBytes do not.
 func (d *Doc) AddChanges(origin any, chunks ...[]byte) ([]*amsync.Change, error) {
-	return d.apply(chunks, origin, nil)
+	return d.apply(chunks, origin, nil, false)
+}
+
+// AddStored is AddChanges for the document's own stored changes, which
+// passed every check of this engine when they were first accepted (the
+// store only ever gets changes an engine returned). It keeps the checks
+// that tie a change into the history (its hash, its dependencies, its
+// actor's seqs) and leaves out those of its ops (ops per change and per
+// key, canonical encoding, objects, Options.Accept), decoding only the
+// action column the object index needs: opening a large document costs
+// a fraction of checking it again. The engine keeps the chunks without
+// copying them: the caller must not change them. A queued change that is
+// released later, by a change from a peer, is checked in full.
+func (d *Doc) AddStored(origin any, chunks ...[]byte) ([]*amsync.Change, error) {
+	return d.apply(chunks, origin, nil, true)
 }
 
 // Forget drops the queued changes that came from origin (a peer that
@@ -300,6 +314,7 @@ type candidate struct {
 	c      *amsync.Change
 	origin any
 	fresh  bool    // came with this call (else: from the queue)
+	stored bool    // from the store (AddStored): its ops were checked when accepted
 	done   bool    // staged
 	idx    int32   // index it will have once applied
 	deps   []int32 // indexes of its dependencies (once staged)
@@ -325,7 +340,7 @@ type peerBounds struct {
 	maxBytes    int // Options.MaxBytes; 0: none
 }
 
-func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Change, error) {
+func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds, stored bool) ([]*amsync.Change, error) {
 	var fresh []*candidate
 	inCall := make(map[Hash]bool, len(chunks))
 	grow := 0 // bytes the new changes add to the document
@@ -341,8 +356,13 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 			}
 		}
 		// Parsed from a copy of its own, so that neither the change nor
-		// its fields keep the message or batch it came in alive.
-		c, err := amsync.ParseChangeLimit(bytes.Clone(raw), limit)
+		// its fields keep the message or batch it came in alive (stored
+		// chunks are the caller's to give).
+		own := raw
+		if !stored {
+			own = bytes.Clone(raw)
+		}
+		c, err := amsync.ParseChangeLimit(own, limit)
 		if err != nil {
 			if errors.Is(err, amsync.ErrTooLarge) {
 				if byRatio {
@@ -363,7 +383,7 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 		}
 		inCall[c.Hash] = true
 		grow += len(c.Uncompressed())
-		fresh = append(fresh, &candidate{c: c, origin: origin, fresh: true})
+		fresh = append(fresh, &candidate{c: c, origin: origin, fresh: true, stored: stored})
 	}
 	if len(fresh) == 0 {
 		return nil, nil
@@ -377,7 +397,7 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 			return nil, fmt.Errorf("%w %s: %w", ErrInvalidChange, cd.c.Hash, err)
 		}
 	}
-	st := &staging{objs: d.objs.Stage(), byHash: map[Hash]*candidate{}, last: map[string]*candidate{}}
+	st := &staging{objs: d.objs.Stage(), byHash: make(map[Hash]*candidate, len(fresh)), last: map[string]*candidate{}}
 	blocked := make(map[Hash][]*candidate) // missing dependency -> candidates of this call
 	work := slices.Clone(fresh)
 	var dropped []Hash
@@ -422,6 +442,10 @@ func (d *Doc) apply(chunks [][]byte, origin any, pb *peerBounds) ([]*amsync.Chan
 	// Commit.
 	d.objs = st.objs.Commit()
 	out := make([]*amsync.Change, 0, len(st.ready))
+	d.nodes = slices.Grow(d.nodes, len(st.ready))
+	if len(d.index) == 0 {
+		d.index = make(map[Hash]int32, len(st.ready)) // a load: sized once
+	}
 	for _, cd := range st.ready {
 		d.insert(cd)
 		d.unqueue(cd.c.Hash)
@@ -498,6 +522,13 @@ func (d *Doc) stage(cd *candidate, st *staging) error {
 	if prev >= 0 && !slices.Contains(cd.deps, prev) && !d.reaches(cd.deps, prev, st) {
 		return fmt.Errorf("actor %x seq %d does not depend on its seq %d", c.Actor, c.Seq, last)
 	}
+	if cd.stored {
+		if err := st.objs.AddAccepted(c); err != nil {
+			return err
+		}
+		st.add(cd)
+		return nil
+	}
 	ops, err := c.DecodeOps(d.opts.MaxOpsPerChange)
 	if err != nil {
 		return err
@@ -520,11 +551,16 @@ func (d *Doc) stage(cd *candidate, st *staging) error {
 		}
 	}
 	st.objs.Add(ops)
+	st.add(cd)
+	return nil
+}
+
+// add records a change that passed stage's checks as staged.
+func (st *staging) add(cd *candidate) {
 	cd.done = true
 	st.ready = append(st.ready, cd)
-	st.byHash[c.Hash] = cd
-	st.last[string(c.Actor)] = cd
-	return nil
+	st.byHash[cd.c.Hash] = cd
+	st.last[string(cd.c.Actor)] = cd
 }
 
 func (d *Doc) insert(cd *candidate) {

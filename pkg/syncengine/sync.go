@@ -251,7 +251,7 @@ func (d *Doc) ReceiveMessage(s *State, msg []byte, origin any) ([]*amsync.Change
 	var applied []*amsync.Change
 	if len(m.Changes) > 0 {
 		pb := &peerBounds{inflateLeft: d.opts.MaxInflatedBytes, maxBytes: d.opts.MaxBytes}
-		if applied, err = d.apply(m.Changes, origin, pb); err != nil {
+		if applied, err = d.apply(m.Changes, origin, pb, false); err != nil {
 			return nil, err
 		}
 		s.sharedHeads = advanceHeads(beforeHeads, d.heads, s.sharedHeads)
