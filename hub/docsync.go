@@ -159,7 +159,37 @@ func limitOf(err error) string {
 func (d *document) generate(ps *peerState) {
 	if data := d.eng.GenerateMessage(ps.st); data != nil {
 		ps.out = append(ps.out, data)
+		ps.sentAt = time.Now()
 	}
+}
+
+// answerWait is how long new changes wait for a peer that has not
+// answered the last changes sent to it (holding). Honest peers answer at
+// once; the wait only bounds what a peer that never answers costs itself.
+const answerWait = time.Second
+
+// holding reports whether new changes for a peer wait for its answer to
+// the last changes sent to it: at most one message of changes per peer
+// per round trip. A peer that keeps up answers within a round trip and
+// gets every change as soon as before, a little batched; a peer that
+// falls behind (a slow browser, a busy client) gets the changes that
+// arrived meanwhile in one message when it answers, instead of a queue
+// of small messages that costs it, and the node, per message. Its
+// answer is handled by receiveSync, which always generates the reply.
+// If no answer comes within answerWait, the changes go anyway.
+func (d *document) holding(ps *peerState, now time.Time) bool {
+	if !ps.st.Unanswered() {
+		return false
+	}
+	until := ps.sentAt.Add(answerWait)
+	if !now.Before(until) {
+		return false
+	}
+	if !d.answerArmed || until.Before(d.answerAt) {
+		d.answerArmed, d.answerAt = true, until
+		d.answerTimer.Reset(until.Sub(now))
+	}
+	return true
 }
 
 // sendOut sends the sync messages generated for s, in order, as far as

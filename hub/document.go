@@ -89,8 +89,13 @@ type document struct {
 	denied     map[*session]struct{} // peers refused: asked again on Reauthorize
 	backlog    *time.Timer           // sends what waited for room in write queues
 	backlogged bool
-	ephBudget  *rate.Limiter         // bytes of ephemeral relays per second
-	remote     map[string]knownHeads // storage id -> heads, for remote-heads gossip
+	// Changes held for peers that have not answered our last changes
+	// (holding): sent with their answer, or when answerTimer fires.
+	answerTimer *time.Timer
+	answerArmed bool
+	answerAt    time.Time
+	ephBudget   *rate.Limiter         // bytes of ephemeral relays per second
+	remote      map[string]knownHeads // storage id -> heads, for remote-heads gossip
 
 	// The store (persist.go, compact.go):
 	exists     bool     // stored (or being stored): a request gets it, not doc-unavailable
@@ -125,7 +130,9 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		stream:     newFollower(),
 		backlog:    stoppedTimer(),
 		reqTimer:   stoppedTimer(),
-		ephBudget:  rate.NewLimiter(rate.Limit(h.opts.EphemeralRelayBytes), h.opts.EphemeralRelayBytes),
+
+		answerTimer: stoppedTimer(),
+		ephBudget:   rate.NewLimiter(rate.Limit(h.opts.EphemeralRelayBytes), h.opts.EphemeralRelayBytes),
 	}
 }
 
@@ -219,6 +226,11 @@ func (d *document) run() {
 			}
 		case <-d.backlog.C:
 			d.backlogged = false
+			if !d.flushed() {
+				return
+			}
+		case <-d.answerTimer.C:
+			d.answerArmed = false
 			if !d.flushed() {
 				return
 			}
@@ -353,8 +365,9 @@ func (d *document) flush() error {
 			}
 		}
 	}
+	now := time.Now()
 	for s, ps := range d.peers {
-		if ps.dirty {
+		if ps.dirty && !d.holding(ps, now) {
 			ps.dirty = false
 			d.generate(ps)
 		}

@@ -15,6 +15,7 @@ type peerState struct {
 	dirty      bool     // a message may be due to this peer
 	out        [][]byte // generated sync messages, sent once the store has their changes
 	stateBytes int      // st.RetainedBytes(), as counted in the session's stateBytes
+	sentAt     time.Time // when the last sync message for the peer was generated
 	// pendingUntil is when a requester of a document that does not exist
 	// (yet) is told so (see expirePending); zero for other peers.
 	pendingUntil time.Time

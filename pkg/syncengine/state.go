@@ -33,7 +33,17 @@ type State struct {
 	// (Options.MaxSendBytes); heard: a message of the peer arrived since
 	// our last one. Together they let the next part go while in flight.
 	more, heard bool
+	// carried: our last message carried changes (see Unanswered).
+	carried bool
 }
+
+// Unanswered reports whether our last message carried changes and no
+// message of the peer has arrived since. A peer answers changes (its
+// heads moved, or it needs what they depend on), so a sender that waits
+// for that answer before sending more sends one message per round trip,
+// carrying everything that arrived meanwhile: when a peer falls behind,
+// it gets fewer, larger messages instead of a growing queue of small ones.
+func (s *State) Unanswered() bool { return s.carried && !s.heard }
 
 // NewState returns the state for a peer we know nothing of.
 func NewState() *State { return &State{sentHashes: make(map[Hash]struct{})} }

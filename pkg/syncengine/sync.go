@@ -76,7 +76,7 @@ func (d *Doc) GenerateMessage(s *State) []byte {
 	if withHave {
 		m.Have = []amsync.Have{d.makeHave(s.sharedHeads)}
 	}
-	s.more, s.heard = more, false
+	s.more, s.heard, s.carried = more, false, len(send) > 0
 	if len(send) > 0 {
 		m.Changes = make([][]byte, len(send))
 		for k, i := range send {
