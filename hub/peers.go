@@ -12,9 +12,9 @@ import (
 type peerState struct {
 	role       Role
 	st         *syncengine.State
-	dirty      bool     // a message may be due to this peer
-	out        [][]byte // generated sync messages, sent once the store has their changes
-	stateBytes int      // st.RetainedBytes(), as counted in the session's stateBytes
+	dirty      bool      // a message may be due to this peer
+	out        [][]byte  // generated sync messages, sent once the store has their changes
+	stateBytes int       // st.RetainedBytes(), as counted in the session's stateBytes
 	sentAt     time.Time // when the last sync message for the peer was generated
 	// pendingUntil is when a requester of a document that does not exist
 	// (yet) is told so (see expirePending); zero for other peers.
