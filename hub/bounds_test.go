@@ -229,9 +229,10 @@ func TestBudgetWaitClosesTryAgainLater(t *testing.T) {
 	})
 	cl := connect(t, h, "pusher", "")
 	id := protocol.NewDocumentID()
-	// The first is handled and blocks the owner in the store; the second
-	// waits in the inbox; the third does not fit beside it.
-	for i := range 3 {
+	// The first is handled and its write blocks in the store; the second
+	// is handled while it runs (one batch may wait behind a write); the
+	// third waits in the inbox; the fourth does not fit beside it.
+	for i := range 4 {
 		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "pusher", TargetID: cl.hub, DocumentID: id, Data: bigChange(t, fmt.Sprint("k", i), 3000)})
 		if i == 0 {
 			gs.blocked(t)
@@ -267,14 +268,16 @@ func TestStoreFailureGivesBudgetsBack(t *testing.T) {
 	fs := newBlockingStore(true)
 	h := newHub(t, fs)
 	id := protocol.NewDocumentID()
-	for i := range 4 {
+	for i := range 5 {
 		cl := connect(t, h, fmt.Sprint("p", i), "")
 		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, Data: bigChange(t, cl.id, 2000)})
 		if i == 0 {
-			fs.blocked(t) // the owner is blocked in the store: the others queue
+			// The write is blocked in the store: the owner applies one more
+			// batch, then the others queue.
+			fs.blocked(t)
 		}
 	}
-	eventually(t, "the 3 queued messages in flight while the owner is blocked", func() bool { return h.InflightBytes() >= 3*2000 })
+	eventually(t, "the 3 queued messages in flight while the store is blocked", func() bool { return h.InflightBytes() >= 3*2000 })
 	close(fs.gate)
 	waitInflightZero(t, h)
 }
