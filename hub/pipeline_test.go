@@ -313,3 +313,72 @@ func TestConcurrentEditsConvergeWhileStoreWrites(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmitWaitsForTheWriteInFlight: SubmitChanges while a peer's write
+// is held in the store returns only once both are stored, and the peer
+// hears of neither change before that.
+func TestSubmitWaitsForTheWriteInFlight(t *testing.T) {
+	store := &holdStore{Store: memstore.New()}
+	h := newHub(t, store)
+	a := connect(t, h, "a", "")
+	docA := automerge.New()
+	edit(t, docA, "k", "v")
+	ssA := automerge.NewSyncState(docA)
+	id := protocol.NewDocumentID()
+	a.syncUntilQuiet(id, ssA)
+	server, err := docA.Fork()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := server.Heads()
+
+	store.hold()
+	edit(t, docA, "k", "held")
+	a.sync(id, ssA, protocol.TypeSync)
+	edit(t, server, "api", "submitted")
+	chunks := changeChunks(t, server, before...)
+	type result struct {
+		heads int
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		heads, err := h.SubmitChanges(context.Background(), id, "alice", chunks)
+		done <- result{len(heads), err}
+	}()
+	select {
+	case r := <-done:
+		t.Fatalf("SubmitChanges returned (%+v) while the write before it is held", r)
+	case <-time.After(300 * time.Millisecond):
+	}
+	for m := a.recv(100 * time.Millisecond); m != nil; m = a.recv(100 * time.Millisecond) {
+		if m.Type == protocol.TypeSync {
+			t.Fatal("a got a sync message while the writes are held")
+		}
+	}
+	store.release()
+	if r := <-done; r.err != nil || r.heads != 2 {
+		t.Fatalf("SubmitChanges: %d heads, %v; want 2 heads (a's change and the submitted one)", r.heads, r.err)
+	}
+	a.syncUntilQuiet(id, ssA)
+	keys, err := docA.RootMap().Keys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(keys, "api") {
+		t.Fatalf("a has keys %v after the writes, want the submitted change too", keys)
+	}
+	sd, err := store.LoadDoc(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := automerge.New()
+	for _, batch := range sd.Batches {
+		if err := stored.LoadIncremental(batch.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !slices.Equal(stored.Heads(), docA.Heads()) {
+		t.Fatalf("store holds heads %v, want %v", stored.Heads(), docA.Heads())
+	}
+}
