@@ -229,10 +229,9 @@ func TestBudgetWaitClosesTryAgainLater(t *testing.T) {
 	})
 	cl := connect(t, h, "pusher", "")
 	id := protocol.NewDocumentID()
-	// The first is handled and its write blocks in the store; the second
-	// is handled while it runs (one batch may wait behind a write); the
-	// third waits in the inbox; the fourth does not fit beside it.
-	for i := range 4 {
+	// The first is handled and blocks the owner in the store; the second
+	// waits in the inbox; the third does not fit beside it.
+	for i := range 3 {
 		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: "pusher", TargetID: cl.hub, DocumentID: id, Data: bigChange(t, fmt.Sprint("k", i), 3000)})
 		if i == 0 {
 			gs.blocked(t)
@@ -268,16 +267,14 @@ func TestStoreFailureGivesBudgetsBack(t *testing.T) {
 	fs := newBlockingStore(true)
 	h := newHub(t, fs)
 	id := protocol.NewDocumentID()
-	for i := range 5 {
+	for i := range 4 {
 		cl := connect(t, h, fmt.Sprint("p", i), "")
 		cl.send(&protocol.Message{Type: protocol.TypeSync, SenderID: cl.id, TargetID: cl.hub, DocumentID: id, Data: bigChange(t, cl.id, 2000)})
 		if i == 0 {
-			// The write is blocked in the store: the owner applies one more
-			// batch, then the others queue.
-			fs.blocked(t)
+			fs.blocked(t) // the owner is blocked in the store: the others queue
 		}
 	}
-	eventually(t, "the 3 queued messages in flight while the store is blocked", func() bool { return h.InflightBytes() >= 3*2000 })
+	eventually(t, "the 3 queued messages in flight while the owner is blocked", func() bool { return h.InflightBytes() >= 3*2000 })
 	close(fs.gate)
 	waitInflightZero(t, h)
 }

@@ -106,6 +106,9 @@ type document struct {
 	writing   *write
 	writeDone chan *write
 	writeErr  error // a write failed: the owner fails its peers and exits
+	// behind are the budgets of the messages handled while the write in
+	// flight runs, given back when it is confirmed (take).
+	behind []docMsg
 	started   uint64
 	durable   uint64
 
@@ -171,17 +174,16 @@ func (d *document) run() {
 	idle := time.NewTimer(d.h.opts.IdleDocTimeout)
 	defer idle.Stop()
 	for {
-		// While a store write runs the owner goes on, but holds at most one
-		// more batch of changes (storeBehind): past that, messages wait in
-		// the inbox until the store catches up.
+		// While a store write runs the owner goes on applying messages, up
+		// to one batch's worth (storeBehind): past that, they wait in the
+		// inbox until the store catches up.
 		inbox := d.inbox
 		if d.storeBehind() {
 			inbox = nil
 		}
 		select {
 		case m := <-inbox:
-			d.handle(m)
-			m.done()
+			d.take(m)
 			local := m.kind.local()
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
@@ -189,8 +191,7 @@ func (d *document) run() {
 			for n, drained := 1, false; !drained && n < maxBatchMessages && !d.storeBehind(); n++ {
 				select {
 				case m := <-d.inbox:
-					d.handle(m)
-					m.done()
+					d.take(m)
 					local = local || m.kind.local()
 				default:
 					drained = true
@@ -292,6 +293,20 @@ func (d *document) run() {
 	}
 }
 
+// take handles m and gives back the budget bytes it holds; while a store
+// write is in flight, only once the write is confirmed (finishWrite): to
+// its sender and the node, m waited for the store as it would have in the
+// inbox of an owner that writes synchronously, so a slow store still
+// makes its senders wait (and the budgets bound what is not yet durable).
+func (d *document) take(m docMsg) {
+	d.handle(m)
+	if d.writing == nil {
+		m.done()
+		return
+	}
+	d.behind = append(d.behind, docMsg{s: m.s, cost: m.cost}) // not m: its message can go
+}
+
 func (d *document) handle(m docMsg) {
 	if d.deletion != nil {
 		d.handleDeleted(m)
@@ -382,6 +397,13 @@ func (d *document) flush() error {
 		}
 		return nil
 	}
+	// While the write in flight runs, the messages that make the new
+	// heads known to every peer wait: they are generated once, when the
+	// write holding the changes applied meanwhile begins (the next flush
+	// after it is confirmed), as an owner that writes synchronously makes
+	// them once per write. Answers to each sender are generated as its
+	// messages arrive (receiveSync).
+	broadcast := d.writing == nil
 	if d.writing == nil {
 		if len(d.unsaved) > 0 || !d.stored {
 			d.startWrite()
@@ -391,14 +413,14 @@ func (d *document) flush() error {
 			d.storedHeads(d.eng.Heads())
 		}
 	}
-	if heads := d.eng.Heads(); !slices.Equal(heads, d.genHeads) {
+	if heads := d.eng.Heads(); broadcast && !slices.Equal(heads, d.genHeads) {
 		d.genHeads = heads
 		for _, ps := range d.peers {
 			ps.dirty = true
 		}
 	}
 	for s, ps := range d.peers {
-		if ps.dirty {
+		if ps.dirty && broadcast {
 			ps.dirty = false
 			d.generate(ps)
 		}

@@ -146,6 +146,7 @@ func (d *document) startWrite() {
 // its next flush (flushed) and exits.
 func (d *document) finishWrite(w *write) error {
 	d.writing = nil
+	d.releaseBehind()
 	clear(w.raws)
 	d.spare = w.raws[:0]
 	if w.err != nil {
@@ -211,16 +212,28 @@ func (d *document) abandonWrite() {
 	if w := d.writing; w != nil {
 		<-d.writeDone
 		d.writing = nil
+		d.releaseBehind()
 	}
 }
 
+// releaseBehind gives back the budgets of the messages handled while the
+// write that just ended ran (see take).
+func (d *document) releaseBehind() {
+	for _, m := range d.behind {
+		m.done()
+	}
+	clear(d.behind)
+	d.behind = d.behind[:0]
+}
+
 // storeBehind reports whether the owner must wait for the write in flight
-// before it applies more messages: one batch waits behind it already. So
-// a document holds at most two batches that are not durable (one in the
-// store, one in memory), and past that its peers wait on the inbox (and
-// their budgets) as they would for a store that writes synchronously.
+// before it applies more messages: a batch's worth (maxBatchMessages)
+// waits behind it already. So a document holds at most two batches that
+// are not durable (one in the store, one in memory), and past that its
+// peers wait on the inbox (and their budgets) as they would for a store
+// that writes synchronously.
 func (d *document) storeBehind() bool {
-	return d.writing != nil && len(d.unsaved) > 0
+	return d.writing != nil && len(d.behind) >= maxBatchMessages
 }
 
 // needs is the write that a sync message generated now waits for: the
