@@ -332,9 +332,17 @@ func TestSubmitWaitsForTheWriteInFlight(t *testing.T) {
 	}
 	before := server.Heads()
 
+	store.mu.Lock()
+	appends := store.appends
+	store.mu.Unlock()
 	store.hold()
 	edit(t, docA, "k", "held")
 	a.sync(id, ssA, protocol.TypeSync)
+	eventually(t, "the write of a's change to begin", func() bool {
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		return store.appends > appends
+	})
 	edit(t, server, "api", "submitted")
 	chunks := changeChunks(t, server, before...)
 	type result struct {
