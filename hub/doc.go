@@ -20,9 +20,11 @@
 //     is published to the other nodes before it is stored. Messages that
 //     arrive together are applied together and stored in one write. One
 //     write per document runs at a time, on its own goroutine: meanwhile
-//     the owner applies the next batch (one, then it stops reading its
-//     inbox) and generates its answers, which wait in their peers' queues
-//     until their write is confirmed.
+//     the owner applies up to a batch's worth of messages (then it stops
+//     reading its inbox) and generates their answers, which wait in their
+//     peers' queues until their write is confirmed. The budget bytes of
+//     those messages are given back when the write before them is
+//     confirmed, as if they had waited in the inbox.
 //   - The node's API reaches a document through the same inbox
 //     (ReadChanges, SubmitChanges): a copy of its changes out, or changes
 //     in as one peer message, stored before SubmitChanges returns.

@@ -108,9 +108,9 @@ type document struct {
 	writeErr  error // a write failed: the owner fails its peers and exits
 	// behind are the budgets of the messages handled while the write in
 	// flight runs, given back when it is confirmed (take).
-	behind []docMsg
-	started   uint64
-	durable   uint64
+	behind  []docMsg
+	started uint64
+	durable uint64
 
 	stream follower // with a broker: the document's stream (stream.go)
 
