@@ -182,9 +182,10 @@ func (h *Hub) submit(ctx context.Context, id protocol.DocumentID, user string, c
 		}
 		d.h.m.ChangesAccepted.Add(float64(len(applied)))
 		d.exists = true
-		// Durable before the caller hears of it: the owner's flush after
-		// this message stores nothing more, and sends the new heads.
-		if err := d.persist(); err != nil {
+		// Durable before the caller hears of it: wait for the write in
+		// flight and store these with whatever else waits; the owner's
+		// flush after this message sends what the writes released.
+		if err := d.storeAll(); err != nil {
 			ferr = fmt.Errorf("failed to store the changes: %w", err)
 			return
 		}

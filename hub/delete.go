@@ -121,6 +121,7 @@ func (d *document) handleDeleted(m docMsg) {
 // after it.
 func (d *document) finishDelete() {
 	del := d.deletion
+	d.abandonWrite()   // its batch would land after the delete
 	d.waitCompaction() // its snapshot would land after the delete
 	ctx, cancel := d.storeCtx()
 	err := d.h.opts.Store.DeleteDoc(ctx, d.id)

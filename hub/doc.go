@@ -14,10 +14,17 @@
 //     document and the document's storage; other goroutines reach it only
 //     through its bounded inbox (a full inbox makes the sending read loop
 //     wait: backpressure on that client alone).
-//   - Durable before advertised: an owner stores every change it has
-//     applied before it generates any sync message (or remote-heads-changed)
-//     whose heads include that change. Messages that arrive together are
-//     applied together and stored in one write.
+//   - Durable before advertised: no sync message (or remote-heads-changed
+//     for this node's storage) whose heads include a change goes out before
+//     the store has confirmed the write holding that change, and no change
+//     is published to the other nodes before it is stored. Messages that
+//     arrive together are applied together and stored in one write. One
+//     write per document runs at a time, on its own goroutine: meanwhile
+//     the owner applies up to a batch's worth of messages (then it stops
+//     reading its inbox) and generates their answers, which wait in their
+//     peers' queues until their write is confirmed. The budget bytes of
+//     those messages are given back when the write before them is
+//     confirmed, as if they had waited in the inbox.
 //   - The node's API reaches a document through the same inbox
 //     (ReadChanges, SubmitChanges): a copy of its changes out, or changes
 //     in as one peer message, stored before SubmitChanges returns.

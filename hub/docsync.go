@@ -136,7 +136,7 @@ func (d *document) receiveSync(s *session, msg *protocol.Message) {
 	// Answer now, not after the rest of the batch: a later message from the
 	// same peer can make the engine believe the peer already knows our
 	// heads and skip the acknowledgement the peer waits for. The answer is
-	// sent in flush, after the store write.
+	// sent once the store write holding its changes is confirmed (sendOut).
 	d.generate(ps)
 }
 
@@ -151,14 +151,17 @@ func limitOf(err error) string {
 	return LimitSyncBounds
 }
 
-// generate queues the next sync message for a peer, if one is due. Queued
-// messages go out in flush, after the store has confirmed every change
-// whose heads they carry. It always runs when the engine expects it
-// (after each received message, after new heads): skipping one can make
-// the engine skip an acknowledgement the peer waits for.
+// generate queues the next sync message for a peer, if one is due, with
+// the store write it waits for (needs): it goes out once the store has
+// confirmed every change whose heads it carries. It always runs when the
+// engine expects it (after each received message, after new heads):
+// skipping one can make the engine skip an acknowledgement the peer
+// waits for. The engine counts the message as sent when it is generated;
+// holding it back is no different, for the peer and the engine, from a
+// slower network: the peer gets every message, in order.
 func (d *document) generate(ps *peerState) {
 	if data := d.eng.GenerateMessage(ps.st); data != nil {
-		ps.out = append(ps.out, data)
+		ps.out = append(ps.out, outMsg{data: data, needs: d.needs()})
 		ps.sentAt = time.Now()
 	}
 }
@@ -193,29 +196,34 @@ func (d *document) holding(ps *peerState, now time.Time) bool {
 }
 
 // sendOut sends the sync messages generated for s, in order, as far as
-// its write queue has room; the rest wait in ps.out, and the document
-// tries again after backlogDelay. So documents take turns at a busy
+// their changes are durable and its write queue has room. Those that wait
+// for a store write go when it is confirmed (the owner flushes then);
+// those that wait for room, after backlogDelay. So documents take turns at a busy
 // connection: a client that opens several large documents at once gets
 // their pieces as it reads them, instead of overflowing its queue (4429)
 // and starting over on every reconnect. A peer whose waiting messages
 // pass twice MaxSendBytes keeps asking without reading: it is closed as
 // a slow consumer, as the transport would.
 func (d *document) sendOut(s *session, ps *peerState) {
-	k := 0
+	k, storing := 0, false
 	for ; k < len(ps.out); k++ {
-		if !s.trySend(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: ps.out[k]}) {
+		if d.exists && ps.out[k].needs > d.durable {
+			storing = true // the write holding its changes is in flight (or next)
+			break
+		}
+		if !s.trySend(&protocol.Message{Type: protocol.TypeSync, SenderID: d.h.opts.PeerID, TargetID: s.peerID, DocumentID: d.id, Data: ps.out[k].data}) {
 			break
 		}
 	}
 	rest := copy(ps.out, ps.out[k:])
 	clear(ps.out[rest:])
 	ps.out = ps.out[:rest]
-	if rest == 0 {
+	if rest == 0 || storing {
 		return
 	}
 	waiting := 0
-	for _, data := range ps.out {
-		waiting += len(data)
+	for _, o := range ps.out {
+		waiting += len(o.data)
 	}
 	if rest > 2 && waiting > 2*d.h.opts.MaxSendBytes {
 		d.removePeer(s)

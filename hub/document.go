@@ -81,8 +81,9 @@ type document struct {
 	pending atomic.Int64 // senders between Hub.document and post
 	lagged  atomic.Bool  // a broker delivery was dropped: catch up
 
-	eng   *syncengine.Doc
-	heads []syncengine.Hash // heads as last stored
+	eng      *syncengine.Doc
+	heads    []syncengine.Hash // heads as last stored (durable)
+	genHeads []syncengine.Hash // the engine's heads when peers were last marked dirty
 
 	// The peer set and sync (peers.go, docsync.go):
 	peers      map[*session]*peerState
@@ -100,8 +101,21 @@ type document struct {
 	// The store (persist.go, compact.go):
 	exists     bool     // stored (or being stored): a request gets it, not doc-unavailable
 	stored     bool     // a record exists in the store
-	unsaved    [][]byte // raw chunks applied since the last store write
+	unsaved    [][]byte // raw chunks applied since the last store write began
+	spare      [][]byte // unsaved's other buffer, while a write holds one
 	compaction compaction
+	// One store write at a time runs on its own goroutine while the owner
+	// goes on applying and answering (persist.go). Writes are numbered:
+	// started is the last one begun, durable the last one confirmed; a
+	// sync message waits until the write holding its changes is durable.
+	writing   *write
+	writeDone chan *write
+	writeErr  error // a write failed: the owner fails its peers and exits
+	// behind are the budgets of the messages handled while the write in
+	// flight runs, given back when it is confirmed (take).
+	behind  []docMsg
+	started uint64
+	durable uint64
 
 	stream follower // with a broker: the document's stream (stream.go)
 
@@ -127,6 +141,7 @@ func newDocument(h *Hub, id protocol.DocumentID) *document {
 		denied:     make(map[*session]struct{}),
 		remote:     make(map[string]knownHeads),
 		compaction: newCompaction(),
+		writeDone:  make(chan *write, 1),
 		stream:     newFollower(),
 		backlog:    stoppedTimer(),
 		reqTimer:   stoppedTimer(),
@@ -166,19 +181,24 @@ func (d *document) run() {
 	idle := time.NewTimer(d.h.opts.IdleDocTimeout)
 	defer idle.Stop()
 	for {
+		// While a store write runs the owner goes on applying messages, up
+		// to one batch's worth (storeBehind): past that, they wait in the
+		// inbox until the store catches up.
+		inbox := d.inbox
+		if d.storeBehind() {
+			inbox = nil
+		}
 		select {
-		case m := <-d.inbox:
-			d.handle(m)
-			m.done()
+		case m := <-inbox:
+			d.take(m)
 			local := m.kind.local()
 			// Group what is already queued (at most one inbox's worth, so a
 			// flood cannot postpone the write and the answers) into one
 			// store write.
-			for n, drained := 1, false; !drained && n < maxBatchMessages; n++ {
+			for n, drained := 1, false; !drained && n < maxBatchMessages && !d.storeBehind(); n++ {
 				select {
 				case m := <-d.inbox:
-					d.handle(m)
-					m.done()
+					d.take(m)
 					local = local || m.kind.local()
 				default:
 					drained = true
@@ -211,6 +231,14 @@ func (d *document) run() {
 				// nodes' changes alone do not.
 				idle.Reset(d.h.opts.IdleDocTimeout)
 			}
+		case w := <-d.writeDone:
+			// The write's error, if any, fails the document in flushed;
+			// otherwise flush sends what waited for it and begins the next.
+			_ = d.finishWrite(w)
+			if !d.flushed() {
+				return
+			}
+			d.maybeCompact()
 		case r := <-d.compaction.done:
 			d.compactDone(r)
 		case <-d.stream.settle.C:
@@ -246,9 +274,17 @@ func (d *document) run() {
 				return
 			}
 		case <-idle.C:
-			if len(d.peers) == 0 && d.h.tryRemove(d) {
-				d.evict()
-				return
+			if len(d.peers) == 0 {
+				// Everything applied is stored before the document leaves
+				// memory: another owner may load it at once.
+				if err := d.storeAll(); err != nil {
+					d.storeFailed(err)
+					return
+				}
+				if d.h.tryRemove(d) {
+					d.evict()
+					return
+				}
 			}
 			if !d.exists && len(d.peers) == 0 {
 				idle.Reset(10 * time.Millisecond) // a sender still holds it: soon
@@ -256,12 +292,31 @@ func (d *document) run() {
 				idle.Reset(d.h.opts.IdleDocTimeout)
 			}
 		case <-d.h.ctx.Done():
+			if err := d.storeAll(); err != nil {
+				d.storeFailed(err)
+				d.drop()
+				return
+			}
 			d.h.tryRemove(d)
 			d.evict()
 			d.drop()
 			return
 		}
 	}
+}
+
+// take handles m and gives back the budget bytes it holds; while a store
+// write is in flight, only once the write is confirmed (finishWrite): to
+// its sender and the node, m waited for the store as it would have in the
+// inbox of an owner that writes synchronously, so a slow store still
+// makes its senders wait (and the budgets bound what is not yet durable).
+func (d *document) take(m docMsg) {
+	d.handle(m)
+	if d.writing == nil {
+		m.done()
+		return
+	}
+	d.behind = append(d.behind, docMsg{s: m.s, cost: m.cost}) // not m: its message can go
 }
 
 func (d *document) handle(m docMsg) {
@@ -339,35 +394,46 @@ func (d *document) handle(m docMsg) {
 	}
 }
 
-// flush stores the changes applied since the last flush, then (and only
-// then) sends the sync messages that advertise them: durable before
-// advertised.
+// flush begins the store write of the changes applied since the last one
+// began (unless one is in flight: they go in the next), generates the
+// sync messages due, and sends those whose changes are durable: durable
+// before advertised. The others wait in their peers' queues until their
+// write is confirmed (the owner's writeDone case flushes again).
 func (d *document) flush() error {
+	if d.writeErr != nil {
+		return d.writeErr
+	}
 	if !d.exists {
 		for s, ps := range d.peers {
 			d.sendOut(s, ps) // offers to peers let in (letIn) that waited for room
 		}
 		return nil
 	}
-	if err := d.persist(); err != nil {
-		return err
+	// While the write in flight runs, the messages that make the new
+	// heads known to every peer wait: they are generated once, when the
+	// write holding the changes applied meanwhile begins (the next flush
+	// after it is confirmed), as an owner that writes synchronously makes
+	// them once per write. Answers to each sender are generated as its
+	// messages arrive (receiveSync).
+	broadcast := d.writing == nil
+	if d.writing == nil {
+		if len(d.unsaved) > 0 || !d.stored {
+			d.startWrite()
+		} else {
+			// Nothing on its way to the store: every change applied is
+			// durable, those of other nodes included.
+			d.storedHeads(d.eng.Heads())
+		}
 	}
-	if heads := d.eng.Heads(); !slices.Equal(heads, d.heads) {
-		d.heads = heads
+	if heads := d.eng.Heads(); broadcast && !slices.Equal(heads, d.genHeads) {
+		d.genHeads = heads
 		for _, ps := range d.peers {
 			ps.dirty = true
-		}
-		kh := knownHeads{raw: heads, timestamp: uint64(time.Now().UnixMilli())}
-		for s := range d.peers {
-			if s.watches(d.h.storageID) {
-				kh = kh.encoded() // once, for every subscriber
-				d.sendHeads(s, d.h.storageID, kh)
-			}
 		}
 	}
 	now := time.Now()
 	for s, ps := range d.peers {
-		if ps.dirty && !d.holding(ps, now) {
+		if ps.dirty && broadcast && !d.holding(ps, now) {
 			ps.dirty = false
 			d.generate(ps)
 		}
@@ -381,12 +447,18 @@ func (d *document) flush() error {
 // failure the document has failed all its peers and its owner must exit.
 func (d *document) flushed() bool {
 	if err := d.flush(); err != nil {
-		d.log.Error("failed to store changes", "err", err, traceAttr(d.traceSC))
-		d.h.m.StoreErrors.WithLabelValues("append").Inc()
-		d.failAll()
+		d.storeFailed(err)
 		return false
 	}
 	return true
+}
+
+// storeFailed logs and counts a failed store write and fails every peer:
+// the owner must exit after it.
+func (d *document) storeFailed(err error) {
+	d.log.Error("failed to store changes", "err", err, traceAttr(d.traceSC))
+	d.h.m.StoreErrors.WithLabelValues("append").Inc()
+	d.failAll()
 }
 
 // evict saves the sync states of remaining peers and drops the document,
@@ -420,6 +492,7 @@ func (d *document) evict() {
 // resend) on reconnect: nothing unstored was ever advertised to them.
 // Peers that only asked for the document are told it is unavailable.
 func (d *document) failAll() {
+	d.abandonWrite()
 	d.waitCompaction()
 	for s := range d.peers {
 		s.fail(protocol.CloseInternalError, fmt.Errorf("storage failure on document %s", d.id))

@@ -13,12 +13,18 @@ type peerState struct {
 	role       Role
 	st         *syncengine.State
 	dirty      bool      // a message may be due to this peer
-	out        [][]byte  // generated sync messages, sent once the store has their changes
+	out        []outMsg  // generated sync messages, sent once the store has their changes
 	stateBytes int       // st.RetainedBytes(), as counted in the session's stateBytes
 	sentAt     time.Time // when the last sync message for the peer was generated
 	// pendingUntil is when a requester of a document that does not exist
 	// (yet) is told so (see expirePending); zero for other peers.
 	pendingUntil time.Time
+}
+
+// outMsg is a generated sync message and the store write it waits for.
+type outMsg struct {
+	data  []byte
+	needs uint64 // sent once document.durable reaches it (persist.go)
 }
 
 // sendUnavailable tells s the document is unavailable: unknown, denied or

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"go.opentelemetry.io/otel/trace"
+	"slices"
 	"time"
 
 	"github.com/plaithub/plait/pkg/syncengine"
@@ -73,6 +74,7 @@ func (d *document) load() error {
 		d.log.Warn("stored changes lack their dependencies; asking peers for them", "changes", n)
 	}
 	d.heads = d.eng.Heads()
+	d.genHeads = d.heads
 	return nil
 }
 
@@ -91,13 +93,25 @@ func (d *document) saveSyncState(s *session, ps *peerState) {
 	}
 }
 
-// persist writes the changes applied since the last write to the store as
-// one batch (creating the document's record if it has none yet), and
-// queues the batch for publishing to the other nodes.
-func (d *document) persist() error {
-	if d.stored && len(d.unsaved) == 0 {
-		return nil
-	}
+// write is one store write: the changes applied since the previous one
+// began, as one batch (creating the document's record if it has none yet).
+type write struct {
+	seq   uint64
+	raws  [][]byte // the batch's changes (catchUp counts them as on their way)
+	batch []byte
+	heads []syncengine.Hash // the document's heads once this batch is stored
+	trace trace.SpanContext // the span of the latest message it holds changes of
+	err   error
+}
+
+// startWrite begins the store write of the changes applied since the last
+// one began, on its own goroutine; its result comes back on d.writeDone
+// and finishWrite takes it. There is at most one write in flight, so
+// batches reach the store (and the broker) in the order they were applied.
+// The owner goes on meanwhile: it applies the next messages and generates
+// their answers, which wait in their peers' queues (outMsg.needs) until
+// the write holding their changes is confirmed.
+func (d *document) startWrite() {
 	n := 0
 	for _, raw := range d.unsaved {
 		n += len(raw)
@@ -106,30 +120,131 @@ func (d *document) persist() error {
 	for _, raw := range d.unsaved {
 		batch = append(batch, raw...)
 	}
-	parent := d.traceSC
+	d.started++
+	w := &write{seq: d.started, raws: d.unsaved, batch: batch, heads: d.eng.Heads(), trace: d.traceSC}
+	d.unsaved, d.spare = d.spare, nil
 	d.traceSC = trace.SpanContext{}
-	_, sp := d.h.startSpan(parent, spanStore, trace.SpanKindInternal, attrDoc.String(string(d.id)), attrBytes.Int(len(batch)))
-	ctx, cancel := d.storeCtx()
-	start := time.Now()
-	_, err := d.h.opts.Store.AppendChanges(ctx, d.id, batch)
-	cancel()
-	d.h.m.observeStore("append", start)
-	endSpan(sp, err)
-	if err != nil {
-		d.traceSC = parent // the failure is logged with its trace
-		return err
+	d.writing = w
+	_, sp := d.h.startSpan(w.trace, spanStore, trace.SpanKindInternal, attrDoc.String(string(d.id)), attrBytes.Int(len(batch)))
+	store, id, m, done, timeout := d.h.opts.Store, d.id, d.h.m, d.writeDone, d.h.opts.StoreTimeout
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		start := time.Now()
+		_, w.err = store.AppendChanges(ctx, id, w.batch)
+		cancel()
+		m.observeStore("append", start)
+		endSpan(sp, w.err)
+		done <- w // buffered for the one write in flight: never blocks
+	}()
+}
+
+// finishWrite takes the result of the write in flight (w, from
+// d.writeDone): the document's durable heads move to the batch's,
+// subscribers of this node's storage hear of them, and the batch is
+// queued for the other nodes. Sending the sync messages it released is
+// flush's. A failure is kept in d.writeErr: the owner fails every peer in
+// its next flush (flushed) and exits.
+func (d *document) finishWrite(w *write) error {
+	d.writing = nil
+	d.releaseBehind()
+	clear(w.raws)
+	d.spare = w.raws[:0]
+	if w.err != nil {
+		d.traceSC = w.trace // the failure is logged with its trace
+		d.writeErr = w.err
+		return w.err
 	}
+	d.durable = w.seq
 	created := !d.stored
 	d.stored = true
-	if f := d.h.opts.OnStored; f != nil && (created || len(batch) > 0) {
+	if f := d.h.opts.OnStored; f != nil && (created || len(w.batch) > 0) {
 		f(d.id, created)
 	}
-	d.compaction.incBytes += len(batch)
-	clear(d.unsaved)
-	d.unsaved = d.unsaved[:0]
-	if len(batch) > 0 && d.h.opts.Broker != nil {
-		d.stream.unpublished = append(d.stream.unpublished, batch)
-		d.stream.unpubTrace = append(d.stream.unpubTrace, parent)
+	d.compaction.incBytes += len(w.batch)
+	if len(w.batch) > 0 && d.h.opts.Broker != nil {
+		d.stream.unpublished = append(d.stream.unpublished, w.batch)
+		d.stream.unpubTrace = append(d.stream.unpubTrace, w.trace)
+	}
+	d.storedHeads(w.heads)
+	return nil
+}
+
+// storedHeads records heads as the document's durable heads and tells the
+// peers subscribed to this node's storage, if they moved.
+func (d *document) storedHeads(heads []syncengine.Hash) {
+	if slices.Equal(heads, d.heads) {
+		return
+	}
+	d.heads = heads
+	kh := knownHeads{raw: heads, timestamp: uint64(time.Now().UnixMilli())}
+	for s := range d.peers {
+		if s.watches(d.h.storageID) {
+			kh = kh.encoded() // once, for every subscriber
+			d.sendHeads(s, d.h.storageID, kh)
+		}
+	}
+}
+
+// storeAll waits for the write in flight and writes what is left, on the
+// owner goroutine, so that the store has every change applied here: for a
+// caller told "stored" when it returns (SubmitChanges), and before the
+// document leaves memory (another owner may load it at once). Sync
+// messages it released go out in the next flush.
+func (d *document) storeAll() error {
+	if d.writeErr != nil {
+		return d.writeErr
+	}
+	for d.writing != nil || d.exists && (len(d.unsaved) > 0 || !d.stored) {
+		if d.writing == nil {
+			d.startWrite()
+		}
+		if err := d.finishWrite(<-d.writeDone); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// abandonWrite waits for the write in flight, if any, and forgets it: the
+// document is failing or being deleted, and nothing of this owner may
+// reach the store after it has left.
+func (d *document) abandonWrite() {
+	if w := d.writing; w != nil {
+		<-d.writeDone
+		d.writing = nil
+		d.releaseBehind()
+	}
+}
+
+// releaseBehind gives back the budgets of the messages handled while the
+// write that just ended ran (see take).
+func (d *document) releaseBehind() {
+	for _, m := range d.behind {
+		m.done()
+	}
+	clear(d.behind)
+	d.behind = d.behind[:0]
+}
+
+// storeBehind reports whether the owner must wait for the write in flight
+// before it applies more messages: a batch's worth (maxBatchMessages)
+// waits behind it already. So a document holds at most two batches that
+// are not durable (one in the store, one in memory), and past that its
+// peers wait on the inbox (and their budgets) as they would for a store
+// that writes synchronously.
+func (d *document) storeBehind() bool {
+	return d.writing != nil && len(d.behind) >= maxBatchMessages
+}
+
+// needs is the write that a sync message generated now waits for: the
+// message advertises the engine's heads, so every change applied so far
+// must be stored. They are in the writes up to the one in flight
+// (d.started), and in the next one if changes wait for it (or the
+// document's record is still to be created). Changes from other nodes
+// were stored there.
+func (d *document) needs() uint64 {
+	if len(d.unsaved) > 0 || d.writing == nil && !d.stored {
+		return d.started + 1
+	}
+	return d.started
 }

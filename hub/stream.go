@@ -5,6 +5,7 @@ import (
 	"errors"
 	"go.opentelemetry.io/otel/trace"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/plaithub/plait/pkg/amsync"
@@ -290,7 +291,11 @@ func (d *document) catchUp(trigger string) {
 			stored[syncengine.Hash(c.Hash)] = struct{}{}
 		}
 	}
-	for _, raw := range d.unsaved { // on their way to the store already
+	onTheirWay := d.unsaved
+	if d.writing != nil {
+		onTheirWay = append(slices.Clip(d.writing.raws), d.unsaved...)
+	}
+	for _, raw := range onTheirWay { // on their way to the store already
 		if c, err := amsync.ParseChange(raw); err == nil {
 			stored[syncengine.Hash(c.Hash)] = struct{}{}
 		}

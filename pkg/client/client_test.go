@@ -28,8 +28,17 @@ func TestCreateFindChangeSubscribe(t *testing.T) {
 	if got := get(t, hb, "title"); got != "hello" {
 		t.Fatalf("found title %v", got)
 	}
+	// Subscribe's callback runs on the client's reader goroutine: one that
+	// blocks stops the client from reading anything more. The concurrent
+	// edits below reach b as up to one message each, so the callback
+	// must not wait for room (only the first event is read).
 	events := make(chan client.Event, 16)
-	cancel := hb.Subscribe(func(e client.Event) { events <- e })
+	cancel := hb.Subscribe(func(e client.Event) {
+		select {
+		case events <- e:
+		default:
+		}
+	})
 	defer cancel()
 	if err := ha.Change(set("title", "changed")); err != nil {
 		t.Fatal(err)

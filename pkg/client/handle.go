@@ -187,7 +187,11 @@ func (h *Handle) change(msg string, fn func(d *automerge.Doc) error, allowEmpty 
 
 // Subscribe calls fn after every batch of changes that arrives from the
 // server, on the client's reader goroutine. It returns a function that
-// ends the subscription.
+// ends the subscription. fn must not block: while it runs the client
+// reads nothing else, for any document, so one that waits (for room in a
+// full channel, say) stops the client from syncing. How many batches a
+// run of remote edits arrives in depends on the server's timing (one per
+// change, at worst).
 func (h *Handle) Subscribe(fn func(Event)) (cancel func()) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

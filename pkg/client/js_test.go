@@ -57,7 +57,12 @@ func TestInteropWithJSClient(t *testing.T) {
 		return d.RootMap().Set("marks", automerge.NewMap())
 	})
 	got := make(chan struct{}, 16)
-	h.Subscribe(func(client.Event) { got <- struct{}{} })
+	h.Subscribe(func(client.Event) {
+		select {
+		case got <- struct{}{}: // a wake-up: one waiting is enough
+		default: // never block the client's reader (see Subscribe)
+		}
+	})
 	runJS(t, "edit.mjs", n.URL(), h.URL(), "js", "--edits", "3")
 	deadline := time.After(10 * time.Second)
 	for {
