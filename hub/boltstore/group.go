@@ -3,6 +3,7 @@ package boltstore
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"time"
 
@@ -94,6 +95,15 @@ func (s *Store) writer() {
 		s.commit(group)
 		clear(group) // let the answered writes go
 		group = group[:0]
+		// The callers just answered are runnable, most on this P. Without
+		// a yield the first of them to queue its next write wakes the
+		// writer, which runs before the others (it gets the P's next
+		// slot) and takes a group of one; the rest wait for its commit.
+		// Yielding lets them queue first: 16 writers then share a commit
+		// 13-14 at a time instead of 8, 2 writers 2 instead of 1. A lone
+		// writer loses nothing: Gosched returns at once when nothing else
+		// is runnable.
+		runtime.Gosched()
 	}
 }
 
