@@ -28,6 +28,14 @@ const (
 	// DefaultMaxBatchDelay is no delay: the store's writer commits a group
 	// as soon as it has one, and the writes that arrive during that commit
 	// form the next group, so groups grow with the load without a timer.
+	// It replaced bbolt's DB.Batch with a 1 ms delay. Medians of
+	// `go test -run '^$' -bench BenchmarkAppendChanges -benchtime 2s
+	// -count 3` on ext4, 2 shared cores (noisy: sessions varied up to 2x),
+	// DB.Batch 1 ms -> this writer: a lone writer (Serial) 2.8 ms ->
+	// 0.6 ms per append; 2 writers 1,170 -> 4,820 ops/s; 16 writers
+	// 6,240 -> 7,130 ops/s; 128 writers 8,300 -> 12,060 ops/s. A 1 ms
+	// MaxBatchDelay on top of the writer costs a lone writer 1 ms and
+	// gains nothing at 16 or 128 writers.
 	DefaultMaxBatchDelay time.Duration = 0
 
 	// DefaultMaxBatchSize is the largest number of writes in one group
