@@ -24,13 +24,14 @@ func openBench(b *testing.B, opts boltstore.Options) *boltstore.Store {
 // BenchmarkAppendChangesParallel measures durable appends of ~200-byte
 // batches from many goroutines, each the owner of its own documents, as
 // the hub calls the store. Every op is fsynced; group commit is what makes
-// more writers mean more ops/s. goroutines = p × GOMAXPROCS.
+// more writers mean more ops/s. goroutines = p × GOMAXPROCS. delay=1ms
+// adds a MaxBatchDelay to the default (none), for comparison.
 func BenchmarkAppendChangesParallel(b *testing.B) {
 	for _, p := range []int{1, 8, 64} {
-		for _, delay := range []time.Duration{0, -1} {
+		for _, delay := range []time.Duration{0, time.Millisecond} {
 			name := fmt.Sprintf("p=%d/delay=default", p)
-			if delay < 0 {
-				name = fmt.Sprintf("p=%d/delay=none", p)
+			if delay > 0 {
+				name = fmt.Sprintf("p=%d/delay=%v", p, delay)
 			}
 			b.Run(name, func(b *testing.B) {
 				s := openBench(b, boltstore.Options{MaxBatchDelay: delay})
@@ -64,12 +65,12 @@ func BenchmarkAppendChangesParallel(b *testing.B) {
 }
 
 // BenchmarkAppendChangesSerial is one document owner appending alone: the
-// latency of one durable append, which MaxBatchDelay adds to.
+// latency of one durable append, which a MaxBatchDelay adds to.
 func BenchmarkAppendChangesSerial(b *testing.B) {
-	for _, delay := range []time.Duration{0, -1} {
+	for _, delay := range []time.Duration{0, time.Millisecond} {
 		name := "delay=default"
-		if delay < 0 {
-			name = "delay=none"
+		if delay > 0 {
+			name = fmt.Sprintf("delay=%v", delay)
 		}
 		b.Run(name, func(b *testing.B) {
 			s := openBench(b, boltstore.Options{MaxBatchDelay: delay})
