@@ -120,3 +120,28 @@ func BenchmarkLoadDoc(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAppendAfterSnapshot appends to a document that has a snapshot
+// of 1 MiB: what an edit of a long-lived document costs the store. Its
+// cost must not grow with the snapshot (the snapshot is not rewritten).
+func BenchmarkAppendAfterSnapshot(b *testing.B) {
+	for _, size := range []int{1 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("snapshot=%d", size), func(b *testing.B) {
+			s := openBench(b, boltstore.Options{})
+			ctx := b.Context()
+			const id = protocol.DocumentID("bench-snap")
+			if _, err := s.AppendChanges(ctx, id, make([]byte, 200)); err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Compact(ctx, id, make([]byte, size), 1); err != nil {
+				b.Fatal(err)
+			}
+			batch := make([]byte, 200)
+			for b.Loop() {
+				if _, err := s.AppendChanges(ctx, id, batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

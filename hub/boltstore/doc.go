@@ -21,15 +21,20 @@
 //
 // # Layout
 //
-// One file, three top-level buckets:
+// One file, four top-level buckets:
 //
-//	meta        "storageID" -> random UUID, "version" -> "1"
+//	meta        "storageID" -> random UUID, "version" -> "2"
 //	docs        <documentID> -> bucket (its Sequence is the last seq handed out)
-//	              "snapshot"         -> compacted document (absent until Compact)
 //	              "compactedThrough" -> 8-byte big-endian throughSeq of the last
 //	                                    Compact (absent until Compact)
 //	              "batches"          -> bucket: 8-byte big-endian seq -> change chunks
+//	snapshots   <documentID> -> compacted document (absent until Compact)
 //	syncstates  <documentID> 0x00 <storageID> -> sync state
+//
+// Snapshots live apart from their document's bucket because bbolt writes a
+// modified leaf page whole, values included: in version 1 the snapshot was
+// a value of the document's bucket, so every append to a document wrote its
+// snapshot again. Open migrates a version 1 file (see migrateSnapshots).
 //
 // Seqs come from the document bucket's NextSequence, so they are never
 // reused while the document exists, even after Compact deleted every batch

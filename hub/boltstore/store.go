@@ -47,8 +47,10 @@ const (
 	DefaultFileMode os.FileMode = 0o600
 )
 
-// formatVersion is written to meta/version; Open refuses other versions.
-const formatVersion = "1"
+// formatVersion is written to meta/version; Open migrates version 1 (the
+// snapshot in the document's bucket, see migrateSnapshots) and refuses
+// any other.
+const formatVersion = "2"
 
 // ErrClosed is returned by every call made after Close.
 var ErrClosed = hub.ErrStoreClosed
@@ -120,6 +122,11 @@ var (
 	bucketMeta       = []byte("meta")
 	bucketDocs       = []byte("docs")
 	bucketSyncStates = []byte("syncstates")
+	// bucketSnapshots holds each document's snapshot, apart from its
+	// bucket: bbolt rewrites a dirty leaf whole, values included, so a
+	// snapshot in the document's bucket was written again by every
+	// append to that document (an O(history) write per edit).
+	bucketSnapshots = []byte("snapshots")
 	keyStorageID     = []byte("storageID")
 	keyVersion       = []byte("version")
 	keySnapshot      = []byte("snapshot")
@@ -184,7 +191,7 @@ func Open(path string, opts Options) (*Store, error) {
 		if err != nil {
 			return err
 		}
-		for _, name := range [][]byte{bucketDocs, bucketSyncStates} {
+		for _, name := range [][]byte{bucketDocs, bucketSyncStates, bucketSnapshots} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -194,6 +201,8 @@ func Open(path string, opts Options) (*Store, error) {
 			if err := meta.Put(keyVersion, []byte(formatVersion)); err != nil {
 				return err
 			}
+		case string(v) == "1":
+			// Migrated below, in transactions of their own.
 		case string(v) != formatVersion:
 			return fmt.Errorf("unsupported format version %q (want %q)", v, formatVersion)
 		}
@@ -204,6 +213,9 @@ func Open(path string, opts Options) (*Store, error) {
 		s.storageID = hub.NewStorageID()
 		return meta.Put(keyStorageID, []byte(s.storageID))
 	})
+	if err == nil {
+		err = migrateSnapshots(db)
+	}
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("failed to initialize %s: %w", path, err)
@@ -244,7 +256,7 @@ func (s *Store) LoadDoc(ctx context.Context, id protocol.DocumentID) (hub.Stored
 		if d == nil {
 			return hub.ErrNotFound
 		}
-		if v := d.Get(keySnapshot); v != nil {
+		if v := tx.Bucket(bucketSnapshots).Get([]byte(id)); v != nil {
 			doc.Snapshot = append(make([]byte, 0, len(v)), v...)
 		}
 		b := d.Bucket(keyBatches)
@@ -366,7 +378,7 @@ func (s *Store) Compact(ctx context.Context, id protocol.DocumentID, snapshot []
 		if snapshot == nil {
 			snapshot = []byte{}
 		}
-		if err := d.Put(keySnapshot, snapshot); err != nil {
+		if err := tx.Bucket(bucketSnapshots).Put([]byte(id), snapshot); err != nil {
 			return err
 		}
 		b := d.Bucket(keyBatches)
@@ -408,6 +420,9 @@ func (s *Store) DeleteDoc(ctx context.Context, id protocol.DocumentID) error {
 			if err := docs.DeleteBucket([]byte(id)); err != nil {
 				return err
 			}
+		}
+		if err := tx.Bucket(bucketSnapshots).Delete([]byte(id)); err != nil {
+			return err
 		}
 		ss := tx.Bucket(bucketSyncStates)
 		prefix := syncKey(id, "")
@@ -533,4 +548,62 @@ func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) 
 		return nil, fmt.Errorf("failed to list documents: %w", err)
 	}
 	return ids, nil
+}
+
+// migrateSnapshots moves the snapshots of a version 1 file, kept in each
+// document's bucket under "snapshot", to bucketSnapshots, then records
+// version 2. It moves at most migrateBytes of snapshots per transaction
+// (a transaction holds what it writes in memory), so a large file is
+// migrated in steps; a step interrupted by a crash is repeated at the
+// next Open, since the version changes only after the last one. A
+// version 1 binary refuses the file afterwards instead of missing its
+// snapshots.
+func migrateSnapshots(db *bolt.DB) error {
+	const migrateBytes = 64 << 20
+	for {
+		done := false
+		err := db.Update(func(tx *bolt.Tx) error {
+			meta := tx.Bucket(bucketMeta)
+			if string(meta.Get(keyVersion)) == formatVersion {
+				done = true
+				return nil
+			}
+			snaps := tx.Bucket(bucketSnapshots)
+			var moved [][]byte
+			size := 0
+			c := tx.Bucket(bucketDocs).Cursor()
+			for k, v := c.First(); k != nil && size < migrateBytes; k, v = c.Next() {
+				if v != nil {
+					continue // not a document bucket
+				}
+				d := tx.Bucket(bucketDocs).Bucket(k)
+				snap := d.Get(keySnapshot)
+				if snap == nil {
+					continue
+				}
+				if err := snaps.Put(bytes.Clone(k), bytes.Clone(snap)); err != nil {
+					return err
+				}
+				moved = append(moved, bytes.Clone(k))
+				size += len(snap)
+			}
+			for _, k := range moved {
+				if err := tx.Bucket(bucketDocs).Bucket(k).Delete(keySnapshot); err != nil {
+					return err
+				}
+			}
+			if size < migrateBytes {
+				// Every document's snapshot has moved.
+				done = true
+				return meta.Put(keyVersion, []byte(formatVersion))
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("failed to migrate snapshots to format %s: %w", formatVersion, err)
+		}
+		if done {
+			return nil
+		}
+	}
 }
