@@ -127,10 +127,10 @@ var (
 	// snapshot in the document's bucket was written again by every
 	// append to that document (an O(history) write per edit).
 	bucketSnapshots = []byte("snapshots")
-	keyStorageID     = []byte("storageID")
-	keyVersion       = []byte("version")
-	keySnapshot      = []byte("snapshot")
-	keyBatches       = []byte("batches")
+	keyStorageID    = []byte("storageID")
+	keyVersion      = []byte("version")
+	keySnapshot     = []byte("snapshot")
+	keyBatches      = []byte("batches")
 
 	// keyCompacted, in a document's bucket, holds the throughSeq of its last
 	// successful Compact (8-byte big-endian): the compaction version Compact
