@@ -17,6 +17,16 @@ import (
 // batches and compaction version, the file says version 2, and a second
 // Open finds nothing left to move.
 func TestMigrateVersion1(t *testing.T) {
+	t.Run("one step", func(t *testing.T) { testMigrateVersion1(t) })
+	t.Run("steps of one snapshot", func(t *testing.T) {
+		// Each step moves at least one snapshot, then stops: four steps,
+		// and a fifth that finds nothing left and sets the version.
+		defer boltstore.SetMigrateBytes(1)()
+		testMigrateVersion1(t)
+	})
+}
+
+func testMigrateVersion1(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "plait.db")
 	db, err := bolt.Open(path, 0o600, nil)
 	if err != nil {

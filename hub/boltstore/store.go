@@ -550,6 +550,10 @@ func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) 
 	return ids, nil
 }
 
+// migrateBytes bounds the snapshots one migration step moves (a variable
+// for tests).
+var migrateBytes = 64 << 20
+
 // migrateSnapshots moves the snapshots of a version 1 file, kept in each
 // document's bucket under "snapshot", to bucketSnapshots, then records
 // version 2. It moves at most migrateBytes of snapshots per transaction
@@ -559,7 +563,6 @@ func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) 
 // version 1 binary refuses the file afterwards instead of missing its
 // snapshots.
 func migrateSnapshots(db *bolt.DB) error {
-	const migrateBytes = 64 << 20
 	for {
 		done := false
 		err := db.Update(func(tx *bolt.Tx) error {
