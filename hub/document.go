@@ -55,6 +55,7 @@ type docMsg struct {
 	cost       int                // bytes of s's and the hub's in-flight budgets it holds
 	deleted    chan deleteOutcome // kindDelete: the outcome (buffered)
 	trace      trace.SpanContext  // the span it is part of (trace.go); may be invalid
+	at         time.Time          // kindSync: when the session read it
 }
 
 // done returns the budget bytes m holds, once it is handled (or dropped).
@@ -102,6 +103,10 @@ type document struct {
 	exists     bool     // stored (or being stored): a request gets it, not doc-unavailable
 	stored     bool     // a record exists in the store
 	unsaved    [][]byte // raw chunks applied since the last store write began
+	// unsavedSince is when the earliest message whose changes are in
+	// unsaved was read off its connection (zero if none came from a
+	// peer): the start of plait_relay_seconds for the next write.
+	unsavedSince time.Time
 	spare      [][]byte // unsaved's other buffer, while a write holds one
 	compaction compaction
 	// One store write at a time runs on its own goroutine while the owner
@@ -332,6 +337,9 @@ func (d *document) handle(m docMsg) {
 		before := len(d.unsaved)
 		d.receiveSync(m.s, m.msg)
 		if n := len(d.unsaved) - before; n > 0 {
+			if !m.at.IsZero() && (d.unsavedSince.IsZero() || m.at.Before(d.unsavedSince)) {
+				d.unsavedSince = m.at
+			}
 			sp.SetAttributes(attrChanges.Int(n))
 			d.traceSC = sp.SpanContext() // the store write and publication follow it
 		}

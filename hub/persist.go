@@ -101,6 +101,7 @@ type write struct {
 	batch []byte
 	heads []syncengine.Hash // the document's heads once this batch is stored
 	trace trace.SpanContext // the span of the latest message it holds changes of
+	since time.Time         // when the earliest peer message it holds changes of was read (zero: none)
 	err   error
 }
 
@@ -121,8 +122,9 @@ func (d *document) startWrite() {
 		batch = append(batch, raw...)
 	}
 	d.started++
-	w := &write{seq: d.started, raws: d.unsaved, batch: batch, heads: d.eng.Heads(), trace: d.traceSC}
+	w := &write{seq: d.started, raws: d.unsaved, batch: batch, heads: d.eng.Heads(), trace: d.traceSC, since: d.unsavedSince}
 	d.unsaved, d.spare = d.spare, nil
+	d.unsavedSince = time.Time{}
 	d.traceSC = trace.SpanContext{}
 	d.writing = w
 	_, sp := d.h.startSpan(w.trace, spanStore, trace.SpanKindInternal, attrDoc.String(string(d.id)), attrBytes.Int(len(batch)))
@@ -155,6 +157,11 @@ func (d *document) finishWrite(w *write) error {
 		return w.err
 	}
 	d.durable = w.seq
+	if !w.since.IsZero() {
+		// The sync messages this write held are released now, and the
+		// owner's next flush queues them for their connections.
+		d.h.m.RelaySeconds.Observe(time.Since(w.since).Seconds())
+	}
 	created := !d.stored
 	d.stored = true
 	if f := d.h.opts.OnStored; f != nil && (created || len(w.batch) > 0) {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -210,6 +211,7 @@ func (s *session) readLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		at := time.Now()
 		s.h.m.countIn("", len(frame))
 		if s.limit != nil && !s.limit.Allow() {
 			s.h.m.LimitHits.WithLabelValues(LimitMessages).Inc()
@@ -232,7 +234,7 @@ func (s *session) readLoop(ctx context.Context) error {
 		if s.log.Enabled(ctx, slog.LevelDebug) {
 			s.log.Debug("received", "type", msg.Type, "doc", string(msg.DocumentID), "bytes", len(frame), "sync", syncSummary(msg))
 		}
-		if err := s.dispatch(ctx, msg); err != nil {
+		if err := s.dispatch(ctx, msg, at); err != nil {
 			return err
 		}
 	}
@@ -244,7 +246,8 @@ var errProtocol = errors.New("protocol violation")
 // errRateLimited marks a connection that sent messages too fast.
 var errRateLimited = errors.New("rate limited")
 
-func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
+// dispatch handles msg, read off the connection at at.
+func (s *session) dispatch(ctx context.Context, msg *protocol.Message, at time.Time) error {
 	if msg.SenderID != s.peerID {
 		// automerge-repo clients re-send relayed ephemeral messages to all
 		// their peers, keeping the original senderId: such an echo must not
@@ -281,7 +284,7 @@ func (s *session) dispatch(ctx context.Context, msg *protocol.Message) error {
 		if s.info.Trace.IsValid() {
 			sp.AddLink(trace.Link{SpanContext: s.info.Trace}) // the upgrade that opened the connection
 		}
-		err = s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost, trace: sp.SpanContext()})
+		err = s.post(ctx, d, docMsg{kind: kindSync, s: s, msg: msg, cost: cost, trace: sp.SpanContext(), at: at})
 		endSpan(sp, err)
 		return err
 	case protocol.TypeEphemeral:

@@ -15,7 +15,10 @@
 // latency chart); it exits 1 if the run had errors or did not converge.
 // The server's RSS is read from its /metrics (process_resident_memory_bytes),
 // and its CPU per edit and per delivery over the measured phase from
-// process_cpu_seconds_total ("n/a" if a server does not report it).
+// process_cpu_seconds_total ("n/a" if a server does not report it). A Plait
+// node also reports its own part of the latency (plait_relay_seconds: read,
+// applied, stored, released), which the report shows beside the end-to-end
+// figures as the server relay p50 and p99 over the measured phase.
 package main
 
 import (

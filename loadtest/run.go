@@ -131,6 +131,8 @@ func (r *run) setPhase(p string) {
 type window struct {
 	cpu               float64
 	cpuErr            error
+	relay             histogram // plait_relay_seconds (relayErr if not reported)
+	relayErr          error
 	edits, deliveries int64
 }
 
@@ -140,6 +142,7 @@ func (r *run) mark() window {
 	defer cancel()
 	w := window{edits: r.edits.Load(), deliveries: r.deliveries.Load()}
 	w.cpu, w.cpuErr = r.tg.cpu(ctx)
+	w.relay, w.relayErr = r.tg.histogram(ctx, metricRelay)
 	return w
 }
 
