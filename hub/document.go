@@ -100,15 +100,15 @@ type document struct {
 	remote      map[string]knownHeads // storage id -> heads, for remote-heads gossip
 
 	// The store (persist.go, compact.go):
-	exists     bool     // stored (or being stored): a request gets it, not doc-unavailable
-	stored     bool     // a record exists in the store
-	unsaved    [][]byte // raw chunks applied since the last store write began
+	exists  bool     // stored (or being stored): a request gets it, not doc-unavailable
+	stored  bool     // a record exists in the store
+	unsaved [][]byte // raw chunks applied since the last store write began
 	// unsavedSince is when the earliest message whose changes are in
 	// unsaved was read off its connection (zero if none came from a
 	// peer): the start of plait_relay_seconds for the next write.
 	unsavedSince time.Time
-	spare      [][]byte // unsaved's other buffer, while a write holds one
-	compaction compaction
+	spare        [][]byte // unsaved's other buffer, while a write holds one
+	compaction   compaction
 	// One store write at a time runs on its own goroutine while the owner
 	// goes on applying and answering (persist.go). Writes are numbered:
 	// started is the last one begun, durable the last one confirmed; a
