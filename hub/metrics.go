@@ -24,6 +24,7 @@ type Metrics struct {
 	Dropped          *prometheus.CounterVec // messages dropped on purpose, by reason
 	StoreSeconds     *prometheus.HistogramVec
 	RelaySeconds     prometheus.Histogram
+	SendSeconds      prometheus.Histogram
 	StoreErrors      *prometheus.CounterVec
 	BrokerRecoveries *prometheus.CounterVec // catch-ups, by trigger and source
 	BrokerLagged     prometheus.Counter
@@ -60,6 +61,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "From reading a peer's changes off its connection to their store write's confirmation, which releases them to the other peers: one observation per write, from its earliest message.",
 			Buckets: relayBuckets,
 		}),
+		SendSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "plait_send_seconds",
+			Help:    "From queuing messages for a connection to the end of the socket write that carries them: one observation per run of the connection's writer, from its oldest message.",
+			Buckets: relayBuckets,
+		}),
 		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_store_errors_total", Help: "Failed store operations."}, []string{"op"}),
 		BrokerRecoveries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plait_broker_recoveries_total",
 			Help: "Documents that caught up with the other nodes, by trigger (gap, epoch, rollback, resubscribed, lagged, settle, retry) and source (log, store)."}, []string{"trigger", "source"}),
@@ -77,7 +83,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.Connections, m.ConnectionsTotal, m.Disconnects, m.OpenDocuments,
 			m.DocumentsLoaded, m.DocumentsEvicted, m.DocumentsDeleted, m.Compactions, m.ChangesAccepted, m.MessagesIn, m.MessagesOut,
-			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.RelaySeconds, m.StoreErrors,
+			m.BytesIn, m.BytesOut, m.Dropped, m.StoreSeconds, m.RelaySeconds, m.SendSeconds, m.StoreErrors,
 			m.BrokerRecoveries, m.BrokerLagged, m.BrokerErrors, m.ChangesRemote, m.LimitHits, m.Denials)
 	}
 	return m
@@ -126,3 +132,7 @@ func (m *Metrics) observeStore(op string, start time.Time) {
 // relayBuckets are plait_relay_seconds' bounds: 0.25 ms to about 4 s,
 // doubling, fine enough to read a p99 of a few milliseconds.
 var relayBuckets = prometheus.ExponentialBuckets(0.00025, 2, 15)
+
+// ObserveSend records in plait_send_seconds how long a connection's queued
+// messages waited for their socket write (wstransport's OnWritten).
+func (m *Metrics) ObserveSend(wait time.Duration) { m.SendSeconds.Observe(wait.Seconds()) }

@@ -29,6 +29,7 @@ func writeHTML(w io.Writer, r *Report) error {
 	row("server RSS", fmt.Sprintf("%.1f → %.1f MiB (peak %.1f)", r.Server.RSSBeforeBytes/(1<<20), r.Server.RSSAfterBytes/(1<<20), r.Server.RSSPeakBytes/(1<<20)))
 	row("server CPU", r.Server.cpuLine())
 	row("server relay", r.Server.relayLine())
+	row("server send", r.Server.sendLine())
 	row("errors / disconnects", fmt.Sprintf("%d / %d", r.Errors.Count, r.Disconnects.Count))
 	row("converged / ok", fmt.Sprintf("%v / %v", r.Converged, r.OK))
 	r.eachExtra(row) // the scenario's own figures (-history's upload, storms, ...)

@@ -17,8 +17,9 @@
 // and its CPU per edit and per delivery over the measured phase from
 // process_cpu_seconds_total ("n/a" if a server does not report it). A Plait
 // node also reports its own part of the latency (plait_relay_seconds: read,
-// applied, stored, released), which the report shows beside the end-to-end
-// figures as the server relay p50 and p99 over the measured phase.
+// applied, stored, released; plait_send_seconds: queued for a connection
+// until written), which the report shows beside the end-to-end figures as
+// the server relay and send p50 and p99 over the measured phase.
 package main
 
 import (

@@ -11,10 +11,14 @@ import (
 	"strings"
 )
 
-// metricRelay is Plait's histogram of the time from reading a peer's
-// changes to releasing them to the other peers, stored: the node's own
-// share of the edit-to-peer latency the harness measures end to end.
-const metricRelay = "plait_relay_seconds"
+// Plait's histograms of its own part of the edit-to-peer latency the
+// harness measures end to end: metricRelay from reading a peer's changes to
+// releasing them, stored, to the other peers; metricSend from queuing
+// messages for a connection to the end of their socket write.
+const (
+	metricRelay = "plait_relay_seconds"
+	metricSend  = "plait_send_seconds"
+)
 
 // histogram is a Prometheus histogram's cumulative bucket counts by upper
 // bound (le; +Inf included), summed over the nodes.
@@ -124,43 +128,62 @@ func (h histogram) quantile(q float64) float64 {
 	return lower
 }
 
-// RelayStats is the servers' plait_relay_seconds over the measured phase:
-// the node's part of the edit-to-peer latency (read, applied, stored,
-// released), one observation per store write of peers' changes.
-type RelayStats struct {
-	P50Ms  float64 `json:"p50"`
-	P99Ms  float64 `json:"p99"`
-	Writes int64   `json:"writes"`
+// NodeLatency is one of a node's latency histograms over the measured
+// phase, summed over the nodes: plait_relay_seconds (one observation per
+// store write of peers' changes) or plait_send_seconds (one per run of a
+// connection's writer).
+type NodeLatency struct {
+	P50Ms float64 `json:"p50"`
+	P99Ms float64 `json:"p99"`
+	Count int64   `json:"count"`
 }
 
-// relayStats fills s.Relay from the histograms read at the start and the
-// end of the measured phase; RelayUnavailable says why it is null.
-func (s *ServerStats) relayStats(start, end window, measured bool) {
+// sampled is a histogram read at both ends of the measured phase.
+type sampled struct {
+	start, end       histogram
+	startErr, endErr error
+}
+
+// nodeLatency returns the quantiles of the observations h made in the
+// measured phase, or nil and why there are none.
+func nodeLatency(h sampled, measured bool) (*NodeLatency, string) {
 	switch {
 	case !measured:
-		s.RelayUnavailable = "no measured phase"
-		return
-	case start.relayErr != nil:
-		s.RelayUnavailable = start.relayErr.Error()
-		return
-	case end.relayErr != nil:
-		s.RelayUnavailable = end.relayErr.Error()
-		return
+		return nil, "no measured phase"
+	case h.startErr != nil:
+		return nil, h.startErr.Error()
+	case h.endErr != nil:
+		return nil, h.endErr.Error()
 	}
-	d := end.relay.since(start.relay)
+	d := h.end.since(h.start)
 	if d.count() <= 0 {
-		s.RelayUnavailable = "no store writes of peers' changes in the measured phase"
-		return
+		return nil, "nothing observed in the measured phase"
 	}
 	ms := func(v float64) float64 { return math.Round(v*1e6) / 1e3 }
-	s.Relay = &RelayStats{P50Ms: ms(d.quantile(0.5)), P99Ms: ms(d.quantile(0.99)), Writes: int64(d.count())}
+	return &NodeLatency{P50Ms: ms(d.quantile(0.5)), P99Ms: ms(d.quantile(0.99)), Count: int64(d.count())}, ""
 }
 
-// relayLine formats the relay figures for the summaries.
-func (s ServerStats) relayLine() string {
-	if s.Relay == nil {
-		return "n/a (" + s.RelayUnavailable + ")"
+// latencyStats fills the node's latency figures from the windows read at
+// the start and the end of the measured phase.
+func (s *ServerStats) latencyStats(start, end window, measured bool) {
+	s.Relay, s.RelayUnavailable = nodeLatency(sampled{start.relay, end.relay, start.relayErr, end.relayErr}, measured)
+	s.Send, s.SendUnavailable = nodeLatency(sampled{start.send, end.send, start.sendErr, end.sendErr}, measured)
+}
+
+// latencyLine formats one node latency for the summaries; what says what
+// one observation is.
+func latencyLine(l *NodeLatency, unavailable, what string) string {
+	if l == nil {
+		return "n/a (" + unavailable + ")"
 	}
-	return fmt.Sprintf("p50 %.2fms p99 %.2fms (%d store writes; read -> stored -> released, the node's part of the latency)",
-		s.Relay.P50Ms, s.Relay.P99Ms, s.Relay.Writes)
+	return fmt.Sprintf("p50 %.2fms p99 %.2fms (%d %s)", l.P50Ms, l.P99Ms, l.Count, what)
+}
+
+// relayLine and sendLine format the node's own latencies.
+func (s ServerStats) relayLine() string {
+	return latencyLine(s.Relay, s.RelayUnavailable, "store writes; read -> stored -> released")
+}
+
+func (s ServerStats) sendLine() string {
+	return latencyLine(s.Send, s.SendUnavailable, "socket writes; queued -> written")
 }

@@ -38,12 +38,16 @@ func TestRelayHistogram(t *testing.T) {
 		t.Fatal(err)
 	}
 	var s ServerStats
-	s.relayStats(window{relay: start}, window{relay: end}, true)
-	if s.Relay == nil || s.Relay.Writes != 200 || s.Relay.P50Ms != 1.5 || s.Relay.P99Ms != 1.99 {
+	s.latencyStats(window{relay: start, send: start}, window{relay: end, send: start}, true)
+	if s.Relay == nil || s.Relay.Count != 200 || s.Relay.P50Ms != 1.5 || s.Relay.P99Ms != 1.99 {
 		t.Fatalf("relay %+v (%s)", s.Relay, s.RelayUnavailable)
 	}
-	if line := s.relayLine(); !strings.Contains(line, "p99 1.99ms") {
+	if line := s.relayLine(); !strings.Contains(line, "p99 1.99ms (200 store writes") {
 		t.Fatalf("line %q", line)
+	}
+	// Nothing sent in the window (the same histogram at both ends).
+	if s.Send != nil || !strings.Contains(s.sendLine(), "nothing observed") {
+		t.Fatalf("empty send window gave %+v %q", s.Send, s.sendLine())
 	}
 
 	// Observations past the last finite bound: the quantile is that bound.
@@ -61,13 +65,13 @@ func TestRelayHistogram(t *testing.T) {
 		t.Fatalf("missing histogram: %v", err)
 	}
 	var none ServerStats
-	none.relayStats(window{relayErr: fmt.Errorf("x: %w", errNoMetric)}, window{}, true)
-	if none.Relay != nil || !strings.HasPrefix(none.relayLine(), "n/a") {
-		t.Fatalf("unreported relay gave %+v %q", none, none.relayLine())
+	none.latencyStats(window{relayErr: fmt.Errorf("x: %w", errNoMetric), sendErr: errNoMetric}, window{}, true)
+	if none.Relay != nil || none.Send != nil || !strings.HasPrefix(none.relayLine(), "n/a") || !strings.HasPrefix(none.sendLine(), "n/a") {
+		t.Fatalf("unreported latencies gave %+v %q %q", none, none.relayLine(), none.sendLine())
 	}
-	var quiet ServerStats // no writes in the window
-	quiet.relayStats(window{relay: end}, window{relay: end}, true)
-	if quiet.Relay != nil || !strings.Contains(quiet.relayLine(), "no store writes") {
-		t.Fatalf("empty window gave %+v %q", quiet, quiet.relayLine())
+	var unmeasured ServerStats
+	unmeasured.latencyStats(window{relay: start}, window{relay: end}, false)
+	if unmeasured.Relay != nil || !strings.Contains(unmeasured.relayLine(), "no measured phase") {
+		t.Fatalf("no measured phase gave %+v", unmeasured)
 	}
 }

@@ -84,11 +84,15 @@ type ServerStats struct {
 	CPUWindowEdits      int64    `json:"cpuWindowEdits"`
 	CPUWindowDeliveries int64    `json:"cpuWindowDeliveries"`
 	CPUUnavailable      string   `json:"cpuUnavailable,omitempty"`
-	// Relay is the servers' own part of the latency over the measured
-	// phase (plait_relay_seconds; null for a server without it, and
-	// RelayUnavailable says why).
-	Relay            *RelayStats `json:"relayMs"`
-	RelayUnavailable string      `json:"relayUnavailable,omitempty"`
+	// Relay and Send are the node's own parts of the latency over the
+	// measured phase: from reading a peer's changes to releasing them,
+	// stored (plait_relay_seconds), and from queuing messages for a
+	// connection to the end of their socket write (plait_send_seconds).
+	// Null for a server without them; *Unavailable says why.
+	Relay            *NodeLatency `json:"relayMs"`
+	RelayUnavailable string       `json:"relayUnavailable,omitempty"`
+	Send             *NodeLatency `json:"sendMs"`
+	SendUnavailable  string       `json:"sendUnavailable,omitempty"`
 }
 
 // cpuStats fills the CPU figures of s from the values read at the start
@@ -176,7 +180,7 @@ func (r *run) report(rssAfter float64) *Report {
 		ScenarioExtra: r.extra,
 	}
 	rep.Server.cpuStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
-	rep.Server.relayStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
+	rep.Server.latencyStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
 	rep.OK = rep.Errors.Count == 0 && rep.Converged
 	return rep
 }
@@ -222,6 +226,7 @@ func (r *Report) printSummary(w io.Writer) {
 	p("  server RSS   %.1f MiB -> %.1f MiB (peak %.1f MiB)", s.RSSBeforeBytes/(1<<20), s.RSSAfterBytes/(1<<20), s.RSSPeakBytes/(1<<20))
 	p("  server CPU   %s", s.cpuLine())
 	p("  server relay %s", s.relayLine())
+	p("  server send  %s", s.sendLine())
 	p("  errors       %d%s", r.Errors.Count, reasons(r.Errors.ByReason))
 	p("  disconnects  %d%s", r.Disconnects.Count, reasons(r.Disconnects.ByReason))
 	conv := "yes"

@@ -53,7 +53,7 @@ func TestReportJSONNames(t *testing.T) {
 		"latencyMs":   {"count", "max", "p50", "p90", "p99"},
 		"errors":      {"byReason", "count"},
 		"disconnects": {"byReason", "count"},
-		"server":      {"cpuMsPerDelivery", "cpuMsPerEdit", "cpuSeconds", "cpuUnavailable", "cpuWindowDeliveries", "cpuWindowEdits", "relayMs", "rssAfterBytes", "rssBeforeBytes", "rssPeakBytes"},
+		"server":      {"cpuMsPerDelivery", "cpuMsPerEdit", "cpuSeconds", "cpuUnavailable", "cpuWindowDeliveries", "cpuWindowEdits", "relayMs", "rssAfterBytes", "rssBeforeBytes", "rssPeakBytes", "sendMs"},
 	}
 	for k, w := range want {
 		v := any(m)

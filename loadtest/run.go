@@ -131,8 +131,8 @@ func (r *run) setPhase(p string) {
 type window struct {
 	cpu               float64
 	cpuErr            error
-	relay             histogram // plait_relay_seconds (relayErr if not reported)
-	relayErr          error
+	relay, send       histogram // plait_relay_seconds, plait_send_seconds (the errors: not reported)
+	relayErr, sendErr error
 	edits, deliveries int64
 }
 
@@ -143,6 +143,7 @@ func (r *run) mark() window {
 	w := window{edits: r.edits.Load(), deliveries: r.deliveries.Load()}
 	w.cpu, w.cpuErr = r.tg.cpu(ctx)
 	w.relay, w.relayErr = r.tg.histogram(ctx, metricRelay)
+	w.send, w.sendErr = r.tg.histogram(ctx, metricSend)
 	return w
 }
 

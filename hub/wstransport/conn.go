@@ -44,6 +44,11 @@ type Options struct {
 	// frames queued together go out in one write of at most
 	// maxBatchBytes. Nil: one write per frame.
 	Batch Batcher
+
+	// OnWritten, if set, is called by the writer after each run of
+	// queued frames has gone out, with the time since the oldest of them
+	// was queued (plait_send_seconds). It must not block.
+	OnWritten func(wait time.Duration)
 }
 
 func (o *Options) fill() {
@@ -78,6 +83,7 @@ type Conn struct {
 	mu        sync.Mutex
 	queue     [][]byte
 	queued    int
+	since     time.Time // when the oldest queued frame was queued (OnWritten)
 	closing   bool
 	closeCode protocol.CloseCode
 	closeMsg  string
@@ -144,6 +150,9 @@ func (c *Conn) Send(frame []byte) error {
 		c.signal()
 		return hub.ErrSlowConsumer
 	}
+	if len(c.queue) == 0 && c.opts.OnWritten != nil {
+		c.since = time.Now()
+	}
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
 	c.mu.Unlock()
@@ -164,6 +173,9 @@ func (c *Conn) TrySend(frame []byte) (bool, error) {
 	if c.queued > 0 && c.queued+len(frame) > c.opts.MaxQueueBytes {
 		c.mu.Unlock()
 		return false, nil
+	}
+	if len(c.queue) == 0 && c.opts.OnWritten != nil {
+		c.since = time.Now()
 	}
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
@@ -212,8 +224,8 @@ func (c *Conn) signal() {
 func (c *Conn) writer() {
 	for {
 		c.mu.Lock()
-		batch := c.queue
-		c.queue, c.queued = nil, 0
+		batch, since := c.queue, c.since
+		c.queue, c.queued, c.since = nil, 0, time.Time{}
 		closing, code, msg := c.closing, c.closeCode, c.closeMsg
 		if len(batch) == 0 && !closing {
 			c.writing = false
@@ -228,6 +240,9 @@ func (c *Conn) writer() {
 				return
 			}
 			batch = batch[n:]
+		}
+		if !since.IsZero() {
+			c.opts.OnWritten(time.Since(since))
 		}
 		if closing {
 			c.finish(code, msg)

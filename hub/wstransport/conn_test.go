@@ -194,3 +194,51 @@ func TestTrySendHoldsBackWithoutClosing(t *testing.T) {
 		t.Fatalf("the large frame: %d bytes, %v", len(got), err)
 	}
 }
+
+// OnWritten reports, per run of the writer, the time from queuing its
+// oldest frame to the end of the socket write: a frame larger than the
+// socket buffers waits for a client that is slow to read, and so does
+// its report.
+func TestOnWrittenCoversTheSocketWrite(t *testing.T) {
+	waits := make(chan time.Duration, 16)
+	c, cli := pair(t, Options{OnWritten: func(d time.Duration) { waits <- d }})
+	const late = 300 * time.Millisecond
+	big := make([]byte, 32<<20) // far more than loopback socket buffers hold
+	if err := c.Send(big); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(late)
+	select {
+	case d := <-waits:
+		t.Fatalf("OnWritten reported %v before the client read the frame", d)
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, b, err := cli.Read(ctx); err != nil || len(b) != len(big) {
+		t.Fatalf("read %d bytes, %v", len(b), err)
+	}
+	select {
+	case d := <-waits:
+		if d < late || d > 10*time.Second {
+			t.Fatalf("OnWritten reported %v for a frame the client read after %v", d, late)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnWritten was not called")
+	}
+	// A small frame to a reading client: one more report, and a short one.
+	if err := c.Send([]byte{0x80}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cli.Read(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-waits:
+		if d < 0 || d >= late {
+			t.Fatalf("OnWritten reported %v for a small frame read at once", d)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("OnWritten was not called for the second frame")
+	}
+}

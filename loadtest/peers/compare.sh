@@ -140,7 +140,8 @@ verdict() {
     const s = `${n(r.edits?.perSec)} edits/s, p50 ${n(r.latencyMs?.p50)} ms, p99 ${n(p99)} ms, ` +
       `RSS peak ${n((r.server?.rssPeakBytes ?? NaN) / 2 ** 20)} MiB, ` +
       `CPU ${cpu(r.server?.cpuMsPerEdit)} ms/edit ${cpu(r.server?.cpuMsPerDelivery)} ms/delivery` +
-      (r.server?.relayMs ? `, node relay p99 ${n(r.server.relayMs.p99)} ms` : "")
+      (r.server?.relayMs ? `, node relay p99 ${n(r.server.relayMs.p99)} ms` : "") +
+      (r.server?.sendMs ? `, node send p99 ${n(r.server.sendMs.p99)} ms` : "")
     console.log(why.length ? `FAIL\t${s}: ${why.join("; ")}` : `PASS\t${s}`)
   ' "$1" "$bound" "$2"
 }

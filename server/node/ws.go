@@ -190,6 +190,7 @@ func (n *Node) serveSocket(a *admission, nc net.Conn) {
 		PingInterval:    n.cfg.PingInterval,
 		PongTimeout:     n.cfg.PongTimeout,
 		Batch:           bc,
+		OnWritten:       n.m.ObserveSend,
 	})
 	if live := a.live; live != nil {
 		live.conn = conn
