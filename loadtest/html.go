@@ -30,6 +30,7 @@ func writeHTML(w io.Writer, r *Report) error {
 	row("server CPU", r.Server.cpuLine())
 	row("server relay", r.Server.relayLine())
 	row("server send", r.Server.sendLine())
+	row("generator CPU", r.Generator.line())
 	row("errors / disconnects", fmt.Sprintf("%d / %d", r.Errors.Count, r.Disconnects.Count))
 	row("converged / ok", fmt.Sprintf("%v / %v", r.Converged, r.OK))
 	r.eachExtra(row) // the scenario's own figures (-history's upload, storms, ...)

@@ -19,7 +19,9 @@
 // node also reports its own part of the latency (plait_relay_seconds: read,
 // applied, stored, released; plait_send_seconds: queued for a connection
 // until written), which the report shows beside the end-to-end figures as
-// the server relay and send p50 and p99 over the measured phase.
+// the server relay and send p50 and p99 over the measured phase. The
+// generator shares the machine, so the report also gives its own CPU over
+// that phase, and -cpuprofile FILE profiles it there.
 package main
 
 import (

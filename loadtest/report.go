@@ -33,6 +33,7 @@ type Report struct {
 	Converged     bool            `json:"converged"`
 	NotConverged  []NotConverged  `json:"notConverged"`
 	Server        ServerStats     `json:"server"`
+	Generator     GeneratorStats  `json:"generator"`
 	ScenarioExtra map[string]any  `json:"scenarioExtra"`
 	OK            bool            `json:"ok"`
 }
@@ -181,6 +182,11 @@ func (r *run) report(rssAfter float64) *Report {
 	}
 	rep.Server.cpuStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
 	rep.Server.latencyStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
+	var profile string
+	if r.cpuProfile != "" && !r.phaseStart.IsZero() {
+		profile = r.cpuProfile
+	}
+	rep.Generator = generatorStats(r.cpuStart, r.cpuEnd, r.phaseEnd.Sub(r.phaseStart), !r.phaseStart.IsZero() && !r.phaseEnd.IsZero(), profile)
 	rep.OK = rep.Errors.Count == 0 && rep.Converged
 	return rep
 }
@@ -227,6 +233,7 @@ func (r *Report) printSummary(w io.Writer) {
 	p("  server CPU   %s", s.cpuLine())
 	p("  server relay %s", s.relayLine())
 	p("  server send  %s", s.sendLine())
+	p("  generator    CPU %s", r.Generator.line())
 	p("  errors       %d%s", r.Errors.Count, reasons(r.Errors.ByReason))
 	p("  disconnects  %d%s", r.Disconnects.Count, reasons(r.Disconnects.ByReason))
 	conv := "yes"

@@ -46,7 +46,7 @@ func TestReportJSONNames(t *testing.T) {
 		return ks
 	}
 	want := map[string][]string{
-		"":            {"clients", "connect", "converged", "deliveries", "disconnects", "docs", "durationSec", "edits", "errors", "latencyMs", "notConverged", "ok", "params", "scenario", "scenarioExtra", "server", "startedAt", "target", "timeline"},
+		"":            {"clients", "connect", "converged", "deliveries", "disconnects", "docs", "durationSec", "edits", "errors", "generator", "latencyMs", "notConverged", "ok", "params", "scenario", "scenarioExtra", "server", "startedAt", "target", "timeline"},
 		"connect":     {"count", "failures", "p50Ms", "p99Ms"},
 		"edits":       {"perSec", "sent"},
 		"deliveries":  {"count", "perSec"},

@@ -31,6 +31,9 @@ type run struct {
 	sources, parallel int
 	minBackoff        time.Duration
 	materialize       bool
+	cpuProfile        string   // -cpuprofile
+	profiling         bool     // the profile runs (startProfile)
+	profileFile       *os.File // its file
 	hc                *http.Client
 	// expectDisconnects: disconnects are the scenario's doing, not errors.
 	expectDisconnects bool
@@ -69,6 +72,7 @@ func newRun(name, what string) *run {
 	r.fs.IntVar(&r.sources, "sources", 8, "loopback source addresses to spread connections over")
 	r.fs.IntVar(&r.parallel, "parallel", 64, "concurrent connection and document set-ups")
 	r.fs.DurationVar(&r.minBackoff, "min-backoff", 100*time.Millisecond, "clients' first wait before reconnecting")
+	r.fs.StringVar(&r.cpuProfile, "cpuprofile", "", "write a CPU profile of the load generator itself, over the measured phase, to `FILE` (go tool pprof FILE)")
 	r.fs.BoolVar(&r.materialize, "materialize", false, "clients apply every remote change to an automerge-go document, as an app that reads it would (default: index only, so the load generator spends its CPU on the server, not on Automerge)")
 	return r
 }
@@ -101,6 +105,7 @@ func (r *run) exec(args []string, body func(ctx context.Context) error) error {
 	if err := body(ctx); err != nil {
 		r.fail(err.Error())
 	}
+	r.stopProfile() // a phase that never ended
 	r.pollStats()
 	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
 	after, _ := r.tg.rss(actx) // ctx may have run out
@@ -133,6 +138,7 @@ type window struct {
 	cpuErr            error
 	relay, send       histogram // plait_relay_seconds, plait_send_seconds (the errors: not reported)
 	relayErr, sendErr error
+	self              float64 // the generator's own CPU seconds
 	edits, deliveries int64
 }
 
@@ -140,7 +146,7 @@ type window struct {
 func (r *run) mark() window {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	w := window{edits: r.edits.Load(), deliveries: r.deliveries.Load()}
+	w := window{edits: r.edits.Load(), deliveries: r.deliveries.Load(), self: selfCPU()}
 	w.cpu, w.cpuErr = r.tg.cpu(ctx)
 	w.relay, w.relayErr = r.tg.histogram(ctx, metricRelay)
 	w.send, w.sendErr = r.tg.histogram(ctx, metricSend)
@@ -156,9 +162,11 @@ func (r *run) beginPhase(name string) {
 	r.mu.Lock()
 	r.phase, r.phaseStart, r.cpuStart = name, now, w
 	r.mu.Unlock()
+	r.startProfile()
 }
 
 func (r *run) endPhase() {
+	r.stopProfile()
 	w := r.mark()
 	r.mu.Lock()
 	r.phaseEnd, r.cpuEnd = time.Now(), w
