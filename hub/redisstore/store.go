@@ -4,15 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/rediskeys"
 	"github.com/plaithub/plait/pkg/protocol"
 )
 
@@ -88,17 +87,8 @@ func (s *Store) keys(id protocol.DocumentID) docKeys {
 	return docKeys{meta: base + "meta", snap: base + "snap", batches: base + "b", sync: base + "sync"}
 }
 
-// idEscaper makes a document id safe inside a hash tag: no brace may end
-// (or, for an id starting with '}', empty) the tag early. Escaping '%'
-// too keeps the mapping one-to-one.
-var idEscaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
-
-func escapeID(id protocol.DocumentID) string {
-	if !strings.ContainsAny(string(id), "%{}") {
-		return string(id)
-	}
-	return idEscaper.Replace(string(id))
-}
+// escapeID makes a document id safe inside its keys' hash tag.
+func escapeID(id protocol.DocumentID) string { return rediskeys.Escape(string(id)) }
 
 // check reports why a call may not start: a closed store, a done context,
 // or an invalid id.
@@ -388,10 +378,6 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// idUnescaper undoes escapeID: its escapes are unambiguous, so one pass
-// left to right restores the id.
-var idUnescaper = strings.NewReplacer("%7B", "{", "%7D", "}", "%25", "%")
-
 // DocumentIDs returns the id of every document in the store (every meta
 // hash under the prefix), sorted. It walks the keyspace with SCAN (on
 // every master of a Redis Cluster), which does not block Redis; documents
@@ -404,52 +390,9 @@ func (s *Store) DocumentIDs(ctx context.Context) ([]protocol.DocumentID, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("failed to list documents: %w", err)
 	}
-	head, tail := s.prefix+":{", "}:meta"
-	pattern := globEscape(s.prefix) + ":{*}:meta"
-	var mu sync.Mutex
-	seen := make(map[protocol.DocumentID]struct{})
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		it := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		for it.Next(ctx) {
-			key := it.Val()
-			esc, ok := strings.CutPrefix(key, head)
-			if !ok {
-				continue
-			}
-			if esc, ok = strings.CutSuffix(esc, tail); !ok || esc == "" || strings.ContainsAny(esc, "{}") {
-				continue
-			}
-			mu.Lock()
-			seen[protocol.DocumentID(idUnescaper.Replace(esc))] = struct{}{}
-			mu.Unlock()
-		}
-		return it.Err()
-	}
-	var err error
-	if cc, ok := s.c.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-	} else {
-		err = scan(ctx, s.c)
-	}
+	ids, err := rediskeys.ScanIDs(ctx, s.c, s.prefix+":{", "}:meta")
 	if err != nil {
 		return nil, fmt.Errorf("failed to list documents: %w", err)
 	}
-	ids := make([]protocol.DocumentID, 0, len(seen))
-	for id := range seen {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
 	return ids, nil
-}
-
-// globEscape quotes the characters a SCAN MATCH pattern gives a meaning.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\^-`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }

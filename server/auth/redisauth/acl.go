@@ -7,12 +7,12 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/plaithub/plait/hub"
+	"github.com/plaithub/plait/hub/rediskeys"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
 )
@@ -340,10 +340,6 @@ func (s *Store) Delete(ctx context.Context, doc protocol.DocumentID) error {
 	return nil
 }
 
-// unescaper undoes esc: its escapes are unambiguous, so one pass left to
-// right restores the name.
-var unescaper = strings.NewReplacer("%7B", "{", "%7D", "}", "%25", "%")
-
 // ClaimedDocs returns the id of every document that has an access hash
 // (every claimed document), sorted. It walks the keyspace with SCAN (on
 // every master of a Redis Cluster), which does not block Redis; documents
@@ -353,51 +349,9 @@ func (s *Store) ClaimedDocs(ctx context.Context) ([]protocol.DocumentID, error) 
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("failed to list claimed documents: %w", err)
 	}
-	head := s.prefix + ":auth:{doc:"
-	pattern := globEscape(head) + "*}"
-	var mu sync.Mutex
-	seen := make(map[protocol.DocumentID]struct{})
-	scan := func(ctx context.Context, c redis.Cmdable) error {
-		it := c.Scan(ctx, 0, pattern, 1000).Iterator()
-		for it.Next(ctx) {
-			e, ok := strings.CutPrefix(it.Val(), head)
-			if !ok {
-				continue
-			}
-			if e, ok = strings.CutSuffix(e, "}"); !ok || e == "" || strings.ContainsAny(e, "{}") {
-				continue
-			}
-			mu.Lock()
-			seen[protocol.DocumentID(unescaper.Replace(e))] = struct{}{}
-			mu.Unlock()
-		}
-		return it.Err()
-	}
-	var err error
-	if cc, ok := s.c.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error { return scan(ctx, c) })
-	} else {
-		err = scan(ctx, s.c)
-	}
+	ids, err := rediskeys.ScanIDs(ctx, s.c, s.prefix+":auth:{doc:", "}")
 	if err != nil {
 		return nil, fmt.Errorf("failed to list claimed documents: %w", err)
 	}
-	ids := make([]protocol.DocumentID, 0, len(seen))
-	for id := range seen {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
 	return ids, nil
-}
-
-// globEscape quotes the characters a SCAN MATCH pattern gives a meaning.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, r := range s {
-		if strings.ContainsRune(`*?[]\^-`, r) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }

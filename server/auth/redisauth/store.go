@@ -13,6 +13,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/plaithub/plait/hub/rediskeys"
 	"github.com/plaithub/plait/hub/redisstore"
 	"github.com/plaithub/plait/pkg/protocol"
 	"github.com/plaithub/plait/server/access"
@@ -70,16 +71,8 @@ func New(ctx context.Context, client redis.UniversalClient, prefix string) (*Sto
 
 // ---- keys ----
 
-// escaper makes a name safe inside a hash tag: no brace may end the tag
-// early. Escaping '%' too keeps the mapping one-to-one.
-var escaper = strings.NewReplacer("%", "%25", "{", "%7B", "}", "%7D")
-
-func esc(s string) string {
-	if !strings.ContainsAny(s, "%{}") {
-		return s
-	}
-	return escaper.Replace(s)
-}
+// esc makes a name safe inside its key's hash tag.
+func esc(s string) string { return rediskeys.Escape(s) }
 
 func (s *Store) familyKey(id string) string { return s.prefix + ":auth:{fam:" + esc(id) + "}" }
 func (s *Store) cutoffKey(user string) string {
