@@ -225,12 +225,20 @@ func (s *Summary) add(m DocMeta) {
 // Verify reads a whole archive and checks every document's changes
 // against its heads, and the archive's structure, sizes and digests.
 func Verify(ctx context.Context, r io.Reader, opts Options) (Summary, error) {
+	return eachDocument(ctx, r, opts, "verify", check)
+}
+
+// eachDocument reads the archive r document by document and hands each to
+// fn, counting it and reporting progress (as verb) once fn is done with
+// it. It stops at the first error (the archive's, fn's, or ctx's) and
+// returns what was done until then.
+func eachDocument(ctx context.Context, r io.Reader, opts Options, verb string, fn func(meta DocMeta, data []byte) error) (Summary, error) {
 	var sum Summary
 	ar, err := newArchiveReader(r, ReadOptions{MaxDocBytes: opts.MaxDocBytes})
 	if err != nil {
 		return sum, err
 	}
-	prog := newProgress(opts, "verify", ar.manifest.Documents)
+	prog := newProgress(opts, verb, ar.manifest.Documents)
 	for {
 		if err := ctx.Err(); err != nil {
 			return sum, err
@@ -243,7 +251,7 @@ func Verify(ctx context.Context, r io.Reader, opts Options) (Summary, error) {
 		if err != nil {
 			return sum, err
 		}
-		if err := check(meta, data); err != nil {
+		if err := fn(meta, data); err != nil {
 			return sum, err
 		}
 		sum.add(meta)
@@ -275,39 +283,20 @@ func Import(ctx context.Context, r io.Reader, docs DocStore, acl ACLStore, opts 
 			return sum, fmt.Errorf("%w: it holds %d access lists", ErrNotEmpty, len(cl))
 		}
 	}
-	ar, err := newArchiveReader(r, ReadOptions{MaxDocBytes: opts.MaxDocBytes})
-	if err != nil {
-		return sum, err
-	}
-	prog := newProgress(opts, "import", ar.manifest.Documents)
-	for {
-		if err := ctx.Err(); err != nil {
-			return sum, err
-		}
-		meta, data, err := ar.next()
-		if errors.Is(err, io.EOF) {
-			prog.done(sum)
-			return sum, nil
-		}
-		if err != nil {
-			return sum, err
-		}
+	return eachDocument(ctx, r, opts, "import", func(meta DocMeta, data []byte) error {
 		if meta.Stored {
 			if err := importDoc(ctx, docs, meta, data); err != nil {
-				return sum, err
+				return err
 			}
 		}
 		if meta.Access != nil {
 			if acl == nil {
-				return sum, fmt.Errorf("document %s has an access list and the target has no access store", meta.ID)
+				return fmt.Errorf("document %s has an access list and the target has no access store", meta.ID)
 			}
-			if err := importAccess(ctx, acl, meta); err != nil {
-				return sum, err
-			}
+			return importAccess(ctx, acl, meta)
 		}
-		sum.add(meta)
-		prog.step(sum)
-	}
+		return nil
+	})
 }
 
 func importDoc(ctx context.Context, docs DocStore, meta DocMeta, data []byte) error {
