@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"go.opentelemetry.io/otel/trace"
 	"slices"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/plaithub/plait/pkg/syncengine"
 )
@@ -216,7 +217,7 @@ func (d *document) storeAll() error {
 // document is failing or being deleted, and nothing of this owner may
 // reach the store after it has left.
 func (d *document) abandonWrite() {
-	if w := d.writing; w != nil {
+	if d.writing != nil {
 		<-d.writeDone
 		d.writing = nil
 		d.releaseBehind()

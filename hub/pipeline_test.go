@@ -10,6 +10,7 @@ import (
 
 	"github.com/automerge/automerge-go"
 
+	"github.com/plaithub/plait/hub"
 	"github.com/plaithub/plait/hub/memstore"
 	"github.com/plaithub/plait/pkg/amsync"
 	"github.com/plaithub/plait/pkg/protocol"
@@ -51,22 +52,52 @@ func (s *holdStore) AppendChanges(ctx context.Context, id protocol.DocumentID, b
 	return s.Store.AppendChanges(ctx, id, b)
 }
 
+// syncedPair is two clients of one document, both synced: a created it
+// with one change (k = v), b joined it empty.
+type syncedPair struct {
+	id         protocol.DocumentID
+	a, b       *client
+	docA, docB *automerge.Doc
+	ssA, ssB   *automerge.SyncState
+}
+
+func newSyncedPair(t *testing.T, h *hub.Hub) *syncedPair {
+	t.Helper()
+	p := &syncedPair{id: protocol.NewDocumentID(), a: connect(t, h, "a", ""), b: connect(t, h, "b", "")}
+	p.docA = automerge.New()
+	edit(t, p.docA, "k", "v")
+	p.ssA = automerge.NewSyncState(p.docA)
+	p.a.syncUntilQuiet(p.id, p.ssA)
+	p.docB = automerge.New()
+	p.ssB = automerge.NewSyncState(p.docB)
+	p.b.syncUntilQuiet(p.id, p.ssB)
+	return p
+}
+
+// storedHeads returns the heads of the document's batches in store.
+func storedHeads(t *testing.T, store hub.Store, id protocol.DocumentID) []automerge.ChangeHash {
+	t.Helper()
+	sd, err := store.LoadDoc(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := automerge.New()
+	for _, batch := range sd.Batches {
+		if err := stored.LoadIncremental(batch.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return stored.Heads()
+}
+
 // TestOwnerWorksWhileStoreWrites: while a document's store write runs, its
 // owner goes on (it relays, and applies the next changes), but no peer
 // hears of a change before the write holding it is confirmed, and the
 // changes reach the store in order.
 func TestOwnerWorksWhileStoreWrites(t *testing.T) {
 	store := &holdStore{Store: memstore.New()}
-	h := newHub(t, store)
-	a, b := connect(t, h, "a", ""), connect(t, h, "b", "")
-	docA := automerge.New()
-	edit(t, docA, "k", "v")
-	ssA := automerge.NewSyncState(docA)
-	id := protocol.NewDocumentID()
-	a.syncUntilQuiet(id, ssA)
-	docB := automerge.New()
-	ssB := automerge.NewSyncState(docB)
-	b.syncUntilQuiet(id, ssB)
+	p := newSyncedPair(t, newHub(t, store))
+	id, a, b, docA, docB, ssA, ssB := p.id, p.a, p.b, p.docA, p.docB, p.ssA, p.ssB
 
 	store.mu.Lock()
 	before := store.appends
@@ -124,18 +155,8 @@ func TestOwnerWorksWhileStoreWrites(t *testing.T) {
 	if !slices.Equal(docB.Heads(), docA.Heads()) {
 		t.Fatalf("b has heads %v after the writes, want %v", docB.Heads(), docA.Heads())
 	}
-	sd, err := store.LoadDoc(context.Background(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := automerge.New()
-	for _, batch := range sd.Batches {
-		if err := stored.LoadIncremental(batch.Data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !slices.Equal(stored.Heads(), docA.Heads()) {
-		t.Fatalf("store holds heads %v, want %v", stored.Heads(), docA.Heads())
+	if got := storedHeads(t, store, id); !slices.Equal(got, docA.Heads()) {
+		t.Fatalf("store holds heads %v, want %v", got, docA.Heads())
 	}
 }
 
@@ -376,17 +397,7 @@ func TestSubmitWaitsForTheWriteInFlight(t *testing.T) {
 	if !slices.Contains(keys, "api") {
 		t.Fatalf("a has keys %v after the writes, want the submitted change too", keys)
 	}
-	sd, err := store.LoadDoc(context.Background(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := automerge.New()
-	for _, batch := range sd.Batches {
-		if err := stored.LoadIncremental(batch.Data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if !slices.Equal(stored.Heads(), docA.Heads()) {
-		t.Fatalf("store holds heads %v, want %v", stored.Heads(), docA.Heads())
+	if got := storedHeads(t, store, id); !slices.Equal(got, docA.Heads()) {
+		t.Fatalf("store holds heads %v, want %v", got, docA.Heads())
 	}
 }

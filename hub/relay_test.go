@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/automerge/automerge-go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/plaithub/plait/hub"
@@ -38,16 +37,8 @@ func TestRelaySecondsCoversTheStoreWrite(t *testing.T) {
 	store := &holdStore{Store: memstore.New()}
 	reg := prometheus.NewRegistry()
 	m := hub.NewMetrics(reg)
-	h := newHub(t, store, func(o *hub.Options) { o.Metrics = m })
-	a, b := connect(t, h, "a", ""), connect(t, h, "b", "")
-	docA := automerge.New()
-	edit(t, docA, "k", "v")
-	ssA := automerge.NewSyncState(docA)
-	id := protocol.NewDocumentID()
-	a.syncUntilQuiet(id, ssA)
-	docB := automerge.New()
-	ssB := automerge.NewSyncState(docB)
-	b.syncUntilQuiet(id, ssB)
+	p := newSyncedPair(t, newHub(t, store, func(o *hub.Options) { o.Metrics = m }))
+	id, a, b, docA, docB, ssA, ssB := p.id, p.a, p.b, p.docA, p.docB, p.ssA, p.ssB
 	n0, sum0 := relaySeconds(t, reg)
 	if n0 == 0 {
 		t.Fatal("a's first change was stored and relayed, but plait_relay_seconds has no observation")

@@ -28,29 +28,44 @@ const (
 // errNoMetric: the server's metrics lack the metric (it does not report it).
 var errNoMetric = errors.New("metric not reported")
 
-// serverMetric reads the unlabelled sample name from a Prometheus text
-// endpoint.
-func serverMetric(ctx context.Context, metricsURL, name string) (float64, error) {
+// scanMetrics reads a Prometheus text endpoint and calls line with each
+// line until it returns false.
+func scanMetrics(ctx context.Context, metricsURL string, line func(string) (more bool)) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("failed to read metrics: %w", err)
+		return fmt.Errorf("failed to read metrics: %w", err)
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
+	for sc.Scan() && line(sc.Text()) {
 	}
 	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("failed to read metrics: %w", err)
+		return fmt.Errorf("failed to read metrics: %w", err)
 	}
-	return 0, fmt.Errorf("no %s in %s: %w", name, metricsURL, errNoMetric)
+	return nil
+}
+
+// serverMetric reads the unlabelled sample name from a Prometheus text
+// endpoint.
+func serverMetric(ctx context.Context, metricsURL, name string) (float64, error) {
+	var v string
+	found := false
+	err := scanMetrics(ctx, metricsURL, func(l string) bool {
+		v, found = strings.CutPrefix(l, name+" ")
+		return !found
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case !found:
+		return 0, fmt.Errorf("no %s in %s: %w", name, metricsURL, errNoMetric)
+	}
+	return strconv.ParseFloat(strings.TrimSpace(v), 64)
 }
 
 // sourceDialer spreads outgoing connections over 127.0.0.1..127.0.0.k so

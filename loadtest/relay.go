@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,40 +25,37 @@ type histogram map[float64]float64
 // serverHistogram reads the buckets of the unlabelled histogram name
 // ("name_bucket{le=...} count" lines) from a Prometheus text endpoint.
 func serverHistogram(ctx context.Context, metricsURL, name string) (histogram, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, metricsURL, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("failed to read metrics: %w", err)
-	}
-	defer resp.Body.Close()
 	h := histogram{}
 	prefix := name + `_bucket{le="`
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+	var bad error
+	err := scanMetrics(ctx, metricsURL, func(line string) bool {
+		rest, ok := strings.CutPrefix(line, prefix)
 		if !ok {
-			continue
+			return true
 		}
 		le, count, ok := strings.Cut(rest, `"} `)
 		if !ok {
-			return nil, fmt.Errorf("malformed bucket line %q in %s", sc.Text(), metricsURL)
+			bad = fmt.Errorf("malformed bucket line %q in %s", line, metricsURL)
+			return false
 		}
 		bound, err := strconv.ParseFloat(le, 64) // "+Inf" parses as +Inf
 		if err != nil {
-			return nil, fmt.Errorf("malformed bucket bound %q in %s", le, metricsURL)
+			bad = fmt.Errorf("malformed bucket bound %q in %s", le, metricsURL)
+			return false
 		}
 		v, err := strconv.ParseFloat(strings.TrimSpace(count), 64)
 		if err != nil {
-			return nil, fmt.Errorf("malformed bucket count %q in %s", count, metricsURL)
+			bad = fmt.Errorf("malformed bucket count %q in %s", count, metricsURL)
+			return false
 		}
 		h[bound] = v
+		return true
+	})
+	if err == nil {
+		err = bad
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("failed to read metrics: %w", err)
+	if err != nil {
+		return nil, err
 	}
 	if len(h) == 0 {
 		return nil, fmt.Errorf("no %s in %s: %w", name, metricsURL, errNoMetric)

@@ -180,13 +180,14 @@ func (r *run) report(rssAfter float64) *Report {
 		Server:        ServerStats{RSSBeforeBytes: r.rssBefore, RSSAfterBytes: rssAfter, RSSPeakBytes: max(r.rssPeak, rssAfter)},
 		ScenarioExtra: r.extra,
 	}
-	rep.Server.cpuStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
-	rep.Server.latencyStats(r.cpuStart, r.cpuEnd, !r.phaseStart.IsZero() && !r.phaseEnd.IsZero())
+	measured := !r.phaseStart.IsZero() && !r.phaseEnd.IsZero()
+	rep.Server.cpuStats(r.cpuStart, r.cpuEnd, measured)
+	rep.Server.latencyStats(r.cpuStart, r.cpuEnd, measured)
 	var profile string
 	if r.cpuProfile != "" && !r.phaseStart.IsZero() {
 		profile = r.cpuProfile
 	}
-	rep.Generator = generatorStats(r.cpuStart, r.cpuEnd, r.phaseEnd.Sub(r.phaseStart), !r.phaseStart.IsZero() && !r.phaseEnd.IsZero(), profile)
+	rep.Generator = generatorStats(r.cpuStart, r.cpuEnd, r.phaseEnd.Sub(r.phaseStart), measured, profile)
 	rep.OK = rep.Errors.Count == 0 && rep.Converged
 	return rep
 }

@@ -32,8 +32,7 @@ type run struct {
 	minBackoff        time.Duration
 	materialize       bool
 	cpuProfile        string   // -cpuprofile
-	profiling         bool     // the profile runs (startProfile)
-	profileFile       *os.File // its file
+	profileFile       *os.File // its file while the profile runs (startProfile)
 	hc                *http.Client
 	// expectDisconnects: disconnects are the scenario's doing, not errors.
 	expectDisconnects bool

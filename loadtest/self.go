@@ -67,7 +67,7 @@ func (g GeneratorStats) line() string {
 
 // startProfile starts -cpuprofile's CPU profile, for the measured phase.
 func (r *run) startProfile() {
-	if r.cpuProfile == "" || r.profiling {
+	if r.cpuProfile == "" || r.profileFile != nil {
 		return
 	}
 	f, err := os.Create(r.cpuProfile)
@@ -80,17 +80,17 @@ func (r *run) startProfile() {
 		r.fail("cpuprofile: " + err.Error())
 		return
 	}
-	r.profiling, r.profileFile = true, f
+	r.profileFile = f
 }
 
 // stopProfile ends the profile, if one runs, and closes its file.
 func (r *run) stopProfile() {
-	if !r.profiling {
+	if r.profileFile == nil {
 		return
 	}
 	pprof.StopCPUProfile()
 	if err := r.profileFile.Close(); err != nil {
 		r.fail("cpuprofile: " + err.Error())
 	}
-	r.profiling = false
+	r.profileFile = nil
 }

@@ -571,16 +571,15 @@ func migrateSnapshots(db *bolt.DB) error {
 				done = true
 				return nil
 			}
-			snaps := tx.Bucket(bucketSnapshots)
+			docs, snaps := tx.Bucket(bucketDocs), tx.Bucket(bucketSnapshots)
 			var moved [][]byte
 			size := 0
-			c := tx.Bucket(bucketDocs).Cursor()
+			c := docs.Cursor()
 			for k, v := c.First(); k != nil && size < migrateBytes; k, v = c.Next() {
 				if v != nil {
 					continue // not a document bucket
 				}
-				d := tx.Bucket(bucketDocs).Bucket(k)
-				snap := d.Get(keySnapshot)
+				snap := docs.Bucket(k).Get(keySnapshot)
 				if snap == nil {
 					continue
 				}
@@ -591,7 +590,7 @@ func migrateSnapshots(db *bolt.DB) error {
 				size += len(snap)
 			}
 			for _, k := range moved {
-				if err := tx.Bucket(bucketDocs).Bucket(k).Delete(keySnapshot); err != nil {
+				if err := docs.Bucket(k).Delete(keySnapshot); err != nil {
 					return err
 				}
 			}
